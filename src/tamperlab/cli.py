@@ -1,0 +1,148 @@
+"""`tamperlab run|list|report|demo|serve` — one entry point for every system."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import TamperlabError
+
+DEMOS = {
+    "ctrap": "demo_ctrap",
+    "extraction": "demo_extraction",
+    "fingerprints": "demo_fingerprints",
+    "eaas": "demo_eaas",
+}
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiments.base import execute, load_recipe
+
+    exp = load_recipe(args.recipe, args.set)
+    if args.name:
+        exp.cfg.name = args.name
+    if args.output_dir:
+        exp.cfg.output_dir = args.output_dir
+    run = execute(exp, resume=args.resume, force=args.force)
+    print(f"done: {run.path}  (report: {run.path / 'report.md'})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .experiments.base import RECIPES_DIR
+    from .registry import ALL_REGISTRIES
+
+    table = Table(title="registered components")
+    table.add_column("stage")
+    table.add_column("name")
+    table.add_column("what it is")
+    for stage, reg in ALL_REGISTRIES.items():
+        if args.stage and stage != args.stage:
+            continue
+        for e in reg:
+            table.add_row(stage, e.name, e.doc)
+    con = Console()
+    con.print(table)
+    con.print("packaged recipes: " + ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .experiments.base import experiment_for_run
+
+    exp, run = experiment_for_run(args.run_dir)
+    for p in exp.report(run):
+        print(p)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments.base import execute, load_recipe
+
+    recipe = DEMOS.get(args.system)
+    if recipe is None:
+        raise TamperlabError(f"unknown demo {args.system!r}; choose one of {', '.join(DEMOS)}")
+    exp = load_recipe(recipe, args.set)
+    if args.output_dir:
+        exp.cfg.output_dir = args.output_dir
+    run = execute(exp, resume=not args.fresh, force=args.fresh)
+    print(f"demo done: {run.path / 'report.md'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .eaas.server import serve_recipe  # the EaaS subsystem
+
+    return serve_recipe(args.recipe, host=args.host, port=args.port, overrides=args.set)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tamperlab", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a recipe (YAML path or packaged recipe name)")
+    r.add_argument("recipe")
+    r.add_argument("--resume", action="store_true", help="continue a killed run from its cached stages/checkpoints")
+    r.add_argument("--force", action="store_true", help="delete an existing run directory and start over")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set attack.steps=20 (repeatable)")
+    r.add_argument("--name", help="run name (default: the recipe's)")
+    r.add_argument("--output-dir", help="parent folder of run directories (default: the recipe's)")
+    r.set_defaults(fn=cmd_run)
+
+    ls = sub.add_parser("list", help="list registered components and packaged recipes")
+    ls.add_argument("stage", nargs="?", help="only this stage (defenses, attacks, judges, ...)")
+    ls.set_defaults(fn=cmd_list)
+
+    rep = sub.add_parser("report", help="(re)write report.md/report.html for a run directory")
+    rep.add_argument("run_dir")
+    rep.set_defaults(fn=cmd_report)
+
+    d = sub.add_parser("demo", help="run a system's offline demo on the embedded models")
+    d.add_argument("system", nargs="?", default="ctrap", help=f"one of {', '.join(DEMOS)} (default ctrap)")
+    d.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier demo run")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--output-dir")
+    d.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("serve", help="start the embedding-as-a-service provider of a recipe")
+    s.add_argument("recipe")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.set_defaults(fn=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return int(args.fn(args) or 0)
+    except TamperlabError as e:
+        print(f"tamperlab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("tamperlab: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Experiments: one registered class per system, each wiring protect → tamper → measure → report."""

@@ -1,0 +1,204 @@
+"""Run directories: `runs/<name>/` with resolved config, log.jsonl, metrics.json, stage caches and checkpoints.
+
+Every write is atomic (temp file + rename), so a killed run never leaves a half-written JSON. Expensive stages are
+cached under `stages/<key>.json` and skipped on `--resume`; training stages also resume from their last
+Trainer checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import TamperlabError
+
+log = logging.getLogger("tamperlab")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _git_hash() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def provenance() -> dict[str, Any]:
+    """Versions, machine and git hash, recorded in every metrics.json."""
+    versions = {}
+    for mod in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "sentence_transformers"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    from . import __version__
+
+    info: dict[str, Any] = {
+        "tamperlab": __version__,
+        "git_hash": _git_hash(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "versions": versions,
+    }
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:
+        pass
+    return info
+
+
+class RunDir:
+    """One experiment's output folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.started = time.time()
+
+    # -- creation -------------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, config: dict[str, Any], resume: bool = False, force: bool = False) -> "RunDir":
+        path = Path(path)
+        cfg_file = path / "config.yaml"
+        if path.exists() and any(path.iterdir()):
+            if force:
+                shutil.rmtree(path)
+            elif not resume:
+                raise TamperlabError(
+                    f"run directory {path} already exists; pass --resume to continue it or --force to start over"
+                )
+            elif cfg_file.exists():
+                old = yaml.safe_load(cfg_file.read_text())
+                if old != json.loads(json.dumps(config, default=_json_default)):
+                    raise TamperlabError(
+                        f"--resume: the recipe differs from the one {path} was started with ({cfg_file}); "
+                        "use a new run name or --force"
+                    )
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg_file, yaml.safe_dump(json.loads(json.dumps(config, default=_json_default)),
+                                                   sort_keys=False))
+        run = cls(path)
+        run.log("run_start", resume=resume)
+        return run
+
+    # -- files ----------------------------------------------------------------------------------------------
+    def sub(self, *parts: str) -> Path:
+        p = self.path.joinpath(*parts)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return yaml.safe_load((self.path / "config.yaml").read_text())
+
+    def log(self, event: str, **fields: Any) -> None:
+        rec = {"time": round(time.time(), 3), "event": event, **fields}
+        with open(self.path / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec, default=_json_default) + "\n")
+
+    def read_log(self) -> list[dict[str, Any]]:
+        p = self.path / "log.jsonl"
+        if not p.exists():
+            return []
+        out = []
+        for line in p.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+        return out
+
+    # -- resumable stages -----------------------------------------------------------------------------------
+    def stage_path(self, key: str) -> Path:
+        return self.path / "stages" / f"{key}.json"
+
+    def has_stage(self, key: str) -> bool:
+        return self.stage_path(key).exists()
+
+    def load_stage(self, key: str) -> Any:
+        return read_json(self.stage_path(key))
+
+    def save_stage(self, key: str, value: Any) -> None:
+        atomic_write_json(self.stage_path(key), value)
+
+    def cached(self, key: str, fn: Callable[[], Any]) -> Any:
+        """Return the stored result of stage `key`, or compute it with `fn()` and store it atomically."""
+        if self.has_stage(key):
+            log.info("stage %s: cached, skipping", key)
+            return self.load_stage(key)
+        t0 = time.time()
+        value = fn()
+        self.save_stage(key, value)
+        self.log("stage_done", stage=key, seconds=round(time.time() - t0, 2))
+        return value
+
+    # -- metrics --------------------------------------------------------------------------------------------
+    def save_metrics(self, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        payload = {
+            "name": self.path.name,
+            "config": self.config,
+            **extra,
+            "results": metrics,
+            "provenance": provenance(),
+            "wall_seconds": round(time.time() - self.started, 1),
+        }
+        atomic_write_json(self.path / "metrics.json", payload)
+        self.log("metrics_written")
+        return payload
+
+    def load_metrics(self) -> dict[str, Any]:
+        p = self.path / "metrics.json"
+        if not p.exists():
+            raise TamperlabError(f"{self.path} has no metrics.json (did the run finish?)")
+        return read_json(p)
