@@ -1,0 +1,245 @@
+"""Shared training plumbing: tokenized datasets, padding collator, TrainingArguments, cycled auxiliary loaders,
+checkpoint resume, and per-step logging/evaluation callbacks.
+
+Every training stage in tamperlab (alignment defenses, fine-tuning attacks, backdoor/victim fine-tuning,
+fingerprint embedding, MEraser) is a transformers `Trainer` (or subclass) built from these pieces, so resume,
+mixed precision and `accelerate launch` (DDP/FSDP/DeepSpeed) come from transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from .data.core import Example, tokenize_example
+
+log = logging.getLogger("tamperlab")
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer and schedule of one training stage."""
+
+    learning_rate: float = 5e-4
+    """AdamW learning rate."""
+    max_steps: int = 60
+    """Optimizer steps (takes precedence over epochs when > 0)."""
+    epochs: float = 1.0
+    """Epochs over the training data, used when max_steps is 0."""
+    batch_size: int = 8
+    """Per-device batch size of the main dataset."""
+    grad_accum: int = 1
+    """Gradient accumulation steps."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (official code: 0.1)."""
+    lr_scheduler: str = "constant"
+    """transformers scheduler name (official code: constant)."""
+    warmup_ratio: float = 0.0
+    """Warm-up fraction (ignored by `constant`)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (HF default)."""
+    logging_steps: int = 5
+    """Log the loss every N steps."""
+    save_steps: int = 20
+    """Checkpoint every N steps (resume point for killed runs)."""
+    bf16: str = "auto"
+    """auto = bf16 mixed precision on a CUDA GPU that supports it; "true"/"false" to force."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory on large models."""
+    loss_on_prompt: bool = False
+    """Also train on prompt tokens (the extraction paper's victim setting); default response-only."""
+
+
+class TokenizedDataset:
+    """A torch-style dataset of tokenized (prompt, response) examples."""
+
+    def __init__(self, tokenizer: Any, examples: Sequence[Example], fmt: str = "auto", max_length: int = 256,
+                 loss_on_prompt: bool = False):
+        if not examples:
+            raise ValueError("empty training set")
+        self.items = [tokenize_example(tokenizer, ex, fmt, max_length, loss_on_prompt) for ex in examples]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return self.items[i]
+
+
+class PadCollator:
+    """Right-pads input_ids (pad id), labels (-100) and attention_mask (0) to the longest row."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = pad_token_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            labels[i, :n] = torch.tensor(r["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def concat_batches(a: dict[str, Any], b: dict[str, Any], pad_token_id: int) -> dict[str, Any]:
+    """Row-concatenate two padded batches, right-padding the shorter one (CTRAP's retain = align ∪ helpful)."""
+    import torch
+
+    width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+    fills = {"input_ids": pad_token_id, "labels": -100, "attention_mask": 0}
+    out = {}
+    for k, fill in fills.items():
+        parts = []
+        for x in (a[k], b[k]):
+            if x.shape[1] < width:
+                pad = torch.full((x.shape[0], width - x.shape[1]), fill, dtype=x.dtype, device=x.device)
+                x = torch.cat([x, pad], dim=1)
+            parts.append(x)
+        out[k] = torch.cat(parts, dim=0)
+    return out
+
+
+class CycledLoader:
+    """Endless iterator over shuffled mini-batches of an auxiliary dataset (harmful / helpful batches drawn
+    next to the main batch, as the official trainers do with try/next/except StopIteration)."""
+
+    def __init__(self, dataset: TokenizedDataset, batch_size: int, collator: PadCollator, seed: int = 0):
+        import torch
+        from torch.utils.data import DataLoader, RandomSampler
+
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and \
+            torch.distributed.is_initialized() else 0
+        g = torch.Generator()
+        g.manual_seed(seed + 1000 * rank)  # ranks draw different auxiliary batches
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=g),
+                                 collate_fn=collator, drop_last=len(dataset) >= batch_size)
+        self._it: Iterator[Any] = iter(self.loader)
+
+    def next(self, device: Any = None) -> dict[str, Any]:
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            batch = next(self._it)
+        if device is not None:
+            batch = {k: v.to(device) for k, v in batch.items()}
+        return batch
+
+
+def use_bf16(flag: str) -> bool:
+    import torch
+
+    if flag == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return flag.lower() in ("true", "1", "yes")
+
+
+def training_arguments(cfg: TrainConfig, out_dir: str | Path, seed: int = 0, **overrides: Any) -> Any:
+    from transformers import TrainingArguments
+
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(out_dir), learning_rate=cfg.learning_rate, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler, max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
+        bf16=use_bf16(cfg.bf16), gradient_checkpointing=cfg.gradient_checkpointing, report_to=[], seed=seed,
+        data_seed=seed, remove_unused_columns=False, optim="adamw_torch", disable_tqdm=False,
+        dataloader_num_workers=0, logging_first_step=True,
+    )
+    # transformers ≥5 folds warmup_ratio into warmup_steps (a float < 1 is a ratio); older versions have both.
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "warmup_ratio" in fields:
+        kwargs["warmup_ratio"] = cfg.warmup_ratio
+    elif cfg.warmup_ratio > 0:
+        kwargs["warmup_steps"] = cfg.warmup_ratio
+    kwargs.update(overrides)
+    return TrainingArguments(**{k: v for k, v in kwargs.items() if k in fields})
+
+
+def last_checkpoint(out_dir: str | Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    p = Path(out_dir)
+    return get_last_checkpoint(str(p)) if p.is_dir() else None
+
+
+def run_training(trainer: Any, out_dir: str | Path, resume: bool = True) -> dict[str, Any]:
+    """trainer.train(), resuming from the newest checkpoint in out_dir when there is one."""
+    ckpt = last_checkpoint(out_dir) if resume else None
+    if ckpt:
+        log.info("resuming training from %s", ckpt)
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    return {"train_loss": float(result.training_loss), "steps": int(result.global_step),
+            "resumed_from": ckpt}
+
+
+def _trainer_callback_base() -> type:
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class StepHook(_trainer_callback_base()):  # type: ignore[misc]
+    """Calls fn(step, model) at the listed global steps (and step 0 before training), e.g. to measure
+    collapse/HS over attack steps, and forwards Trainer logs to a RunDir's log.jsonl."""
+
+    def __init__(self, steps: Sequence[int], fn: Callable[[int, Any], None] | None = None,
+                 log_fn: Callable[[dict[str, Any]], None] | None = None):
+        self.steps = set(steps)
+        self.fn = fn
+        self.log_fn = log_fn
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        if self.fn and 0 in self.steps and state.global_step == 0:
+            self.fn(0, model)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
+        if self.fn and state.global_step in self.steps:
+            self.fn(state.global_step, model)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if self.log_fn and logs:
+            self.log_fn({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
+
+
+def build_trainer(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: str | Path,
+                  fmt: str = "auto", max_length: int = 256, seed: int = 0, trainer_cls: Any = None,
+                  callbacks: Sequence[Any] = (), trainer_kwargs: dict[str, Any] | None = None,
+                  **arg_overrides: Any) -> Any:
+    """A (subclass of) transformers.Trainer on response-only-labelled examples."""
+    from transformers import Trainer
+
+    ds = TokenizedDataset(tokenizer, examples, fmt, max_length, cfg.loss_on_prompt)
+    args = training_arguments(cfg, out_dir, seed=seed, **arg_overrides)
+    cls = trainer_cls or Trainer
+    model.train()
+    return cls(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tokenizer.pad_token_id),
+               processing_class=tokenizer, callbacks=list(callbacks), **(trainer_kwargs or {}))
+
+
+def train_sft(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: str | Path,
+              fmt: str = "auto", max_length: int = 256, seed: int = 0, resume: bool = True,
+              callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Plain supervised fine-tuning (cross-entropy on response tokens). Returns training stats."""
+    trainer = build_trainer(model, tokenizer, examples, cfg, out_dir, fmt, max_length, seed, callbacks=callbacks)
+    stats = run_training(trainer, out_dir, resume)
+    model.eval()
+    return stats
+
+
+def steps_for(n_examples: int, cfg: TrainConfig) -> int:
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    return max(1, math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum) * cfg.epochs))
