@@ -109,30 +109,34 @@ def concat_batches(a: dict[str, Any], b: dict[str, Any], pad_token_id: int) -> d
 
 
 class CycledLoader:
-    """Endless iterator over shuffled mini-batches of an auxiliary dataset (harmful / helpful batches drawn
-    next to the main batch, as the official trainers do with try/next/except StopIteration)."""
+    """Endless stream of shuffled mini-batches of an auxiliary dataset (harmful / helpful batches drawn next to
+    the main batch, as the official trainers do with try/next/except StopIteration).
+
+    Batch k is a pure function of (seed, rank, k): a killed run resumed from a checkpoint draws exactly the
+    batches the uninterrupted run would have drawn."""
 
     def __init__(self, dataset: TokenizedDataset, batch_size: int, collator: PadCollator, seed: int = 0):
         import torch
-        from torch.utils.data import DataLoader, RandomSampler
 
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and \
+        self.dataset, self.collator, self.seed = dataset, collator, seed
+        self.batch_size = min(batch_size, len(dataset))
+        self.rank = torch.distributed.get_rank() if torch.distributed.is_available() and \
             torch.distributed.is_initialized() else 0
-        g = torch.Generator()
-        g.manual_seed(seed + 1000 * rank)  # ranks draw different auxiliary batches
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=g),
-                                 collate_fn=collator, drop_last=len(dataset) >= batch_size)
-        self._it: Iterator[Any] = iter(self.loader)
+        self.per_epoch = len(dataset) // self.batch_size
+        self._perm_epoch, self._perm = -1, None
 
-    def next(self, device: Any = None) -> dict[str, Any]:
-        try:
-            batch = next(self._it)
-        except StopIteration:
-            self._it = iter(self.loader)
-            batch = next(self._it)
+    def batch(self, k: int, device: Any = None) -> dict[str, Any]:
+        import torch
+
+        epoch, j = divmod(k, self.per_epoch)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed + 7919 * epoch + 104729 * self.rank)
+            self._perm, self._perm_epoch = torch.randperm(len(self.dataset), generator=g).tolist(), epoch
+        idx = self._perm[j * self.batch_size:(j + 1) * self.batch_size]
+        out = self.collator([self.dataset[i] for i in idx])
         if device is not None:
-            batch = {k: v.to(device) for k, v in batch.items()}
-        return batch
+            out = {k2: v.to(device) for k2, v in out.items()}
+        return out
 
 
 def use_bf16(flag: str) -> bool:

@@ -72,7 +72,9 @@ def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | None
         raise ConfigError(f"the recipe needs a top-level 'experiment:' key (one of {', '.join(EXPERIMENTS.names())})")
     cls = EXPERIMENTS.get(str(kind))
     cfg = from_dict(cls.config_cls, data)
-    return cls(cfg)
+    exp = cls(cfg)
+    exp.kind = str(kind)
+    return exp
 
 
 def seed_everything(seed: int) -> None:
@@ -93,7 +95,7 @@ def seed_everything(seed: int) -> None:
 
 def execute(exp: Experiment, resume: bool = False, force: bool = False) -> RunDir:
     """Run an experiment into its run directory and write its report."""
-    kind = next(e.name for e in EXPERIMENTS if e.obj is type(exp))
+    kind = getattr(exp, "kind", None) or next(e.name for e in EXPERIMENTS if e.obj is type(exp))
     cfg_dict = {"experiment": kind, **to_dict(exp.cfg)}
     run = RunDir.create(Path(exp.cfg.output_dir) / exp.cfg.name, cfg_dict, resume=resume, force=force)
     seed_everything(exp.cfg.seed)

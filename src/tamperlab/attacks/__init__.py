@@ -1,0 +1,1 @@
+"""Tampering attacks on protected models (registered in ATTACKS)."""

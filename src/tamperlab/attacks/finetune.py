@@ -1,0 +1,103 @@
+"""Fine-tuning attacks: the attacker keeps training the released model (the alignment LoRA itself,
+"single_lora" as in the CTRAP code) on a dataset of n samples of which a fraction p is harmful.
+
+* `harmful`: p = 1 (paper: n ∈ {100..500});
+* `mixed`:   harmful ratio p ∈ (0, 1) mixed into a benign task (paper: p ∈ 5–25%, n = 1000);
+* `benign`:  p = 0, a benign task (paper: SST2, AG News, GSM8K, n = 1000).
+Harmful samples come from the attack pool (disjoint from alignment data and from evaluation prompts).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..config import check_range
+from ..data.core import DataSplit, Example
+from ..errors import ConfigError
+from ..registry import ATTACKS, TASKS
+from ..training import TrainConfig
+
+
+def _attack_train() -> TrainConfig:
+    # Paper: lr 1e-5, 20 epochs, batch 10 on 7B models. A 135M model with a 40-step budget needs a larger step
+    # to move at all; 1e-4 is the demo default (recipes may set 1e-5 for paper scale).
+    return TrainConfig(learning_rate=1e-4, max_steps=40, batch_size=8, save_steps=20)
+
+
+@dataclass
+class AttackConfig:
+    """One fine-tuning attack."""
+
+    name: str = ""
+    """Label in tables (default: derived from kind, n, p and task)."""
+    kind: Literal["harmful", "mixed", "benign"] = "harmful"
+    """harmful (p=1), mixed (0<p<1 with a task), benign (p=0, a task)."""
+    n: int = 100
+    """Fine-tuning samples."""
+    harmful_ratio: float = 0.1
+    """p for `mixed` (ignored otherwise)."""
+    task: str = "sst2"
+    """Benign task for mixed / benign (sst2, agnews, gsm8k)."""
+    task_source: Literal["offline", "hub"] = "offline"
+    """offline = generated task data with exact labels; hub = the real dataset."""
+    n_task_eval: int = 100
+    """Task eval examples for fine-tune accuracy (paper: up to 1000)."""
+    task_max_new_tokens: int = 24
+    """Decoding budget for task answers (paper: 200)."""
+    train: TrainConfig = field(default_factory=_attack_train)
+    """Attacker's optimizer settings."""
+
+    def __post_init__(self) -> None:
+        check_range("attack", "harmful_ratio", self.harmful_ratio, 0.0, 1.0)
+        if self.n <= 0:
+            raise ConfigError(f"attack.n must be > 0, got {self.n}")
+
+    @property
+    def p(self) -> float:
+        return {"harmful": 1.0, "benign": 0.0}.get(self.kind, self.harmful_ratio)
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.kind == "harmful":
+            return f"harmful-n{self.n}"
+        if self.kind == "benign":
+            return f"benign-{self.task}"
+        return f"mixed-p{int(round(self.p * 100))}-{self.task}"
+
+    @property
+    def uses_task(self) -> bool:
+        return self.p < 1.0
+
+
+@ATTACKS.register("finetune", config=AttackConfig)
+class FineTuneAttack:
+    """Harmful / mixed / benign fine-tuning of the protected model."""
+
+    def __init__(self, cfg: AttackConfig):
+        self.cfg = cfg
+        if cfg.uses_task and cfg.task not in TASKS:
+            TASKS.get(cfg.task)  # raises with suggestions
+
+    def dataset(self, harmful_pool: DataSplit, seed: int = 0) -> DataSplit:
+        n_harm = int(self.cfg.p * self.cfg.n)
+        n_task = int((1 - self.cfg.p) * self.cfg.n)
+        if n_harm > len(harmful_pool):
+            raise ConfigError(f"attack {self.cfg.label}: needs {n_harm} harmful samples, the attack pool has "
+                              f"{len(harmful_pool)} (raise data.n_attack)")
+        examples: list[Example] = list(harmful_pool.examples[:n_harm])
+        prov: dict[str, Any] = {"harmful": n_harm, "harmful_source": harmful_pool.provenance}
+        if n_task:
+            task = TASKS.get(self.cfg.task).load("train", n_task, self.cfg.task_source, seed)
+            examples += task.examples
+            prov.update(task=self.cfg.task, task_samples=len(task), task_source=task.provenance)
+        random.Random(seed).shuffle(examples)
+        return DataSplit(f"attack-{self.cfg.label}", examples, prov)
+
+    def task_eval(self, seed: int = 0) -> DataSplit | None:
+        if not self.cfg.uses_task:
+            return None
+        return TASKS.get(self.cfg.task).load("eval", self.cfg.n_task_eval, self.cfg.task_source, seed)

@@ -1,0 +1,1 @@
+"""Alignment-stage defenses against harmful fine-tuning (registered in DEFENSES)."""

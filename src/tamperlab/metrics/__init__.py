@@ -1,0 +1,1 @@
+"""Metrics with the papers' definitions (pure functions over prompts/outputs/labels where possible)."""
