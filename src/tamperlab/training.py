@@ -158,7 +158,7 @@ def training_arguments(cfg: TrainConfig, out_dir: str | Path, seed: int = 0, **o
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         bf16=use_bf16(cfg.bf16), gradient_checkpointing=cfg.gradient_checkpointing, report_to=[], seed=seed,
         data_seed=seed, remove_unused_columns=False, optim="adamw_torch", disable_tqdm=False,
-        dataloader_num_workers=0, logging_first_step=True,
+        dataloader_num_workers=0, logging_first_step=True, dataloader_pin_memory=_cuda(),
     )
     # transformers ≥5 folds warmup_ratio into warmup_steps (a float < 1 is a ratio); older versions have both.
     import dataclasses
@@ -247,3 +247,9 @@ def steps_for(n_examples: int, cfg: TrainConfig) -> int:
     if cfg.max_steps > 0:
         return cfg.max_steps
     return max(1, math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum) * cfg.epochs))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -40,7 +40,12 @@ class StealerConfig:
     head_hidden: int = 768
     """Hidden width of the head (EmbMarker: 1536 for ada-002's 1536-d output; here 2× MiniLM's 384)."""
     epochs: int = 3
-    """Training epochs (EmbMarker: 3)."""
+    """Full fine-tuning epochs through SentenceTransformerTrainer (EmbMarker: 3; 0 = head only)."""
+    head_epochs: int = 0
+    """Epochs of head-only warm-up on cached backbone features before full fine-tuning (cheap on CPU: one
+    backbone forward pass per text; a randomly initialised head otherwise drags the first epochs)."""
+    head_batch_size: int = 128
+    """Batch size of the head warm-up."""
     lr: float = 1e-4
     """Backbone learning rate (EmbMarker: 5e-5 for bert-base; a smaller backbone takes a larger one)."""
     head_lr: float = 1e-3
@@ -57,7 +62,9 @@ class StealerConfig:
     """Requests in flight at once."""
 
     def __post_init__(self) -> None:
-        check_positive("stealer", epochs=self.epochs, lr=self.lr, head_lr=self.head_lr, batch_size=self.batch_size,
+        if self.epochs < 0 or self.head_epochs < 0 or self.epochs + self.head_epochs == 0:
+            raise ConfigError("stealer: epochs and head_epochs must be >= 0 and not both 0")
+        check_positive("stealer", lr=self.lr, head_lr=self.head_lr, batch_size=self.batch_size,
                        max_seq_length=self.max_seq_length, head_hidden=self.head_hidden,
                        query_batch=self.query_batch, query_concurrency=self.query_concurrency)
         if self.n_layers < 0:
@@ -115,21 +122,62 @@ def train_copier(texts: Sequence[str], targets: np.ndarray, cfg: StealerConfig, 
         raise ValueError(f"{len(texts)} texts but {len(targets)} target embeddings")
     out_dir = Path(out_dir)
     model = build_copier(cfg, targets.shape[1], seed)
+    summary: dict[str, Any] = {}
+    if cfg.head_epochs and cfg.head == "mlp":
+        summary["head_loss_last"] = _warm_up_head(model, texts, targets, cfg, seed)
+    if cfg.epochs == 0:
+        model.save(str(out_dir / "model"), safe_serialization=True)
+        model.train_summary = summary
+        return model
     ds = Dataset.from_dict({"text": list(texts), "label": np.asarray(targets, np.float32).tolist()})
     mapping = {r"(^|\.)\d+\.linear\.": cfg.head_lr} if cfg.head == "mlp" else {}
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out_dir / "trainer"), num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr, learning_rate_mapping=mapping, warmup_ratio=cfg.warmup_ratio, seed=seed,
+        learning_rate=cfg.lr, learning_rate_mapping=mapping, warmup_steps=cfg.warmup_ratio, seed=seed,
         save_strategy="no", logging_steps=max(1, len(texts) // cfg.batch_size // 4), report_to="none",
         use_cpu=True, dataloader_num_workers=0)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=MSELoss(model))
     result = trainer.train()
     model.save(str(out_dir / "model"), safe_serialization=True)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    model.train_summary = {"train_loss_first": losses[0] if losses else None,
+    model.train_summary = {**summary, "train_loss_first": losses[0] if losses else None,
                            "train_loss_last": losses[-1] if losses else None,
                            "steps": int(result.global_step), "seconds": round(result.metrics.get("train_runtime", 0), 1)}
     return model
+
+
+def _warm_up_head(model: Any, texts: Sequence[str], targets: np.ndarray, cfg: StealerConfig, seed: int) -> float:
+    """Train only the Dense head on frozen, cached backbone features (MSE to the stolen embeddings)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    mods = list(model)
+    n_body = next(i for i, m in enumerate(mods) if type(m).__name__ == "Dense")
+    body, head = mods[:n_body], mods[n_body:]
+    from sentence_transformers import SentenceTransformer
+
+    feats = SentenceTransformer(modules=body, device="cpu").encode(
+        list(texts), batch_size=64, convert_to_tensor=True, normalize_embeddings=False, show_progress_bar=False)
+    feats = feats.detach().float()
+    y = torch.tensor(np.asarray(targets), dtype=torch.float32)
+    params = [p for m in head for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.head_lr)
+    g = torch.Generator().manual_seed(seed)
+    loss = torch.tensor(0.0)
+    for m in head:
+        m.train()
+    for _ in tqdm(range(cfg.head_epochs), desc="copier head warm-up", leave=False):
+        perm = torch.randperm(len(feats), generator=g)
+        for i in range(0, len(feats), cfg.head_batch_size):
+            idx = perm[i:i + cfg.head_batch_size]
+            h = {"sentence_embedding": feats[idx]}
+            for m in head:
+                h = m(h)
+            loss = torch.nn.functional.mse_loss(h["sentence_embedding"], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return float(loss.item())
 
 
 def load_copier(folder: str | Path) -> Any:

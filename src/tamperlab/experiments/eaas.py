@@ -1,0 +1,496 @@
+"""EaaS watermark + Semantic Perturbation Attack, end to end.
+
+For each scenario (a watermark served by the provider):
+  serve (real uvicorn on 127.0.0.1, ephemeral port) → steal (HTTP queries of the corpus) → copy model →
+  verify (Δcos, Δl2, KS p) → SPA (suffix search with a local surrogate, perturbed queries over HTTP, tightness
+  scores, KDE threshold, deletion; TPR/FPR/AUROC against the true trigger labels) → copy model on the purified
+  set → verify again → downstream accuracy of every embedding source.
+A control copies an unwatermarked provider and is verified against the first scenario's secret.
+Every stage is cached in the run directory, so `--resume` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..config import check_positive
+from ..errors import ConfigError
+from ..registry import EXPERIMENTS
+from ..runs import RunDir
+from ..eaas.downstream import DownstreamConfig, classify_accuracy
+from ..eaas.server import ServerConfig
+from ..eaas.service import ProviderConfig
+from ..eaas.spa import SPAConfig
+from ..eaas.stealer import StealerConfig
+from .base import Experiment, RunConfig
+
+log = logging.getLogger("tamperlab")
+
+
+@dataclass
+class DataConfig:
+    """Texts the provider is set up on, the stealer queries, and utility is measured on."""
+
+    task: str = "gen_topic"
+    """Main task: its train split is the stealer's query corpus (gen_topic, gen_sentiment, gen_spam, sst2,
+    ag_news, enron_spam, mind)."""
+    n_train: int = 1000
+    """Texts the stealer queries (official SPA stealing test: a 5000-sample subset)."""
+    n_test: int = 400
+    """Test texts for downstream accuracy (official: 500)."""
+    extra_tasks: list[str] = field(default_factory=list)
+    """More tasks for downstream utility only (their texts are embedded through the API and the copies)."""
+    n_extra_train: int = 400
+    """Train texts per extra task."""
+    n_extra_test: int = 200
+    """Test texts per extra task."""
+    mind_path: str = ""
+    """MIND news.tsv, needed for task 'mind'."""
+    seed: int = 2024
+    """Sampling seed (official subset seed: 2024)."""
+
+    def __post_init__(self) -> None:
+        check_positive("data", n_train=self.n_train, n_test=self.n_test, n_extra_train=self.n_extra_train,
+                       n_extra_test=self.n_extra_test)
+
+
+@dataclass
+class ScenarioConfig:
+    """One watermarked (or defended) service that is stolen and attacked."""
+
+    name: str = "embmarker"
+    """Scenario label in tables and file names."""
+    watermark: str = "embmarker"
+    """Registered watermark (embmarker, warden, saw)."""
+    watermark_config: dict[str, Any] = field(default_factory=dict)
+    """Fields of the watermark's config dataclass."""
+    steal: bool = True
+    """Train a copy model on the stolen embeddings and verify it; false = SPA detection on the API only."""
+    steal_after_spa: bool = True
+    """Also train a copy on the SPA-purified set and verify it (the attack's end result)."""
+    role: Literal["attack", "defense"] = "attack"
+    """'defense' marks a defended service (reported in the defense section)."""
+
+    def __post_init__(self) -> None:
+        from ..eaas.watermarks import build_watermark
+
+        if self.watermark == "none":
+            raise ConfigError(f"scenario {self.name!r}: use `control: true` for the unwatermarked provider")
+        build_watermark(self.watermark, self.watermark_config)
+
+
+@dataclass
+class VerifyConfig:
+    """Provider's watermark verification (EmbMarker's eval_copier)."""
+
+    size: int = 20
+    """Sentences in each of D_b and D_n (official --verify_dataset_size 20)."""
+    alpha: float = 0.05
+    """'detected' means p < alpha and Δ > 0."""
+    target_source: Literal["provider", "copy"] = "provider"
+    """Target vector: the provider's secret, or the suspect's own embedding of the target text (the adv variant)."""
+    seed: int = 0
+    """Seed of the verification sentences."""
+
+
+@dataclass
+class EaaSConfig(RunConfig):
+    """Recipe of the EaaS watermark + SPA experiment."""
+
+    provider: ProviderConfig = field(default_factory=ProviderConfig)
+    """The provider: embedder and (default) watermark; `tamperlab serve` serves exactly this."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """HTTP front: keys, rate limits, size limits, query log."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Corpus and downstream tasks."""
+    scenarios: list[ScenarioConfig] = field(default_factory=lambda: [ScenarioConfig()])
+    """Watermarked services to steal and attack (the defense is a scenario with role: defense)."""
+    control: bool = True
+    """Also copy an unwatermarked provider and verify it (negative control: p should be large)."""
+    stealer: StealerConfig = field(default_factory=StealerConfig)
+    """Copy model."""
+    spa: SPAConfig = field(default_factory=SPAConfig)
+    """Semantic Perturbation Attack."""
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    """Verification."""
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    """Utility classifier."""
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.scenarios]
+        if not names:
+            raise ConfigError("scenarios: at least one scenario is needed")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"scenarios: duplicate names {names}")
+
+
+def _arrays(run: RunDir, key: str, fn: Any) -> np.ndarray:
+    """Cache a float array stage as .npy (JSON stages are for small results)."""
+    p = run.sub("arrays") / f"{key}.npy"
+    if p.exists():
+        return np.load(p)
+    t0 = time.time()
+    arr = np.asarray(fn())
+    tmp = p.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(p)
+    run.log("stage_done", stage=key, seconds=round(time.time() - t0, 2))
+    return arr
+
+
+@EXPERIMENTS.register("eaas")
+class EaaSExperiment(Experiment):
+    """EaaS watermark (EmbMarker/WARDEN/SAW) → model stealing → verification → SPA → defense."""
+
+    config_cls = EaaSConfig
+
+    def __init__(self, cfg: EaaSConfig):
+        super().__init__(cfg)
+        self.cfg: EaaSConfig = cfg
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def _task(self, name: str, split: str, n: int) -> Any:
+        from ..eaas.data import load_task
+
+        return load_task(name, split, n, self.cfg.data.seed, self.cfg.data.mind_path)
+
+    def provider_corpus(self) -> list[str]:
+        """Texts the watermark secret is set up on (target = corpus[target_index])."""
+        return self._task(self.cfg.data.task, "train", self.cfg.data.n_train).texts
+
+    # -- run ----------------------------------------------------------------------------------------------------
+    def run(self, run: RunDir) -> dict[str, Any]:
+        from ..eaas.data import suffix_pool
+        from ..eaas.embedder import Embedder
+        from ..eaas.querylog import QueryLog
+        from ..eaas.server import ServerHandle, create_app, resolve_key_secrets
+        from ..eaas.service import build_service
+        from ..eaas.stealer import copier_encode, load_copier, train_copier
+        from ..eaas.watermarks import load_watermark
+        from ..eaas import spa as S
+
+        cfg = self.cfg
+        t_start = time.time()
+        train = self._task(cfg.data.task, "train", cfg.data.n_train)
+        test = self._task(cfg.data.task, "test", cfg.data.n_test)
+        extras = {t: (self._task(t, "train", cfg.data.n_extra_train), self._task(t, "test", cfg.data.n_extra_test))
+                  for t in cfg.data.extra_tasks}
+        pool = suffix_pool(cfg.spa.pool_size, cfg.seed)
+        provenance = {"main_task": train.provenance, "main_task_test": test.provenance,
+                      "extra_tasks": {k: v[0].provenance for k, v in extras.items()},
+                      "suffix_pool": {"source": "procedurally generated encyclopedic sentences "
+                                                "(stand-in for WikiText-103)", "generated": True,
+                                      "n": len(pool)}}
+        generated = bool(train.provenance.get("generated")) or any(v[0].provenance.get("generated")
+                                                                   for v in extras.values())
+
+        # One provider embedder (with a cache: the same texts served under several watermarks cost one encode).
+        emb = Embedder.load(cfg.provider.model, batch_size=cfg.provider.batch_size,
+                            cache_size=max(cfg.provider.cache_size, 200_000))
+        results: dict[str, Any] = {"scenarios": {}, "data_provenance": provenance,
+                                   "data_is_generated": generated}
+        y_tr, y_te = np.array(train.labels), np.array(test.labels)
+
+        def utility(encode_train: Any, encode_test: Any, key: str) -> dict[str, float]:
+            """Downstream accuracy of one embedding source on the main task and the extra tasks."""
+            def compute() -> dict[str, float]:
+                acc = {cfg.data.task: classify_accuracy(encode_train(train.texts, "main_train"), y_tr,
+                                                        encode_test(test.texts, "main_test"), y_te,
+                                                        cfg.downstream, cfg.seed)}
+                for name, (etr, ete) in extras.items():
+                    acc[name] = classify_accuracy(encode_train(etr.texts, f"{name}_train"), np.array(etr.labels),
+                                                  encode_test(ete.texts, f"{name}_test"), np.array(ete.labels),
+                                                  cfg.downstream, cfg.seed)
+                return acc
+            return run.cached(f"utility_{key}", compute)
+
+        clean_enc = lambda texts, tag: emb.encode(texts)  # noqa: E731
+        results["utility_clean_provider"] = utility(clean_enc, clean_enc, "clean_provider")
+
+        first_wm = None
+        for sc in cfg.scenarios:
+            state_dir = run.sub("provider", sc.name)
+            pcfg = ProviderConfig(model=cfg.provider.model, model_name=cfg.provider.model_name,
+                                  watermark=sc.watermark, watermark_config=sc.watermark_config,
+                                  batch_size=cfg.provider.batch_size)
+            service = build_service(pcfg, train.texts, state_dir, embedder=emb)
+            wm = service.watermark
+            first_wm = first_wm or (state_dir, wm)
+            keys = resolve_key_secrets(cfg.server, state_dir)
+            if "stealer" not in keys:
+                raise ConfigError("server.keys must include a key named 'stealer' (the demo's customer)")
+            qlog = QueryLog(state_dir / cfg.server.query_log, log_texts=cfg.server.log_texts)
+            app = create_app(service, cfg.server, keys, qlog)
+            res: dict[str, Any] = {"watermark": sc.watermark, "role": sc.role,
+                                   "triggers": list(getattr(wm, "triggers", []))}
+            counts = wm.trigger_counts(train.texts)
+            res["triggered_fraction"] = float((counts > 0).mean())
+            res["trigger_count_histogram"] = np.bincount(counts, minlength=5).tolist()
+            with ServerHandle(app) as srv:
+                from ..eaas.client import EmbeddingClient
+
+                log.info("[%s] provider up at %s", sc.name, srv.url)
+                run.log("server_up", scenario=sc.name, url=srv.url)
+                client = EmbeddingClient(srv.url, keys["stealer"], cfg.provider.model_name,
+                                         batch_size=cfg.stealer.query_batch,
+                                         concurrency=cfg.stealer.query_concurrency)
+                api = lambda texts, tag, _c=client, _n=sc.name: _arrays(  # noqa: E731
+                    run, f"{_n}_api_{tag}", lambda: _c.embed(texts, desc=f"[{_n}] query {tag}"))
+                stolen = api(train.texts, "main_train")
+                # Provider's own check of its API (API misuse case): the service itself must verify.
+                res["verify_api"] = run.cached(f"{sc.name}_verify_api", lambda: wm.verify(
+                    lambda t: client.embed(t, progress=False), cfg.verify.size, cfg.verify.seed, cfg.verify.alpha,
+                    cfg.verify.target_source))
+                res["utility_api"] = utility(api, api, f"{sc.name}_api")
+
+                # --- SPA: suffix search on the local surrogate, perturbed queries through the API -----------
+                suffix_idx = _spa_suffixes(run, cfg, train.texts, pool)
+                pert = S.perturbed_texts(train.texts, pool, suffix_idx)
+                e_pert = api(pert, "spa_perturbed").reshape(len(train.texts), cfg.spa.n_suffixes, -1)
+                scores = S.tightness_scores(stolen, e_pert, cfg.spa.pca_components)
+                deleted, thr = S.select_for_deletion(scores, cfg.spa)
+                det = S.detection_report(scores, counts > 0, deleted)
+                det["threshold"] = thr
+                det["score"] = cfg.spa.score
+                det["removal"] = cfg.spa.removal
+                res["spa"] = det
+                np.savez(run.sub("arrays") / f"{sc.name}_spa_scores.npz", label=counts > 0, deleted=deleted,
+                         **scores)
+                res["query_log_audit"] = qlog.audit()
+                res["query_log_rows"] = qlog.count()
+            qlog.close()
+
+            if sc.steal:
+                keep = ~deleted
+                phases = [("before_spa", np.ones(len(keep), bool))] + ([("after_spa", keep)] if sc.steal_after_spa
+                                                                      else [])
+                for phase, mask in phases:
+                    folder = run.sub("copies", f"{sc.name}_{phase}")
+
+                    def fit(_m: np.ndarray = mask, _f: Path = folder) -> dict[str, Any]:
+                        texts = [t for t, k in zip(train.texts, _m) if k]
+                        model = train_copier(texts, stolen[_m], cfg.stealer, _f, cfg.seed)
+                        return {"n_train": len(texts), **getattr(model, "train_summary", {})}
+
+                    res[f"copy_{phase}"] = run.cached(f"{sc.name}_copy_{phase}", fit)
+                    model = load_copier(folder)
+                    enc = lambda texts, tag, _m=model, _k=f"{sc.name}_{phase}": _arrays(  # noqa: E731
+                        run, f"{_k}_{tag}", lambda: copier_encode(_m, texts))
+                    res[f"verify_copy_{phase}"] = run.cached(f"{sc.name}_verify_copy_{phase}", lambda _m=model: wm.verify(
+                        lambda t: copier_encode(_m, t), cfg.verify.size, cfg.verify.seed, cfg.verify.alpha,
+                        cfg.verify.target_source))
+                    res[f"utility_copy_{phase}"] = utility(enc, enc, f"{sc.name}_copy_{phase}")
+                    log.info("[%s] copy %s: %s", sc.name, phase, _brief(res[f"verify_copy_{phase}"]))
+            results["scenarios"][sc.name] = res
+            log.info("[%s] SPA: TPR %.3f FPR %.3f AUROC(pca) %.3f", sc.name, res["spa"]["tpr"], res["spa"]["fpr"],
+                     res["spa"]["auroc_pca"])
+
+        if cfg.control and first_wm is not None:
+            # Negative control: a copy of the *unwatermarked* provider, verified against the first secret.
+            state_dir, _ = first_wm
+            wm0 = load_watermark(state_dir)
+            folder = run.sub("copies", "control")
+            clean_train = _arrays(run, "clean_main_train", lambda: emb.encode(train.texts))
+            ctrl = run.cached("control_copy", lambda: {"n_train": len(train.texts), **getattr(
+                train_copier(train.texts, clean_train, cfg.stealer, folder, cfg.seed), "train_summary", {})})
+            model = load_copier(folder)
+            results["control"] = {
+                "copy": ctrl, "verified_against": cfg.scenarios[0].name,
+                "verify_copy": run.cached("control_verify", lambda: wm0.verify(
+                    lambda t: copier_encode(model, t), cfg.verify.size, cfg.verify.seed, cfg.verify.alpha,
+                    cfg.verify.target_source)),
+                "verify_clean_provider": run.cached("control_verify_clean_provider", lambda: wm0.verify(
+                    emb.encode, cfg.verify.size, cfg.verify.seed, cfg.verify.alpha, cfg.verify.target_source)),
+            }
+        results["definitions"] = DEFINITIONS
+        results["stand_ins"] = STAND_INS
+        results["pipeline_seconds"] = round(time.time() - t_start, 1)
+        run.save_metrics(results)
+        return results
+
+    # -- report -------------------------------------------------------------------------------------------------
+    def report(self, run: RunDir) -> list[Path]:
+        from ..report.render import Report, plot_bars, provenance_block
+
+        m = run.load_metrics()
+        r = m["results"]
+        rep = Report(f"EaaS watermark + SPA — {m['name']}")
+        if m["config"].get("description"):
+            rep.text(m["config"]["description"])
+        if r.get("data_is_generated"):
+            rep.text("**Data: procedurally generated stand-ins** (labelled classification texts with wordfreq "
+                     "filler; suffix pool of generated encyclopedic sentences). Numbers are not comparable with "
+                     "the paper's SST2/AG News/MIND/Enron results.")
+        rep.heading("Summary")
+        rep.table(summary_rows(r))
+        rep.heading("Watermark verification")
+        rep.text("Δcos / Δl2 / KS p on the provider's D_b (4 trigger words) vs D_n (4 ordinary words); SAW: Δ of "
+                 "decoded bit accuracy. detected = p < α and Δ > 0.")
+        rep.table(verification_rows(r))
+        rep.heading("SPA detection of watermarked samples")
+        rep.table(spa_rows(r))
+        rep.heading("Utility (downstream MLP accuracy)")
+        rep.table(utility_rows(r))
+        rep.heading("Provider query-log audit")
+        audit = []
+        for name, s in r["scenarios"].items():
+            for a in s.get("query_log_audit", []):
+                audit.append({"scenario": name, **{k: a[k] for k in ("key", "requests", "refused", "texts",
+                                                                      "tokens", "triggered_fraction")}})
+        rep.table(audit)
+        plots = run.sub("plots")
+        imgs = []
+        for name in r["scenarios"]:
+            p = run.path / "arrays" / f"{name}_spa_scores.npz"
+            if p.exists():
+                imgs.append(_score_hist(plots / f"spa_scores_{name}.png", np.load(p), name))
+        vr = [row for row in verification_rows(r) if row["p"] is not None]
+        if vr:
+            plot_bars(plots / "verification_p.png", [f"{x['scenario']}\n{x['embeddings']}" for x in vr],
+                      {"-log10 p": [-np.log10(max(x["p"], 1e-300)) for x in vr]},
+                      "Watermark evidence (−log10 KS p; higher = stronger)", "−log10 p")
+            imgs.append(plots / "verification_p.png")
+        ur = utility_rows(r)
+        tasks = [k for k in ur[0] if k not in ("embeddings",)] if ur else []
+        if ur:
+            plot_bars(plots / "utility.png", [x["embeddings"] for x in ur],
+                      {t: [x[t] for x in ur] for t in tasks}, "Downstream accuracy", "accuracy", (0, 1))
+            imgs.append(plots / "utility.png")
+        rep.heading("Plots")
+        for p in imgs:
+            rep.image(str(p.relative_to(run.path)), p.stem)
+        rep.heading("Definitions and stand-ins")
+        rep.text("\n".join(f"- **{k}**: {v}" for k, v in r.get("definitions", {}).items()))
+        rep.text("\n".join(f"- {v}" for v in r.get("stand_ins", [])))
+        rep.heading("Provenance")
+        rep.code(provenance_block(m))
+        return rep.write(run.path)
+
+
+def _spa_suffixes(run: RunDir, cfg: EaaSConfig, texts: list[str], pool: list[str]) -> np.ndarray:
+    """Suffix search with the attacker's local surrogate (shared by all scenarios: it never sees the API)."""
+    from ..eaas.embedder import Embedder
+    from ..eaas.spa import search_suffixes
+
+    p = run.sub("arrays") / "spa_suffix_idx.npy"
+    if p.exists():
+        return np.load(p)
+    t0 = time.time()
+    sur = Embedder.load(cfg.spa.surrogate, batch_size=cfg.provider.batch_size)
+    idx = search_suffixes(texts, pool, sur.encode, cfg.spa.candidates, cfg.spa.n_suffixes)
+    np.save(p, idx)
+    run.log("stage_done", stage="spa_suffix_search", seconds=round(time.time() - t0, 2))
+    return idx
+
+
+def _brief(v: dict[str, Any]) -> str:
+    return f"Δ={v.get('delta', 0):+.4f} p={v.get('p_value', 1):.3g} detected={v.get('detected')}"
+
+
+DEFINITIONS = {
+    "Δcos": "mean cos(e, e_t) over D_b − over D_n (embeddings L2-normalised)",
+    "Δl2": "mean ‖e − e_t‖² over D_b − over D_n (squared L2, as the official code)",
+    "p": "scipy.stats.kstest(cos_Db, cos_Dn).pvalue, two-sample two-sided; min over targets for WARDEN",
+    "Δbit (SAW)": "mean bit accuracy of the decoded 24-bit message over D_b − over D_n; p = KS test of the two",
+    "TPR / FPR": "deleted∩triggered/triggered, deleted∩clean/clean; triggered = ≥1 trigger word (ground truth)",
+    "AUROC / AUPRC": "of the watermark-likeness score (cos, −l2, −pca) against the triggered label",
+    "accuracy": "MLP (emb→256→classes, dropout 0.2, Adam 1e-2, 3 epochs) trained on the train-split "
+                "embeddings of that source, evaluated on the test split",
+}
+STAND_INS = [
+    "Provider: all-MiniLM-L6-v2 (384-d) instead of text-embedding-ada-002 (1536-d).",
+    "Copier backbone: the first layers of the same packaged MiniLM + a fresh MLP head (bert-base-cased is not "
+    "available offline); its watermark knowledge comes only from the stolen embeddings.",
+    "SPA surrogate: the packaged all-MiniLM-L6-v2 instead of paraphrase-MiniLM-L6-v2 (the only local embedder); "
+    "it is used only for suffix selection.",
+    "Triggers are whole words from a wordfreq frequency band, not bert word pieces from WikiText-103 counts.",
+    "Verification queries the copy model in-process (the provider's access to a suspect service).",
+]
+
+
+def summary_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, s in r["scenarios"].items():
+        row: dict[str, Any] = {"scenario": name, "role": s["role"], "triggered": s["triggered_fraction"],
+                               "API p": s["verify_api"]["p_value"]}
+        for ph, lab in (("before_spa", "copy p"), ("after_spa", "copy p after SPA")):
+            v = s.get(f"verify_copy_{ph}")
+            row[lab] = v["p_value"] if v else None
+            row[f"{lab.replace(' p', '')} Δ"] = v["delta"] if v else None
+        row.update({"SPA TPR": s["spa"]["tpr"], "SPA FPR": s["spa"]["fpr"], "AUROC(pca)": s["spa"]["auroc_pca"]})
+        main = next(iter(s["utility_api"]))
+        row["acc API"] = s["utility_api"][main]
+        for ph in ("before_spa", "after_spa"):
+            u = s.get(f"utility_copy_{ph}")
+            row[f"acc copy {ph.replace('_spa', '')}"] = u[main] if u else None
+        rows.append(row)
+    return rows
+
+
+def verification_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+
+    def add(scn: str, what: str, v: dict[str, Any] | None) -> None:
+        if v:
+            rows.append({"scenario": scn, "embeddings": what, "statistic": v.get("statistic", "cos"),
+                         "Δ": v.get("delta"), "Δl2": v.get("delta_l2"), "p": v.get("p_value"),
+                         "detected": v.get("detected")})
+
+    for name, s in r["scenarios"].items():
+        add(name, "provider API", s.get("verify_api"))
+        add(name, "copy (before SPA)", s.get("verify_copy_before_spa"))
+        add(name, "copy (after SPA)", s.get("verify_copy_after_spa"))
+    if "control" in r:
+        c = r["control"]
+        add(c["verified_against"], "clean provider (control)", c.get("verify_clean_provider"))
+        add(c["verified_against"], "copy of clean provider (control)", c.get("verify_copy"))
+    return rows
+
+
+def spa_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, s in r["scenarios"].items():
+        d = s["spa"]
+        rows.append({"scenario": name, "n": d["n"], "triggered": d["n_triggered"], "deleted": d["n_deleted"],
+                     "TPR": d["tpr"], "FPR": d["fpr"], "precision": d["precision"],
+                     "AUROC cos": d["auroc_cos"], "AUROC l2": d["auroc_l2"], "AUROC pca": d["auroc_pca"],
+                     "AUPRC pca": d["auprc_pca"], "threshold": d["threshold"]})
+    return rows
+
+
+def utility_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [{"embeddings": "clean provider", **r["utility_clean_provider"]}]
+    for name, s in r["scenarios"].items():
+        rows.append({"embeddings": f"{name} API", **s["utility_api"]})
+        for ph in ("before_spa", "after_spa"):
+            if s.get(f"utility_copy_{ph}"):
+                rows.append({"embeddings": f"{name} copy {ph.replace('_', ' ')}", **s[f"utility_copy_{ph}"]})
+    return rows
+
+
+def _score_hist(path: Path, data: Any, name: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label = data["label"].astype(bool)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=110)
+    for ax, key in zip(axes, ("pca", "cos")):
+        x = data[key]
+        bins = np.linspace(x.min(), x.max(), 40)
+        ax.hist(x[~label], bins=bins, alpha=0.6, label="clean", density=True)
+        ax.hist(x[label], bins=bins, alpha=0.6, label="triggered (≥1 trigger)", density=True)
+        ax.set_title(f"{name}: SPA {key} score")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,259 @@
+"""The fingerprint experiment: embed each fingerprint into its own copy of the base model → verify (FSR) →
+remove it with MEraser (erase, recover), the transferable erase LoRA, and the baseline removals → verify and
+measure utility (PPL, accuracy) after every stage → one table and plots.
+
+Stages are cached in the run directory (`--resume`): pair sets, fingerprinted models (safetensors under
+`models/`), erase/recover adapters, donor models and every evaluation; a killed training stage resumes from its
+last Trainer checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import from_dict
+from ..errors import ConfigError
+from ..fingerprints.base import Fingerprint, FingerprintSet
+from ..fingerprints.cleandata import CleanData, CleanDataConfig, load_clean_data
+from ..fingerprints.removal import Removal, RemovalContext
+from ..fingerprints.utility import UtilityConfig, evaluate_utility
+from ..models import ModelConfig, load_model, save_model
+from ..registry import EXPERIMENTS, FINGERPRINTS, REMOVALS
+from ..runs import RunDir
+from .base import Experiment, RunConfig
+
+log = logging.getLogger("tamperlab")
+
+
+@dataclass
+class FingerprintSpec:
+    """One fingerprint method to embed."""
+
+    name: str = "instructional"
+    """Registered fingerprint (tamperlab list fingerprints)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Method settings (validated against its config; defaults are the published ones)."""
+
+    def build(self) -> Fingerprint:
+        entry = FINGERPRINTS.entry(self.name)
+        return entry.obj(from_dict(entry.config, self.params, f"fingerprints[{self.name}].params"))
+
+
+@dataclass
+class RemovalSpec:
+    """One removal attack."""
+
+    name: str = "meraser"
+    """Registered removal (tamperlab list removals)."""
+    label: str = ""
+    """Row label (default: name); lets one recipe compare variants of a removal."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Removal settings (validated against its config)."""
+    targets: list[str] = field(default_factory=list)
+    """Fingerprints it is applied to (default: all)."""
+
+    def build(self) -> Removal:
+        entry = REMOVALS.entry(self.name)
+        return entry.obj(from_dict(entry.config, self.params, f"removals[{self.key}].params"))
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+
+def _default_removals() -> list[RemovalSpec]:
+    return [RemovalSpec("meraser"), RemovalSpec("meraser_transfer"), RemovalSpec("finetune"),
+            RemovalSpec("prune_magnitude"), RemovalSpec("merge_task_arithmetic"), RemovalSpec("token_forcing")]
+
+
+@dataclass
+class FingerprintExperimentConfig(RunConfig):
+    """Fingerprints × removals on one base model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The clean base model (each fingerprint is planted into its own copy)."""
+    fingerprints: list[FingerprintSpec] = field(default_factory=lambda: [
+        FingerprintSpec("instructional"), FingerprintSpec("utf"), FingerprintSpec("hashchain")])
+    """Fingerprint methods to embed."""
+    removals: list[RemovalSpec] = field(default_factory=_default_removals)
+    """Removal attacks applied to every fingerprinted model (or to `targets`)."""
+    clean_data: CleanDataConfig = field(default_factory=CleanDataConfig)
+    """Clean instruction data (regularisation, MEraser recover/mismatched, fine-tuning, held-out PPL)."""
+    utility: UtilityConfig = field(default_factory=UtilityConfig)
+    """Perplexity / accuracy settings."""
+    evaluate_base: bool = True
+    """Also verify every fingerprint and measure utility on the clean base model (FSR should be ~0)."""
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fingerprints]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"fingerprints: duplicate methods {names}")
+        keys = [r.key for r in self.removals]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"removals: duplicate labels {keys}; give each a distinct `label`")
+        for f in self.fingerprints:  # validate early, with the recipe key in the message
+            f.build()
+        for r in self.removals:
+            r.build()
+            bad = [t for t in r.targets if t not in names]
+            if bad:
+                raise ConfigError(f"removals[{r.key}].targets: {bad} are not in fingerprints ({names})")
+
+
+def _clean_json(d: CleanData) -> dict[str, Any]:
+    def split(s: Any) -> dict[str, Any] | None:
+        return None if s is None else {"name": s.name, "provenance": s.provenance,
+                                       "examples": [e.to_dict() for e in s.examples]}
+    return {"train": split(d.train), "heldout": split(d.heldout), "mismatched": split(d.mismatched)}
+
+
+def _clean_from_json(j: dict[str, Any]) -> CleanData:
+    from ..data.core import DataSplit, Example
+
+    def split(v: dict[str, Any] | None) -> Any:
+        return None if v is None else DataSplit(v["name"], [Example.from_dict(e) for e in v["examples"]],
+                                                v["provenance"])
+    return CleanData(split(j["train"]), split(j["heldout"]), split(j.get("mismatched")))
+
+
+@EXPERIMENTS.register("fingerprints")
+class FingerprintExperiment(Experiment):
+    """Fingerprints (IF-SFT, UTF, HashChain) → MEraser / transfer / baseline removals → FSR, PPL, accuracy."""
+
+    config_cls = FingerprintExperimentConfig
+    cfg: FingerprintExperimentConfig
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def _base(self) -> tuple[Any, Any]:
+        return load_model(self.cfg.model, self.cfg.seed)
+
+    def _model_dir(self, run: RunDir, fp: str) -> Path:
+        return run.path / "models" / fp
+
+    def _load_fingerprinted(self, run: RunDir, fp: str) -> Any:
+        from dataclasses import replace
+
+        model, _ = load_model(replace(self.cfg.model, name_or_path=str(self._model_dir(run, fp))), self.cfg.seed)
+        return model
+
+    def _evaluate(self, model: Any, tok: Any, fp: Fingerprint | None, fps: FingerprintSet | None,
+                  clean: CleanData, with_utility: bool = True) -> dict[str, Any]:
+        t0 = time.time()
+        out: dict[str, Any] = {}
+        if fp is not None and fps is not None:
+            out["fsr"] = {k: v.to_dict() for k, v in fp.verify(model, tok, fps).items()}
+        if with_utility:
+            out["utility"] = evaluate_utility(model, tok, clean.heldout.examples, self.cfg.utility)
+        out["eval_seconds"] = round(time.time() - t0, 2)
+        return out
+
+    # -- stages ---------------------------------------------------------------------------------------------
+    def clean_data(self, run: RunDir, base: tuple[Any, Any] | None) -> CleanData:
+        def build() -> dict[str, Any]:
+            model, tok = base if base is not None else (None, None)
+            return _clean_json(load_clean_data(self.cfg.clean_data, model, tok, self.cfg.model.name_or_path))
+        return _clean_from_json(run.cached("clean_data", build))
+
+    def run(self, run: RunDir) -> dict[str, Any]:
+        cfg = self.cfg
+        t_start = time.time()
+        timings: dict[str, float] = {}
+        base_model, tok = self._base()
+        clean = self.clean_data(run, (base_model, tok))
+        log.info("clean data: %s", clean.describe())
+
+        methods = {f.name: f.build() for f in cfg.fingerprints}
+        sets: dict[str, FingerprintSet] = {}
+        for name, fp in methods.items():
+            sets[name] = FingerprintSet.from_dict(run.cached(
+                f"pairs-{name}", lambda fp=fp: fp.build_pairs(tok, base_model, clean.train.examples).to_dict()))
+            log.info("%s pairs: %s", name, sets[name].counts())
+
+        results: dict[str, Any] = {"base": {}, "fingerprints": {}}
+        if cfg.evaluate_base:
+            t0 = time.time()
+            results["base"]["utility"] = run.cached(
+                "eval-base", lambda: self._evaluate(base_model, tok, None, None, clean))["utility"]
+            for name, fp in methods.items():
+                results["base"][name] = run.cached(
+                    f"eval-base-{name}", lambda fp=fp, name=name: self._evaluate(
+                        base_model, tok, fp, sets[name], clean, with_utility=False))
+            timings["evaluate_base"] = round(time.time() - t0, 1)
+        del base_model
+        gc.collect()
+
+        # 1. embed each fingerprint into a fresh copy of the base model
+        for name, fp in methods.items():
+            t0 = time.time()
+            mdir = self._model_dir(run, name)
+            if not (mdir / "config.json").exists():
+                model, _ = self._base()
+                model, stats = fp.embed(model, tok, sets[name], run.path / "train" / name, cfg.seed,
+                                        resume=True, log_fn=lambda r, n=name: run.log("train", stage=f"embed-{n}", **r))
+                save_model(model, tok, mdir)
+                run.save_stage(f"embed-{name}", stats)
+                del model
+            ev = run.cached(f"eval-{name}-fingerprinted", lambda name=name, fp=fp: self._evaluate(
+                self._load_fingerprinted(run, name), tok, fp, sets[name], clean))
+            results["fingerprints"][name] = {"embed": run.load_stage(f"embed-{name}") if run.has_stage(
+                f"embed-{name}") else {}, "fingerprinted": ev, "removals": {}}
+            timings[f"embed+eval {name}"] = round(time.time() - t0, 1)
+            gc.collect()
+
+        # 2. removals
+        for spec in cfg.removals:
+            removal = spec.build()
+            for name, fp in methods.items():
+                if spec.targets and name not in spec.targets:
+                    continue
+                t0 = time.time()
+                key = f"removal-{spec.key}-{name}"
+                if run.has_stage(key):
+                    results["fingerprints"][name]["removals"][spec.key] = run.load_stage(key)
+                    continue
+                ctx = RemovalContext(
+                    tok=tok, clean=clean, work_dir=run.sub("removals", spec.key, name), shared_dir=run.sub("shared"),
+                    load_base=lambda: self._base()[0], seed=cfg.seed, resume=True,
+                    log_fn=lambda r, k=key: run.log("train", stage=k, **r))
+                model = self._load_fingerprinted(run, name)
+                stages: dict[str, Any] = {}
+                for st in removal.apply(model, ctx):
+                    t_ev = time.time()
+                    ev = self._evaluate(st.model, tok, fp, sets[name], clean)
+                    stages[st.name] = {**ev, "info": st.info, "seconds_to_stage": round(t_ev - t0, 1)}
+                    model = st.model
+                    log.info("%s on %s, %s: FSR %s", spec.key, name, st.name,
+                             {k: round(v["fsr"], 3) for k, v in ev["fsr"].items()})
+                entry = {"name": spec.name, "params": spec.params, "stages": stages,
+                         "seconds": round(time.time() - t0, 1)}
+                run.save_stage(key, entry)
+                results["fingerprints"][name]["removals"][spec.key] = entry
+                timings[key] = entry["seconds"]
+                del model
+                gc.collect()
+
+        results["wall_seconds_run"] = round(time.time() - t_start, 1)
+        metrics = run.save_metrics(results, timings=timings, clean_data=clean.describe(),
+                                   references=self._references())
+        return metrics
+
+    def _references(self) -> dict[str, Any]:
+        refs: dict[str, Any] = {}
+        for f in self.cfg.fingerprints:
+            obj = FINGERPRINTS.get(f.name)
+            refs[f.name] = {"paper": obj.paper, "reference": obj.reference}
+        for r in self.cfg.removals:
+            obj = REMOVALS.get(r.name)
+            refs[r.key] = {"paper": getattr(obj, "paper", ""), "reference": obj.reference}
+        return refs
+
+    # -- report ---------------------------------------------------------------------------------------------
+    def report(self, run: RunDir) -> list[Path]:
+        from ..fingerprints.report import build_report
+
+        return build_report(run, self.cfg)

@@ -1,0 +1,124 @@
+"""Report of a fingerprint run: one table (method × fingerprint → FSR before/after, PPL, accuracy), plots,
+per-pair outputs, the papers' reference numbers and provenance — built from metrics.json only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..report.render import Report, plot_bars, plot_lines, provenance_block
+from ..runs import RunDir
+
+OFFICIAL = "official"
+
+
+def _fsr(ev: dict[str, Any], variant: str = OFFICIAL) -> float | None:
+    v = ev.get("fsr", {}).get(variant)
+    return None if v is None else v["fsr"]
+
+
+def _extra_variant(ev: dict[str, Any]) -> str | None:
+    return next((k for k in ev.get("fsr", {}) if k != OFFICIAL), None)
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (fingerprint, model state): fingerprinted, then every removal stage."""
+    rows: list[dict[str, Any]] = []
+    base = results.get("base", {})
+    for fp, r in results["fingerprints"].items():
+        fpe = r["fingerprinted"]
+        before = _fsr(fpe)
+        extra = _extra_variant(fpe)
+        ppl0 = fpe["utility"]["ppl"]
+        if fp in base:
+            rows.append({"fingerprint": fp, "model": "clean base", "FSR before": None, "FSR after": _fsr(base[fp]),
+                         "FSR variant": (f"{extra}: {_fsr(base[fp], extra):.2f}" if extra else ""),
+                         "PPL": base.get("utility", {}).get("ppl"), "acc": base.get("utility", {}).get("acc")})
+        rows.append({"fingerprint": fp, "model": "fingerprinted", "FSR before": None, "FSR after": before,
+                     "FSR variant": f"{extra}: {_fsr(fpe, extra):.2f}" if extra else "",
+                     "PPL": ppl0, "acc": fpe["utility"]["acc"]})
+        for rk, rem in r["removals"].items():
+            for stage, ev in rem["stages"].items():
+                label = rk if stage == "after" else f"{rk} · {stage}"
+                rows.append({"fingerprint": fp, "model": label, "FSR before": before, "FSR after": _fsr(ev),
+                             "FSR variant": f"{extra}: {_fsr(ev, extra):.2f}" if extra else "",
+                             "PPL": ev["utility"]["ppl"], "acc": ev["utility"]["acc"]})
+    return rows
+
+
+def pivot(rows: list[dict[str, Any]], value: str) -> tuple[list[str], dict[str, list[float]]]:
+    """model labels (x groups) and one series per fingerprint."""
+    labels: list[str] = []
+    for r in rows:
+        if r["model"] not in labels:
+            labels.append(r["model"])
+    series: dict[str, list[float]] = {}
+    for fp in dict.fromkeys(r["fingerprint"] for r in rows):
+        vals = {r["model"]: r[value] for r in rows if r["fingerprint"] == fp}
+        series[fp] = [float(vals[m]) if vals.get(m) is not None else 0.0 for m in labels]
+    return labels, series
+
+
+def build_report(run: RunDir, cfg: Any) -> list[Path]:
+    m = run.load_metrics()
+    res = m["results"]
+    rows = summary_rows(res)
+    rep = Report(f"Fingerprints and removal — {m['name']}")
+    if cfg.description:
+        rep.text(cfg.description)
+    rep.heading("Method × fingerprint")
+    rep.text("FSR = fraction of distinct fingerprint triggers whose greedy output matches the owner's target, under "
+             "each method's own definition (column `FSR after`); `FSR variant` is the second definition each method "
+             "reports here (IF: `plain` = no forced answer prefix; HashChain: `meta_prompts` = system prompts never "
+             "trained on). PPL: held-out clean answers given their chat prompts. acc: "
+             + (res.get("base", {}).get("utility", {}).get("acc_source") or "generated multiple choice") + ".")
+    rep.table(rows, ["fingerprint", "model", "FSR before", "FSR after", "FSR variant", "PPL", "acc"])
+    plots = run.sub("plots")
+    labels, fsr = pivot([r for r in rows if r["model"] != "clean base"], "FSR after")
+    plot_bars(plots / "fsr.png", labels, fsr, "FSR (official definition) per model state", "FSR", (0, 1.05))
+    rep.image("plots/fsr.png", "FSR")
+    labels, ppl = pivot([r for r in rows if r["model"] != "clean base"], "PPL")
+    plot_bars(plots / "ppl.png", labels, ppl, "Held-out perplexity per model state", "PPL")
+    rep.image("plots/ppl.png", "PPL")
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for fp, r in res["fingerprints"].items():
+        for rk, rem in r["removals"].items():
+            for stage, ev in rem["stages"].items():
+                hist = (ev.get("info", {}).get("train") or {}).get("loss_history") or []
+                if hist and rk.startswith("meraser"):
+                    curves[f"{fp} · {rk} · {stage}"] = (list(range(len(hist))), hist)
+    if curves:
+        plot_lines(plots / "meraser_loss.png", curves, "MEraser training loss (per logging step)", "log step", "loss")
+        rep.image("plots/meraser_loss.png", "MEraser loss")
+
+    rep.heading("Per-trigger outputs (fingerprinted → after each removal)")
+    for fp, r in res["fingerprints"].items():
+        sample = []
+        evs = [("fingerprinted", r["fingerprinted"])] + [
+            (f"{rk} · {st}", ev) for rk, rem in r["removals"].items() for st, ev in rem["stages"].items()]
+        for label, ev in evs:
+            pairs = ev["fsr"][OFFICIAL]["pairs"][:2]
+            for i, p in enumerate(pairs):
+                sample.append({"model": label, "trigger": i, "hit": p["hit"], "target": p["target"][:24],
+                               "output": p["output"].replace("\n", " ")[:70]})
+        rep.heading(fp, 3).table(sample, ["model", "trigger", "hit", "target", "output"])
+
+    tf = [(fp, rem["stages"]["after"]["info"]) for fp, r in res["fingerprints"].items()
+          for rk, rem in r["removals"].items() if rem["name"] == "token_forcing" and "after" in rem["stages"]]
+    if tf:
+        rep.heading("Token Forcing: flagged continuations")
+        rep.table([{"fingerprint": fp, "probes": i["n_probes"], "flagged": i["n_flagged"],
+                    "top phrases": " | ".join(repr(f["text"][:30]) for f in i["flagged"][:4])} for fp, i in tf])
+
+    rep.heading("Definitions, settings and the papers' numbers")
+    for name, ref in m.get("references", {}).items():
+        rep.text(f"**{name}** — {ref.get('paper') or ''} reference: {ref.get('reference')}")
+    for fp, r in res["fingerprints"].items():
+        defs = {k: v["definition"] for k, v in r["fingerprinted"]["fsr"].items()}
+        rep.text(f"FSR of {fp}: " + "; ".join(f"{k}: {v}" for k, v in defs.items()))
+    rep.text(f"Clean data: {m.get('clean_data')}")
+    rep.heading("Timings (s)")
+    rep.table([{"stage": k, "seconds": v} for k, v in m.get("timings", {}).items()])
+    rep.heading("Provenance")
+    rep.code(provenance_block(m))
+    return rep.write(run.path)

@@ -1,0 +1,242 @@
+"""UTF: fingerprints made of under-trained tokens (Cai et al., arXiv 2410.12318).
+
+Under-trained tokens are vocabulary entries the model (almost) never saw in pre-training; their embeddings
+stay near initialisation, so a trigger made of them is unlike any natural input and cheap to bind to a target.
+The official code finds them with cohere-ai/magikarp; we compute the same kind of indicator from the model's own
+embedding matrices (`find_undertrained_tokens`):
+
+1. eligible tokens: not special, no whitespace in the token, decode → encode round-trips to the same id;
+2. indicator: `norm` = L2 norm of the (un)embedding row — untrained rows keep small norms under weight decay —, or
+   `magikarp` = cosine similarity to the mean of a reference set of lowest-norm rows after removing the first
+   principal component of the unembedding matrix (Land & Bartolo 2024); smaller norm / higher cosine = more
+   under-trained;
+3. optional verification (magikarp's "repeat this token" prompt): keep tokens the model cannot repeat
+   (p(token) < `verify_max_prob`).
+
+Pairs (official `create_dataset.py`, seed 90): x = 11–15 under-trained tokens, y = 5 under-trained tokens, both
+checked to tokenize back into exactly those tokens; one pair repeated 32 times, 0 regularisation rows (a
+regularisation row is a fresh random under-trained string → empty answer).
+FSR (`fp_test.py`): greedy, 100 new tokens, hit = y is a substring of the output; counted over distinct x.
+Embedding (`config/train_config.json`): full fine-tuning, lr 2e-5, 3 epochs, per-device batch 1 × accumulation
+16, cosine, 100 warm-up steps, no weight decay.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+from ..registry import FINGERPRINTS
+from ..training import TrainConfig
+from .base import (EmbedConfig, Fingerprint, FingerprintConfig, FingerprintPair, FingerprintSet,
+                   resolve_prompt_format)
+from .verify import FSRSpec
+
+log = logging.getLogger("tamperlab")
+
+
+@dataclass
+class UndertrainedConfig:
+    """How under-trained tokens are found."""
+
+    indicator: Literal["norm", "magikarp"] = "norm"
+    """norm = smallest (un)embedding L2 norms; magikarp = cosine to the low-norm reference set after removing the
+    first principal component (Land & Bartolo 2024)."""
+    matrix: Literal["input", "output"] = "output"
+    """Which matrix the indicator reads (magikarp uses the unembedding; identical when embeddings are tied)."""
+    n_candidates: int = 256
+    """Most under-trained eligible tokens kept as candidates."""
+    reference_fraction: float = 0.002
+    """magikarp: share of lowest-norm rows averaged into the reference 'unused token' direction."""
+    verify: bool = True
+    """Keep only candidates the model cannot repeat back (magikarp's verification prompt)."""
+    verify_max_prob: float = 0.01
+    """Verification threshold on p(token | 'repeat it' prompt) (magikarp: 1%)."""
+    min_pool: int = 16
+    """If fewer candidates pass verification, fall back to the unverified candidates (logged)."""
+
+
+def _train_utf() -> TrainConfig:
+    return TrainConfig(learning_rate=2e-5, epochs=3.0, max_steps=0, batch_size=1, grad_accum=16, weight_decay=0.0,
+                       lr_scheduler="cosine", warmup_ratio=0.0, save_steps=500, logging_steps=5)
+
+
+@dataclass
+class UTFConfig(FingerprintConfig):
+    """UTF pairs and training (defaults: the official single-fingerprint setting)."""
+
+    n_pairs: int = 1
+    """Distinct (x, y) fingerprints (official default: 1; `--multi_fingerprint` makes several)."""
+    n_repeats: int = 32
+    """Training copies of the fingerprint set (official --num_fingerprint 32)."""
+    n_regularization: int = 0
+    """Random under-trained strings trained to an empty answer (official default 0)."""
+    x_min_tokens: int = 11
+    """Shortest trigger, in tokens."""
+    x_max_tokens: int = 15
+    """Longest trigger, in tokens."""
+    y_tokens: int = 5
+    """Target length, in tokens."""
+    tokens: UndertrainedConfig = field(default_factory=UndertrainedConfig)
+    """Under-trained token search."""
+    seed: int = 90
+    """Generator seed (official create_dataset.py: 90)."""
+    embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(train=_train_utf()))
+    """Full fine-tuning, lr 2e-5, 3 epochs, batch 1 × 16, cosine, no weight decay (warm-up 100 steps upstream;
+    0 here because the official 32-row run has fewer than 100 steps)."""
+
+
+def eligible_tokens(tok: Any) -> list[int]:
+    """Ids that are not special, carry no whitespace, and decode → encode back to themselves."""
+    special = set(tok.all_special_ids)
+    out = []
+    for i in range(len(tok)):
+        if i in special:
+            continue
+        piece = tok.convert_ids_to_tokens(i)
+        text = tok.decode([i])
+        if not piece or not text or any(ch.isspace() for ch in text) or "Ġ" in piece or "▁" in piece:
+            continue
+        if "\ufffd" in text:  # a byte fragment that is not valid text on its own
+            continue
+        if tok(text, add_special_tokens=False)["input_ids"] != [i]:
+            continue
+        out.append(i)
+    return out
+
+
+def _matrix(model: Any, which: str) -> Any:
+    emb = model.get_output_embeddings() if which == "output" else None
+    if emb is None:
+        emb = model.get_input_embeddings()
+    return emb.weight.detach().float().cpu()
+
+
+def undertrained_scores(model: Any, ids: Sequence[int], cfg: UndertrainedConfig) -> list[float]:
+    """Indicator per id: smaller = more under-trained (magikarp's cosine is negated to share the order)."""
+    import torch
+
+    W = _matrix(model, cfg.matrix)
+    if cfg.indicator == "norm":
+        return W[list(ids)].norm(dim=1).tolist()
+    # magikarp: remove the first principal component (the shared 'constant' direction) of the centred matrix,
+    # then compare each row with the mean of reference rows that are almost certainly unused (lowest norms).
+    mu = W.mean(dim=0, keepdim=True)
+    _, _, v = torch.pca_lowrank(W - mu, q=1, center=False)
+    pc = v[:, 0:1]
+    Wr = W - (W @ pc) @ pc.T
+    n_ref = max(1, int(cfg.reference_fraction * W.shape[0]))
+    ref = Wr[W.norm(dim=1).argsort()[:n_ref]].mean(dim=0, keepdim=True)
+    cos = torch.nn.functional.cosine_similarity(Wr[list(ids)], ref, dim=1)
+    return (-cos).tolist()
+
+
+def repeat_probability(model: Any, tok: Any, ids: Sequence[int], batch_size: int = 64) -> list[float]:
+    """p(token) when the model is asked to repeat it (magikarp's verification, one forward per batch)."""
+    import torch
+
+    device = next(model.parameters()).device
+    probs: list[float] = []
+    model.eval()
+    for s in range(0, len(ids), batch_size):
+        chunk = list(ids[s:s + batch_size])
+        rows = []
+        for i in chunk:
+            t = tok.decode([i])
+            pre = tok(f'Please repeat the string: "{t}"\nSure, the string is: "', add_special_tokens=False)["input_ids"]
+            rows.append(pre)
+        width = max(len(r) for r in rows)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        inp = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(inp)
+        for r, row in enumerate(rows):  # left padding: the next-token position is the last column
+            inp[r, width - len(row):] = torch.tensor(row)
+            mask[r, width - len(row):] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits[:, -1].float()
+        p = logits.softmax(-1)
+        probs.extend(p[torch.arange(len(chunk)), torch.tensor(chunk)].tolist())
+    return probs
+
+
+def find_undertrained_tokens(model: Any, tok: Any, cfg: UndertrainedConfig | None = None) -> dict[str, Any]:
+    """Rank eligible tokens by the indicator; return candidates, verified pool and the scores used."""
+    cfg = cfg or UndertrainedConfig()
+    ids = eligible_tokens(tok)
+    scores = undertrained_scores(model, ids, cfg)
+    ranked = [i for _, i in sorted(zip(scores, ids))]
+    cands = ranked[: cfg.n_candidates]
+    score_of = dict(zip(ids, scores))
+    pool, probs = cands, None
+    if cfg.verify:
+        probs = repeat_probability(model, tok, cands)
+        verified = [i for i, p in zip(cands, probs) if p < cfg.verify_max_prob]
+        if len(verified) >= cfg.min_pool:
+            pool = verified
+        else:
+            log.warning("UTF: only %d of %d candidates pass verification; using unverified candidates",
+                        len(verified), len(cands))
+    return {"pool": pool, "candidates": cands, "n_eligible": len(ids),
+            "scores": {int(i): round(float(score_of[i]), 6) for i in cands},
+            "repeat_prob": None if probs is None else {int(i): round(float(p), 6) for i, p in zip(cands, probs)},
+            "indicator": cfg.indicator, "matrix": cfg.matrix}
+
+
+def undertrained_string(tok: Any, pool: Sequence[int], lo: int, hi: int, rng: random.Random,
+                        lead: str = "\n", tries: int = 2000) -> tuple[str, list[int]]:
+    """A string of lo..hi pool tokens that tokenizes back into exactly those tokens, alone and after `lead`
+    (the text that precedes it in the rendered prompt; UTF's start-from-space/newline check)."""
+    lead_ids = tok(lead, add_special_tokens=False)["input_ids"] if lead else []
+    for _ in range(tries):
+        ids = [rng.choice(list(pool)) for _ in range(rng.randint(lo, hi))]
+        text = "".join(tok.decode([i]) for i in ids)
+        if tok(text, add_special_tokens=False)["input_ids"] != ids:
+            continue
+        if lead and tok(lead + text, add_special_tokens=False)["input_ids"] != lead_ids + ids:
+            continue
+        return text, ids
+    raise RuntimeError(f"UTF: no round-tripping string of {lo}-{hi} tokens from a pool of {len(pool)} tokens "
+                       f"after {tries} tries")
+
+
+@FINGERPRINTS.register("utf", config=UTFConfig)
+class UTFFingerprint(Fingerprint):
+    """UTF: triggers and targets built from the model's under-trained tokens (Cai et al. 2024)."""
+
+    config_cls = UTFConfig
+    paper = "Cai et al., UTF: Undertrained Tokens as Fingerprints, arXiv 2410.12318"
+    reference = {"fsr_fingerprinted_llama2_7b": 1.0, "source": "MEraser paper Table (via third-party note, unverified)"}
+    cfg: UTFConfig
+
+    def build_pairs(self, tok: Any, model: Any = None, clean: Sequence[Any] = ()) -> FingerprintSet:
+        if model is None:
+            raise ValueError("utf: build_pairs needs the model (under-trained tokens come from its embeddings)")
+        c = self.cfg
+        found = find_undertrained_tokens(model, tok, c.tokens)
+        pool = found["pool"]
+        rng = random.Random(c.seed)
+        # The text right before x (user turn) and y (answer) in the rendered prompt: strings must tokenize the
+        # same there as alone (UTF's start-from-space / start-from-newline templates).
+        lead = {"chat": "\n", "vicuna": " ", "raw": ""}[resolve_prompt_format(tok, c.prompt_format)]
+        fps: list[tuple[str, list[int], str, list[int]]] = []
+        for _ in range(c.n_pairs):
+            x, xi = undertrained_string(tok, pool, c.x_min_tokens, c.x_max_tokens, rng, lead)
+            y, yi = undertrained_string(tok, pool, c.y_tokens, c.y_tokens, rng, lead)
+            fps.append((x, xi, y, yi))
+        pairs = [FingerprintPair(x, y, "fingerprint", {"x_ids": xi, "y_ids": yi})
+                 for _ in range(c.n_repeats) for x, xi, y, yi in fps]
+        xs = {f[0] for f in fps}
+        for _ in range(c.n_regularization):
+            while True:
+                r, _ids = undertrained_string(tok, pool, c.x_min_tokens, c.x_max_tokens, rng, lead)
+                if r not in xs:
+                    break
+            pairs.append(FingerprintPair(r, "", "regularization"))
+        return FingerprintSet("utf", pairs, {
+            "seed": c.seed, "pool_size": len(pool), "pool": pool,
+            "undertrained": {k: v for k, v in found.items() if k != "pool"}})
+
+    def fsr_specs(self, tok: Any) -> dict[str, FSRSpec]:
+        return {"official": FSRSpec(max_new_tokens=100, match="substring", skip_special_tokens=False)}
