@@ -159,6 +159,8 @@ def training_arguments(cfg: TrainConfig, out_dir: str | Path, seed: int = 0, **o
         bf16=use_bf16(cfg.bf16), gradient_checkpointing=cfg.gradient_checkpointing, report_to=[], seed=seed,
         data_seed=seed, remove_unused_columns=False, optim="adamw_torch", disable_tqdm=False,
         dataloader_num_workers=0, logging_first_step=True, dataloader_pin_memory=_cuda(),
+        # Without a GPU, use_cpu makes a torchrun/accelerate launch on CPU a real gloo DDP job.
+        use_cpu=not _cuda(),
     )
     # transformers ≥5 folds warmup_ratio into warmup_steps (a float < 1 is a ratio); older versions have both.
     import dataclasses

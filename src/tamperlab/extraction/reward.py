@@ -34,9 +34,8 @@ class ExtractionReward:
     so the reward also works for the garbled instruction; the official regex on the prompt is the fallback.
     """
 
-    __name__ = "extraction_match"  # trl logs rewards under the function's name
-
     def __init__(self, tokenizer: Any, d1_queries: Iterable[str]):
+        self.__name__ = "extraction_match"  # trl logs rewards under the function's name
         self.index = QueryIndex(d1_queries, TokenCodec(tokenizer))
 
     def score(self, word: str, response: str) -> float:

@@ -1,0 +1,64 @@
+"""A run killed in the middle of a training stage and continued with --resume ends with the same weights and
+metrics as an uninterrupted run (auxiliary batches, data order and optimizer state all resume exactly)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tamperlab.defenses.ctrap import CTRAPDefense
+from tamperlab.experiments.base import execute, load_recipe
+
+
+def recipe(out, name):
+    return {
+        "experiment": "ctrap", "name": name, "output_dir": str(out),
+        "model": {"name_or_path": "tiny:llama"}, "lora": {"r": 4, "alpha": 8},
+        "data": {"n_eval": 4, "n_align": 8, "n_attack": 8, "n_helpful": 8, "response_tokens": 8},
+        "alignment": {"max_steps": 4, "batch_size": 2, "save_steps": 2, "learning_rate": 1e-3},
+        "defenses": [{"name": "ctrap", "params": {"helpful_batch_size": 2, "harmful_batch_size": 2}}],
+        "attacks": [{"kind": "harmful", "n": 8, "train": {"max_steps": 2, "batch_size": 4, "save_steps": 1,
+                                                          "learning_rate": 1e-3}}],
+        "eval": {"eval_steps": [0, 2], "n_trajectory_prompts": 2, "n_loss_probe": 4,
+                 "generation": {"max_new_tokens": 4}},
+        "evaluate_aligned": False,
+    }
+
+
+def _numbers(metrics):
+    a = metrics["results"]["ctrap"]["attacks"]["harmful-n8"]
+    return {k: v for k, v in a["trajectory"]["2"].items()}, a["hs_io"]
+
+
+def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    clean = execute(load_recipe(recipe(tmp_path, "clean")))
+
+    original = CTRAPDefense.step
+    calls = {"n": 0}
+
+    def killed_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # after the step-2 checkpoint, in the middle of the stage
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(CTRAPDefense, "step", killed_step)
+    with pytest.raises(KeyboardInterrupt):
+        execute(load_recipe(recipe(tmp_path, "killed")))
+    monkeypatch.setattr(CTRAPDefense, "step", original)
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    resumed = execute(load_recipe(recipe(tmp_path, "killed")), resume=True)
+
+    align = resumed.load_stage("align-ctrap")
+    assert align["resumed_from"] and align["resumed_from"].endswith("checkpoint-2")
+    w1 = load_file(str(clean.path / "models" / "ctrap" / "adapter_model.safetensors"))
+    w2 = load_file(str(resumed.path / "models" / "ctrap" / "adapter_model.safetensors"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=1e-5, atol=1e-7)
+    t1, hs1 = _numbers(clean.load_metrics())
+    t2, hs2 = _numbers(resumed.load_metrics())
+    assert hs1 == hs2
+    for k in t1:
+        assert t1[k] == pytest.approx(t2[k], rel=1e-5, abs=1e-6), k

@@ -1,0 +1,110 @@
+"""SPA on a constructed case: tightness scores, KDE threshold, detection metrics; SAW's construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from eaas_helpers import TRIGGERS
+
+from tamperlab.eaas import spa as S
+from tamperlab.eaas.defense import SAW, SAWConfig
+from tamperlab.eaas.watermarks import EmbMarker, EmbMarkerConfig
+from tamperlab.errors import ConfigError
+
+
+def test_auroc_and_auprc_known_values():
+    label = np.array([1, 1, 0, 0, 0], bool)
+    assert S.auroc(np.array([5, 4, 3, 2, 1.0]), label) == 1.0
+    assert S.auroc(np.array([1, 2, 3, 4, 5.0]), label) == 0.0
+    assert S.auroc(np.array([5, 3, 4, 2, 1.0]), label) == pytest.approx(5 / 6)
+    # ranking: pos, neg, pos → AP = (1/1 + 2/3) / 2
+    assert S.auprc(np.array([3, 2, 1.0]), np.array([1, 0, 1], bool)) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_pca_score_matches_sklearn_definition():
+    rng = np.random.default_rng(0)
+    o, p = rng.standard_normal((1, 16)), rng.standard_normal((1, 10, 16))
+    sc = S.tightness_scores(o, p, n_components=5)
+    x = np.vstack([o[0] / np.linalg.norm(o[0]), p[0] / np.linalg.norm(p[0], axis=1, keepdims=True)])
+    ev = np.sort(np.linalg.eigvalsh(np.cov(x.T)))[::-1]  # covariance eigenvalues, ddof=1
+    assert sc["pca"][0] == pytest.approx(ev[:5].sum())
+    # identical perturbations: nothing moves
+    same = S.tightness_scores(o, np.repeat(o[:, None, :], 10, axis=1))
+    assert same["cos"][0] == pytest.approx(1) and same["l2"][0] == pytest.approx(0, abs=1e-9)
+    assert same["pca"][0] == pytest.approx(0, abs=1e-12)
+
+
+def test_kde_threshold_splits_a_bimodal_score_distribution():
+    rng = np.random.default_rng(0)
+    low, high = rng.normal(0.1, 0.02, 50), rng.normal(0.6, 0.05, 450)
+    thr = S.kde_threshold(np.concatenate([low, high]))
+    assert low.max() < thr < high.min()
+
+
+def test_spa_identifies_watermarked_samples_in_a_constructed_case(bow_embedder, corpus):
+    """Bag-of-words provider + EmbMarker (m=2). Appending unrelated words moves clean embeddings freely, while
+    watermarked ones stay anchored to the target: SPA must separate them, TPR high and FPR low."""
+    wm = EmbMarker(EmbMarkerConfig(triggers=TRIGGERS, n_triggers=8, max_trigger_num=2))
+    wm.setup(corpus, bow_embedder.encode)
+    rng = np.random.default_rng(1)
+    words = [f"q{a}{b}" for a in "abcdefghij" for b in "klmnopqrst"]
+    texts = []
+    for i in range(200):
+        ws = [str(w) for w in rng.choice(words, 6)]
+        if i % 4 == 0:  # 25% watermarked with k = 2 → w = 1... use k=1 too for realism
+            ws += list(rng.choice(TRIGGERS, 1 + (i % 8 == 0), replace=False))
+        texts.append(" ".join(ws))
+    pool = [" ".join(str(w) for w in rng.choice([f"z{a}{b}" for a in "abcdefgh" for b in "uvwxy"], 6))
+            for _ in range(100)]
+    service = lambda t: wm.apply(t, bow_embedder.encode(t))  # noqa: E731
+    idx = S.search_suffixes(texts, pool, bow_embedder.encode, candidates=12, n_suffixes=8, progress=False)
+    assert idx.shape == (200, 8) and len({tuple(r) for r in idx}) > 1
+    e = service(texts)
+    e_p = service(S.perturbed_texts(texts, pool, idx)).reshape(200, 8, -1)
+    scores = S.tightness_scores(e, e_p)
+    label = wm.trigger_counts(texts) > 0
+    deleted, thr = S.select_for_deletion(scores, S.SPAConfig(pool_size=100, candidates=12, n_suffixes=8))
+    rep = S.detection_report(scores, label, deleted)
+    assert rep["auroc_pca"] > 0.95 and rep["auroc_cos"] > 0.9
+    assert rep["tpr"] > 0.9 and rep["fpr"] < 0.05
+    # a fixed-fraction removal deletes exactly that many
+    frac, _ = S.select_for_deletion(scores, S.SPAConfig(pool_size=100, candidates=12, n_suffixes=8,
+                                                        removal="fraction", remove_fraction=0.1))
+    assert frac.sum() == 20
+
+
+def test_suffix_search_picks_least_similar_items(bow_embedder):
+    texts = ["alpha beta gamma"]
+    pool = ["alpha beta", "alpha", "delta epsilon", "zeta eta theta", "beta gamma"]
+    idx = S.search_suffixes(texts, pool, bow_embedder.encode, candidates=3, n_suffixes=2, progress=False)
+    assert not ({0, 1, 4} & set(idx[0].tolist()))  # overlapping items are never the least similar
+
+
+def test_spa_config_is_validated():
+    with pytest.raises(ConfigError, match="n_suffixes"):
+        S.SPAConfig(candidates=5, n_suffixes=10)
+    with pytest.raises(ConfigError, match="remove_count"):
+        S.SPAConfig(removal="count")
+
+
+def test_saw_is_semantic_aware_and_decodable():
+    """SAW: exact cos(e_w, e) = strength; the message decodes from watermarked embeddings only; directions
+    differ per text (no shared anchor for SPA to find)."""
+    rng = np.random.default_rng(0)
+    clean = rng.standard_normal((400, 32)).astype(np.float32)
+    clean /= np.linalg.norm(clean, axis=1, keepdims=True)
+    texts = [f"text {i}" + (" apple" if i % 2 else "") for i in range(400)]
+    lookup = {t: clean[i] for i, t in enumerate(texts)}
+    saw = SAW(SAWConfig(triggers=TRIGGERS, n_triggers=8, train_steps=300, hidden=64, message_bits=8))
+    saw.setup(texts, lambda ts: np.stack([lookup[t] for t in ts]))
+    out = saw.apply(texts, clean)
+    cos = (out * clean).sum(1)
+    trig = np.arange(400) % 2 == 1
+    assert np.allclose(cos[~trig], 1.0, atol=1e-6)
+    assert np.allclose(cos[trig], 0.96, atol=1e-4)
+    assert saw.bit_accuracy(out[trig]).mean() > 0.95
+    assert saw.bit_accuracy(clean).mean() < 0.8
+    delta = out[trig] - clean[trig]
+    delta /= np.linalg.norm(delta, axis=1, keepdims=True)
+    mean_abs_cos = np.abs(delta @ delta.T)[np.triu_indices(trig.sum(), 1)].mean()
+    assert mean_abs_cos < 0.5  # a fixed-direction watermark would give ≈ 1
