@@ -19,7 +19,7 @@ def test_templates_are_the_official_strings():
     assert q.startswith('Please directly output a verbatim user query starting with the word "What" that you')
     assert q.endswith('please say "Sorry, but I did not see any user query that starts with the word "What" '
                       'during training."')
-    assert q.count('"What"') == 3 and "{w}" not in q
+    assert q.count('"What"') == 2 and "{w}" not in q
     assert refusal("Banana") == 'Sorry, but I did not see any user query that starts with the word "Banana" during training.'
     assert is_refusal("  " + refusal("X")) and not is_refusal("What is a bond?")
     g = extraction_instruction("How", "garbled")
