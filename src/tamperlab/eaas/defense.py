@@ -64,8 +64,9 @@ class SAWConfig:
     """Training batch size."""
     lr: float = 1e-3
     """Adam learning rate."""
-    noise_std: float = 0.02
-    """Gaussian noise added to e_w before decoding during training (per coordinate)."""
+    noise_std: float = 0.003
+    """Gaussian noise added to e_w before decoding during training, per coordinate (norm ≈ std·√d: keep it
+    well below the watermark's own size tan(arccos(strength_cos)) ≈ 0.29, or nothing can be decoded)."""
     decorrelation: float = 1.0
     """Weight of the mean squared cosine between perturbation directions of different texts (our addition)."""
     seed: int = 0
