@@ -51,6 +51,8 @@ class TrainConfig:
     """Trade compute for memory on large models."""
     loss_on_prompt: bool = False
     """Also train on prompt tokens (the extraction paper's victim setting); default response-only."""
+    optim: str = "adamw_torch"
+    """transformers optimizer name (adamw_torch, sgd, adafactor, ...)."""
 
 
 class TokenizedDataset:
@@ -157,7 +159,7 @@ def training_arguments(cfg: TrainConfig, out_dir: str | Path, seed: int = 0, **o
         lr_scheduler_type=cfg.lr_scheduler, max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         bf16=use_bf16(cfg.bf16), gradient_checkpointing=cfg.gradient_checkpointing, report_to=[], seed=seed,
-        data_seed=seed, remove_unused_columns=False, optim="adamw_torch", disable_tqdm=False,
+        data_seed=seed, remove_unused_columns=False, optim=cfg.optim, disable_tqdm=False,
         dataloader_num_workers=0, logging_first_step=True, dataloader_pin_memory=_cuda(),
         # Without a GPU, use_cpu makes a torchrun/accelerate launch on CPU a real gloo DDP job.
         use_cpu=not _cuda(),

@@ -87,24 +87,47 @@ def test_spa_config_is_validated():
         S.SPAConfig(removal="count")
 
 
-def test_saw_is_semantic_aware_and_decodable():
-    """SAW: exact cos(e_w, e) = strength; the message decodes from watermarked embeddings only; directions
-    differ per text (no shared anchor for SPA to find)."""
-    rng = np.random.default_rng(0)
-    clean = rng.standard_normal((400, 32)).astype(np.float32)
-    clean /= np.linalg.norm(clean, axis=1, keepdims=True)
-    texts = [f"text {i}" + (" apple" if i % 2 else "") for i in range(400)]
-    lookup = {t: clean[i] for i, t in enumerate(texts)}
-    saw = SAW(SAWConfig(triggers=TRIGGERS, n_triggers=8, train_steps=300, hidden=64, message_bits=8))
-    saw.setup(texts, lambda ts: np.stack([lookup[t] for t in ts]))
+def test_saw_is_semantic_aware_and_verifiable(bow_embedder, corpus):
+    """SAW: exact cos(e_w, e) = strength on triggered texts only; directions differ between distant embeddings
+    (no shared anchor) and agree for near-duplicates; the API verifies, the clean model does not; SPA's
+    tightness signal is much weaker than against EmbMarker on the same texts."""
+    saw = SAW(SAWConfig(triggers=TRIGGERS, n_triggers=8))
+    saw.setup(corpus, bow_embedder.encode)
+    texts = [f"word{chr(97 + i % 26)} plain text {chr(97 + i // 26)}" + (" apple" if i % 2 else "")
+             for i in range(60)]
+    clean = bow_embedder.encode(texts)
     out = saw.apply(texts, clean)
     cos = (out * clean).sum(1)
-    trig = np.arange(400) % 2 == 1
+    trig = np.arange(60) % 2 == 1
     assert np.allclose(cos[~trig], 1.0, atol=1e-6)
-    assert np.allclose(cos[trig], 0.96, atol=1e-4)
-    assert saw.bit_accuracy(out[trig]).mean() > 0.95
-    assert saw.bit_accuracy(clean).mean() < 0.8
-    delta = out[trig] - clean[trig]
-    delta /= np.linalg.norm(delta, axis=1, keepdims=True)
-    mean_abs_cos = np.abs(delta @ delta.T)[np.triu_indices(trig.sum(), 1)].mean()
-    assert mean_abs_cos < 0.5  # a fixed-direction watermark would give ≈ 1
+    assert np.allclose(cos[trig], 0.96, atol=1e-5)
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((50, 32))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    near = e + 0.01 * rng.standard_normal(e.shape)
+    u, u_near = saw.direction(e), saw.direction(near)
+    assert (u * u_near).sum(1).mean() > 0.9
+    assert np.abs(u @ u.T)[np.triu_indices(50, 1)].mean() < 0.3
+    api = lambda t: saw.apply(t, bow_embedder.encode(t))  # noqa: E731
+    assert saw.verify(api)["detected"]
+    assert not saw.verify(bow_embedder.encode)["detected"]
+
+
+def test_spa_signal_is_weaker_against_saw_than_embmarker(bow_embedder, corpus):
+    rng = np.random.default_rng(2)
+    words = [f"q{a}{b}" for a in "abcdefghij" for b in "klmnopqrst"]
+    texts = [" ".join([str(w) for w in rng.choice(words, 6)] + (["apple"] if i % 3 == 0 else []))
+             for i in range(150)]
+    pool = [" ".join(str(w) for w in rng.choice([f"z{a}{b}" for a in "abcdefgh" for b in "uvwxy"], 6))
+            for _ in range(60)]
+    idx = S.search_suffixes(texts, pool, bow_embedder.encode, candidates=10, n_suffixes=6, progress=False)
+    label = np.arange(150) % 3 == 0
+    aurocs = {}
+    for name, wm in (("embmarker", EmbMarker(EmbMarkerConfig(triggers=TRIGGERS, n_triggers=8, max_trigger_num=1))),
+                     ("saw", SAW(SAWConfig(triggers=TRIGGERS, n_triggers=8, strength_cos=0.7)))):
+        wm.setup(corpus, bow_embedder.encode)
+        service = lambda t, _w=wm: _w.apply(t, bow_embedder.encode(t))  # noqa: E731
+        sc = S.tightness_scores(service(texts), service(S.perturbed_texts(texts, pool, idx)).reshape(150, 6, -1))
+        aurocs[name] = S.auroc(-sc["pca"], label)
+    assert aurocs["embmarker"] > 0.95
+    assert aurocs["saw"] < aurocs["embmarker"] - 0.2

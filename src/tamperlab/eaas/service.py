@@ -80,6 +80,8 @@ def build_service(cfg: ProviderConfig, corpus: Sequence[str], state_dir: str | P
             if wm.name != cfg.watermark:
                 raise ConfigError(f"{saved} holds a {wm.name!r} watermark but the recipe asks for "
                                   f"{cfg.watermark!r}; use another state_dir")
+            if hasattr(wm, "attach"):
+                wm.attach(emb.encode)
             log.info("watermark secret restored from %s", saved)
         else:
             wm = build_watermark(cfg.watermark, cfg.watermark_config)

@@ -22,7 +22,7 @@ from ..judges import make_judge
 from ..models import LoraSettings, ModelConfig, apply_lora, load_adapter, load_model, save_model
 from ..registry import DEFENSES, EXPERIMENTS
 from ..runs import RunDir
-from ..training import StepHook, TrainConfig, build_trainer, run_training
+from ..training import StepHook, TrainConfig, build_trainer, run_training, steps_for
 from .base import Experiment, RunConfig
 from .hft_eval import EvalConfig, Evaluator, TrajectoryRecorder
 
@@ -166,7 +166,8 @@ class HFTExperiment(Experiment):
             rec = TrajectoryRecorder(ev, data.eval_prompts.examples[: self.cfg.eval.n_trajectory_prompts],
                                      ev.probes(data.helpful.examples, harmful_probe or data.attack_harmful.examples),
                                      ckpt / "trajectory.json")
-            hook = StepHook([s for s in self.cfg.eval.eval_steps if s <= atk.train.max_steps], rec,
+            total = steps_for(len(train_set), atk.train)
+            hook = StepHook([s for s in self.cfg.eval.eval_steps if s <= total], rec,
                             log_fn=lambda r: run.log("attack_log", defense=spec.key, attack=atk.label, **r))
             trainer = build_trainer(model, tok, train_set.examples, atk.train, ckpt, self.cfg.model.prompt_format,
                                     self.cfg.model.max_length, self.cfg.seed, callbacks=[hook])
