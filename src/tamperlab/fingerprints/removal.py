@@ -226,7 +226,12 @@ def donor_state_dict(ctx: RemovalContext, cfg: MergeConfig) -> dict[str, Any]:
             raise ResourceError(f"merge donor {cfg.donor!r} is not a local model directory (or 'finetuned'/'base')")
         m = AutoModelForCausalLM.from_pretrained(cfg.donor, dtype=torch.float32)
         return m.state_dict()
-    path = ctx.shared_dir / f"donor-{cfg.donor_examples}-{cfg.donor_train.learning_rate:g}" / "model.safetensors"
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps([cfg.donor_examples, asdict(cfg.donor_train), cfg.max_length, cfg.prompt_format],
+                                    sort_keys=True).encode()).hexdigest()[:10]
+    path = ctx.shared_dir / f"donor-{key}" / "model.safetensors"
     if path.exists():
         return load_file(str(path))
     base = ctx.load_base()
