@@ -62,9 +62,10 @@ def test_spa_identifies_watermarked_samples_in_a_constructed_case(bow_embedder, 
     e = service(texts)
     e_p = service(S.perturbed_texts(texts, pool, idx)).reshape(200, 8, -1)
     scores = S.tightness_scores(e, e_p)
-    label = wm.trigger_counts(texts) > 0
+    counts = wm.trigger_counts(texts)
     deleted, thr = S.select_for_deletion(scores, S.SPAConfig(pool_size=100, candidates=12, n_suffixes=8))
-    rep = S.detection_report(scores, label, deleted)
+    rep = S.detection_report(scores, counts, deleted)
+    assert rep["n_k2plus"] > 0 and rep["tpr_k2plus"] == 1.0
     assert rep["auroc_pca"] > 0.95 and rep["auroc_cos"] > 0.9
     assert rep["tpr"] > 0.9 and rep["fpr"] < 0.05
     # a fixed-fraction removal deletes exactly that many

@@ -38,6 +38,16 @@ def classify_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarr
     """Train the MLP on (x_train, y_train); accuracy on (x_test, y_test)."""
     import torch
 
+    from .embedder import torch_threads
+
+    with torch_threads(1):  # a tiny MLP: one thread is faster than two fighting over a busy CPU
+        return _fit_predict(x_train, y_train, x_test, y_test, cfg, seed)
+
+
+def _fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                 cfg: DownstreamConfig, seed: int) -> float:
+    import torch
+
     torch.manual_seed(seed)
     n_cls = int(max(y_train.max(), y_test.max()) + 1)
     net = torch.nn.Sequential(torch.nn.Linear(x_train.shape[1], cfg.hidden), torch.nn.ReLU(),

@@ -13,8 +13,9 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -72,6 +73,19 @@ def load_sentence_model(spec: str, device: str = "cpu") -> Any:
             f"Hub could not provide it ({reason}). Download it where the hub is reachable and pass the folder "
             f"path, or use 'embedded' for the packaged all-MiniLM-L6-v2."
         ) from None
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Temporarily set torch's intra-op threads (small MLPs run faster on one thread)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 class Embedder:

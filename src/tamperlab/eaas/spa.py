@@ -172,9 +172,13 @@ def auprc(score: np.ndarray, label: np.ndarray) -> float:
     return float(prec[hits].mean())
 
 
-def detection_report(scores: dict[str, np.ndarray], label: np.ndarray, deleted: np.ndarray) -> dict[str, Any]:
-    """AUROC/AUPRC per score, TPR/FPR of the deletion."""
-    label = np.asarray(label, bool)
+def detection_report(scores: dict[str, np.ndarray], counts: np.ndarray, deleted: np.ndarray) -> dict[str, Any]:
+    """AUROC/AUPRC per score, TPR/FPR of the deletion; `counts` = trigger words per text (label = counts > 0).
+
+    TPR is also split by trigger count: with m = 4 a single trigger moves only w = 0.25 of the embedding to the
+    target, so its tightness signal is much weaker than for k ≥ 2 (w ≥ 0.5)."""
+    counts = np.asarray(counts)
+    label = counts > 0
     out: dict[str, Any] = {}
     for name in ("cos", "l2", "pca"):
         wl = watermark_likeness(scores, name)
@@ -187,4 +191,8 @@ def detection_report(scores: dict[str, np.ndarray], label: np.ndarray, deleted: 
     out["n_triggered"] = int(pos)
     out["n"] = int(len(label))
     out["precision"] = float((deleted & label).sum() / deleted.sum()) if deleted.sum() else float("nan")
+    k1, k2 = counts == 1, counts >= 2
+    out["tpr_k1"] = float(deleted[k1].mean()) if k1.any() else float("nan")
+    out["tpr_k2plus"] = float(deleted[k2].mean()) if k2.any() else float("nan")
+    out["n_k1"], out["n_k2plus"] = int(k1.sum()), int(k2.sum())
     return out

@@ -155,7 +155,6 @@ def train_copier(texts: Sequence[str], targets: np.ndarray, cfg: StealerConfig, 
 def _warm_up_head(model: Any, texts: Sequence[str], targets: np.ndarray, cfg: StealerConfig, seed: int) -> float:
     """Train only the Dense head on frozen, cached backbone features (MSE to the stolen embeddings)."""
     import torch
-    from tqdm.auto import tqdm
 
     mods = list(model)
     n_body = next(i for i, m in enumerate(mods) if type(m).__name__ == "Dense")
@@ -169,9 +168,29 @@ def _warm_up_head(model: Any, texts: Sequence[str], targets: np.ndarray, cfg: St
     params = [p for m in head for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.head_lr)
     g = torch.Generator().manual_seed(seed)
-    loss = torch.tensor(0.0)
     for m in head:
         m.train()
+    from .embedder import torch_threads
+
+    with torch_threads(1):  # small matmuls: one thread beats two contending ones
+        _head_epochs(head, feats, y, opt, g, cfg)
+    return float(_head_loss(head, feats, y))
+
+
+def _head_loss(head: list[Any], feats: Any, y: Any) -> float:
+    import torch
+
+    with torch.no_grad():
+        h = {"sentence_embedding": feats}
+        for m in head:
+            h = m(h)
+        return float(torch.nn.functional.mse_loss(h["sentence_embedding"], y).item())
+
+
+def _head_epochs(head: list[Any], feats: Any, y: Any, opt: Any, g: Any, cfg: StealerConfig) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
     for _ in tqdm(range(cfg.head_epochs), desc="copier head warm-up", leave=False):
         perm = torch.randperm(len(feats), generator=g)
         for i in range(0, len(feats), cfg.head_batch_size):
@@ -183,7 +202,6 @@ def _warm_up_head(model: Any, texts: Sequence[str], targets: np.ndarray, cfg: St
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return float(loss.item())
 
 
 def load_copier(folder: str | Path) -> Any:

@@ -255,7 +255,7 @@ class EaaSExperiment(Experiment):
                 e_pert = api(pert, "spa_perturbed").reshape(len(train.texts), cfg.spa.n_suffixes, -1)
                 scores = S.tightness_scores(stolen, e_pert, cfg.spa.pca_components)
                 deleted, thr = S.select_for_deletion(scores, cfg.spa)
-                det = S.detection_report(scores, counts > 0, deleted)
+                det = S.detection_report(scores, counts, deleted)
                 det["threshold"] = thr
                 det["score"] = cfg.spa.score
                 det["removal"] = cfg.spa.removal
@@ -458,7 +458,8 @@ def spa_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     for name, s in r["scenarios"].items():
         d = s["spa"]
         rows.append({"scenario": name, "n": d["n"], "triggered": d["n_triggered"], "deleted": d["n_deleted"],
-                     "TPR": d["tpr"], "FPR": d["fpr"], "precision": d["precision"],
+                     "TPR": d["tpr"], "TPR k=1": d.get("tpr_k1"), "TPR k≥2": d.get("tpr_k2plus"),
+                     "FPR": d["fpr"], "precision": d["precision"],
                      "AUROC cos": d["auroc_cos"], "AUROC l2": d["auroc_l2"], "AUROC pca": d["auroc_pca"],
                      "AUPRC pca": d["auprc_pca"], "threshold": d["threshold"]})
     return rows
