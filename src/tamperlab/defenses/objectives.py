@@ -1,0 +1,54 @@
+"""Loss pieces shared by defenses that compose their own objective from logits (NPO, RepNoise) and a helper to
+log the individual terms of a composite objective.
+
+`token_ce` is what `model(**batch).loss` computes for a causal LM (shifted next-token cross-entropy, mean over
+supervised tokens, logits in float32); computing it from logits lets a defense run several batches through
+one forward pass — a single forward/backward through a DDP-wrapped model, which DDP requires.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Tensor = Any
+
+
+def shifted(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Align predictions with targets: position t predicts token t+1."""
+    return logits[:, :-1, :].float(), labels[:, 1:]
+
+
+def token_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean next-token cross-entropy over positions whose label is not -100 (HF causal-LM loss)."""
+    import torch.nn.functional as F
+
+    lg, lb = shifted(logits, labels)
+    return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100)
+
+
+def sequence_logps(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-row mean log-probability of the supervised tokens (length-normalised, as the CTRAP repo's
+    NPOTrainer.compute_logps). Rows without supervised tokens get 0."""
+    import torch
+
+    lg, lb = shifted(logits, labels)
+    mask = lb != -100
+    per_token = torch.gather(lg.log_softmax(-1), 2, lb.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return (per_token * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def split_rows(batch: dict[str, Tensor], n: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(first n rows, remaining rows) of a padded batch."""
+    return {k: v[:n] for k, v in batch.items()}, {k: v[n:] for k, v in batch.items()}
+
+
+def log_terms(trainer: Any, terms: dict[str, float], prefix: str = "") -> None:
+    """Send a composite objective's terms to the Trainer log (and from there to the run's log.jsonl) on logging
+    steps. No-op for the first micro-batches of an accumulation window and off logging steps."""
+    args, state = trainer.args, trainer.state
+    micro = getattr(trainer, "_micro", 0) or 0
+    if (micro + 1) % args.gradient_accumulation_steps:
+        return
+    if state.global_step % max(args.logging_steps, 1):
+        return
+    trainer.log({f"{prefix}{k}": float(v) for k, v in terms.items()})

@@ -1,0 +1,66 @@
+"""Vaccine (Huang et al., NeurIPS 2024, arXiv 2402.01109): perturbation-aware alignment.
+
+    min_θ  max_{‖ε‖ ≤ ρ}  ℓ(θ; D_align, e + ε)      e = the attention outputs of every decoder block
+
+Per step, as the official `BaseTrainer.training_step` (Booster/CTRAP repos): pass 1 back-propagates the
+alignment loss to the attention outputs e_l and sets ε_l = ρ·∇_{e_l}ℓ / ‖∇_e ℓ‖ (one L2 norm over all layers:
+the worst-case first-order perturbation of radius ρ); pass 2 adds ε_l to each attention output through forward
+hooks and back-propagates the alignment loss again — only this gradient reaches the optimizer. Two
+forward/backward passes per step (pass 1 computes no weight gradients).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..registry import DEFENSES
+from .base import AlignmentTrainer, Defense, DefenseConfig
+from .lookahead import global_norm
+from .objectives import log_terms
+from .representations import add_to_outputs, capture_outputs, decoder_parts, require_captured
+
+Tensor = Any
+
+
+@dataclass
+class VaccineConfig(DefenseConfig):
+    """Vaccine hyper-parameters (official defaults of the CTRAP/Booster comparison scripts)."""
+
+    rho: float = 5.0
+    """Radius ρ of the hidden-embedding perturbation (global L2 norm over all layers; Vaccine README example: 2)."""
+    helpful_batch_size: int = 0
+    """The official Vaccine trainer aligns on refusal data only; > 0 adds helpful rows to every batch."""
+
+
+@DEFENSES.register("vaccine", config=VaccineConfig)
+class VaccineDefense(Defense):
+    """Perturbation-aware alignment: stay aligned when hidden embeddings drift by up to ρ."""
+
+    config_cls = VaccineConfig
+    paper = ("Huang et al., Vaccine: Perturbation-aware Alignment for Large Language Models against Harmful "
+             "Fine-tuning Attack, NeurIPS 2024, arXiv 2402.01109")
+    passes_per_step = 2
+    cfg: VaccineConfig
+
+    def perturbation(self, raw: Any, batch: dict[str, Tensor]) -> tuple[float, list[Tensor]]:
+        """(clean alignment loss, ε per attention module) with ‖ε‖ = ρ over all layers together."""
+        import torch
+
+        modules = decoder_parts(raw).attention
+        with capture_outputs(modules) as slots:
+            loss = raw(**batch).loss
+        outs = require_captured(slots)
+        # Gradients w.r.t. activations only: the weight gradients of this pass are discarded by the official code.
+        grads = torch.autograd.grad(loss, outs)
+        scale = self.cfg.rho / (global_norm(grads) + 1e-7)
+        return float(loss.detach()), [g.detach() * scale for g in grads]
+
+    def step(self, trainer: AlignmentTrainer, model: Any, raw: Any, inputs: dict[str, Any]) -> Any:
+        batch = trainer.retain_batch(inputs, inputs["input_ids"].device)
+        clean_loss, eps = self.perturbation(raw, batch)
+        with add_to_outputs(decoder_parts(raw).attention, eps):
+            loss = model(**batch).loss
+            trainer.backward(loss)  # inside the block: activation checkpointing re-runs the hooked forward
+        log_terms(trainer, {"clean_loss": clean_loss, "perturbed_loss": float(loss.detach())}, "vaccine/")
+        return loss
