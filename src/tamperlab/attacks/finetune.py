@@ -21,9 +21,11 @@ from ..training import TrainConfig
 
 
 def _attack_train() -> TrainConfig:
-    # Paper: lr 1e-5, 20 epochs, batch 10 on 7B models. A 135M model with a 40-step budget needs a larger step
-    # to move at all; 1e-4 is the demo default (recipes may set 1e-5 for paper scale).
-    return TrainConfig(learning_rate=1e-4, max_steps=40, batch_size=8, save_steps=20)
+    # The attacker of the paper (CTRAP/Booster scripts): AdamW lr 1e-5, 20 epochs, batch 10, wd 0.1, constant
+    # schedule (their warmup_ratio 0.1 is ignored by `constant`). A 135M model with a few dozen CPU steps needs
+    # a larger step to move at all: demo recipes set e.g. lr 1e-4 and max_steps explicitly.
+    return TrainConfig(learning_rate=1e-5, max_steps=0, epochs=20, batch_size=10, weight_decay=0.1,
+                       lr_scheduler="constant", save_steps=200)
 
 
 @dataclass
@@ -47,7 +49,7 @@ class AttackConfig:
     task_max_new_tokens: int = 24
     """Decoding budget for task answers (paper: 200)."""
     train: TrainConfig = field(default_factory=_attack_train)
-    """Attacker's optimizer settings."""
+    """Attacker's optimizer settings (default: the paper's)."""
 
     def __post_init__(self) -> None:
         check_range("attack", "harmful_ratio", self.harmful_ratio, 0.0, 1.0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..errors import ConfigError
 from ..registry import DEFENSES
 from ..training import concat_batches
 from .base import AlignmentTrainer, Defense, DefenseConfig
@@ -44,6 +45,14 @@ class RepNoiseConfig(DefenseConfig):
     """The official trainer's harmless batch is the refusal batch only; > 0 adds helpful rows to it."""
     harmful_batch_size: int = 4
     """Harmful rows per step (official: the alignment batch size, 4)."""
+    lens_stride: int = 1
+    """Logit lens on every k-th hidden state (the last one always included); 1 = all of them, as the official
+    code. Each lens is an LM-head projection of the harmful batch — the dominant cost of a step for small models
+    with large vocabularies on CPU, where a stride > 1 is a documented shortcut."""
+
+    def __post_init__(self) -> None:
+        if self.lens_stride < 1:
+            raise ConfigError(f"repnoise.lens_stride must be >= 1, got {self.lens_stride}")
 
 
 def mmd(x: Tensor, y: Tensor, kernel_mul: float = KERNEL_MUL, kernel_num: int = KERNEL_NUM) -> Tensor:
@@ -90,10 +99,16 @@ def masked_lm_loss(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
     return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), target.reshape(-1), ignore_index=-100)
 
 
+def lens_states(n_states: int, stride: int) -> list[int]:
+    """Indices of the hidden states read through the logit lens: every stride-th, always the last."""
+    idx = list(range(0, n_states, stride))
+    return idx if idx[-1] == n_states - 1 else idx + [n_states - 1]
+
+
 def lens_loss(parts: DecoderParts, logits: Tensor, hidden_states: Sequence[Tensor], ids: Tensor,
               mask: Tensor) -> Tensor:
-    """(CE of the output logits + Σ_l CE through the logit lens at hidden state l) / #hidden states, as the
-    official code sums them (including the already-normalised last state, normalised again)."""
+    """(CE of the output logits + Σ_l CE through the logit lens at hidden state l) / #states, summed as the
+    official code does (which includes the already-normalised last state, normalised again)."""
     total = masked_lm_loss(logits, ids, mask)
     for h in hidden_states:
         total = total + masked_lm_loss(logit_lens(parts, h), ids, mask)
@@ -134,7 +149,8 @@ class RepNoiseDefense(Defense):
         acts = [a[:n] for a in require_captured(slots)]
         ids = both["input_ids"]
         noise = noise_term(acts, m_harm, generator)
-        harmful_lens = lens_loss(parts, out.logits[:n], [h[:n] for h in out.hidden_states], ids[:n], m_harm)
+        states = [out.hidden_states[i][:n] for i in lens_states(len(out.hidden_states), self.cfg.lens_stride)]
+        harmful_lens = lens_loss(parts, out.logits[:n], states, ids[:n], m_harm)
         harmless_ce = masked_lm_loss(out.logits[n:], ids[n:], m_safe)
         total = harmless_ce + self.cfg.beta * noise - self.cfg.alpha * torch.log(harmful_lens + 1)
         return {"loss": total, "harmless_loss": harmless_ce, "noise": noise, "harmful_lens_loss": harmful_lens}

@@ -1,0 +1,250 @@
+"""Paper-style tables of a defense × attack comparison (CTRAP Tables 1-3 layout): one row per defense, one column
+per attack setting (n for full harmful fine-tuning, p for mixed, the task for benign), an Average column, cells
+"mean ± std" over seeds. Plus HS-vs-n, HS-vs-p and FA-per-task plots and the wall time of every stage.
+
+Pure functions over the `metrics.json` of a `ctrap_table` run, so tables can be re-rendered (`tamperlab report`)
+and tested without training anything.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..report.render import Report, plot_bars, plot_lines, provenance_block
+from ..runs import RunDir
+
+METRIC_NAMES = {"hs_io": "HS(IO)", "hs_o": "HS(O)", "fa": "FA", "collapse_rate": "collapse %"}
+# Which metrics each kind of attack is reported with, in table order (the paper's: HS for harmful settings,
+# FA first for benign tasks; collapse shows whether a trap fired).
+KIND_METRICS = {"harmful": ("hs_io", "hs_o", "collapse_rate"), "mixed": ("hs_io", "hs_o", "fa"),
+                "benign": ("fa", "hs_io", "hs_o")}
+KIND_TITLES = {"harmful": "Full harmful fine-tuning (p = 1)", "mixed": "Mixed harmful fine-tuning",
+               "benign": "Benign fine-tuning (p = 0)"}
+TASK_NAMES = {"sst2": "SST2", "agnews": "AG News", "gsm8k": "GSM8K"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One attack setting of a table."""
+
+    label: str
+    """The attack's label (key in the per-seed results)."""
+    kind: str
+    header: str
+    """Column header: n=100, p=10%, SST2."""
+    x: float
+    """Position on the plot's x axis (n, p in %, or the task index)."""
+
+
+def attack_columns(attacks: Sequence[dict[str, Any]]) -> dict[str, list[Column]]:
+    """Group attack descriptors ({label, kind, n, p, task}) into table columns by kind, in sweep order."""
+    out: dict[str, list[Column]] = {}
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for a in attacks:
+        by_kind.setdefault(a["kind"], []).append(a)
+    for kind, items in by_kind.items():
+        tasks = {a.get("task") for a in items}
+        ns = {a["n"] for a in items}
+        cols = []
+        for i, a in enumerate(items):
+            task = TASK_NAMES.get(a.get("task"), a.get("task"))
+            if kind == "harmful":
+                header, x = f"n={a['n']}", float(a["n"])
+            elif kind == "mixed":
+                p = round(100 * a["p"], 1)
+                header = f"p={p:g}%" + (f" {task}" if len(tasks) > 1 else "") + (f" n={a['n']}" if len(ns) > 1 else "")
+                x = p
+            else:
+                header = task + (f" n={a['n']}" if len(ns) > 1 else "")
+                x = float(i)
+            cols.append(Column(a["label"], kind, header, x))
+        if kind in ("harmful", "mixed"):
+            cols.sort(key=lambda c: c.x)
+        out[kind] = cols
+    return out
+
+
+def cell_values(per_seed: dict[str, dict[str, Any]], defense: str, attack: str | None, metric: str) -> list[float]:
+    """Per-seed values of one metric in one cell (attack None = the aligned model before any attack)."""
+    vals = []
+    for rows in per_seed.values():
+        row = rows.get(defense, {})
+        m = row.get("aligned") if attack is None else row.get("attacks", {}).get(attack)
+        if m is not None and m.get(metric) is not None:
+            vals.append(float(m[metric]))
+    return vals
+
+
+def mean_std(vals: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def fmt_cell(vals: Sequence[float], digits: int = 1) -> str:
+    if not vals:
+        return "–"
+    m, s = mean_std(vals)
+    return f"{m:.{digits}f}" if s is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def average_values(per_seed: dict[str, dict[str, Any]], defense: str, cols: Sequence[Column],
+                   metric: str) -> list[float]:
+    """Per seed, the mean over the columns (so the Average's ± is the spread of the seeds' averages)."""
+    out = []
+    for rows in per_seed.values():
+        vals = [v for c in cols for v in cell_values({"_": rows}, defense, c.label, metric)]
+        if len(vals) == len(cols) and vals:
+            out.append(statistics.fmean(vals))
+    return out
+
+
+def paper_table(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str], cols: Sequence[Column],
+                metric: str, digits: int = 1) -> list[dict[str, Any]]:
+    """Rows {Method, <column headers>..., Avg} with "mean ± std" cells."""
+    rows = []
+    for d in defenses:
+        row: dict[str, Any] = {"Method": d}
+        for c in cols:
+            row[c.header] = fmt_cell(cell_values(per_seed, d, c.label, metric), digits)
+        if len(cols) > 1:
+            row["Avg"] = fmt_cell(average_values(per_seed, d, cols, metric), digits)
+        rows.append(row)
+    return rows
+
+
+def summarize(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str],
+              attacks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """{defense: {attack label | "aligned": {metric: {mean, std, n}}}} for metrics.json consumers."""
+    out: dict[str, Any] = {}
+    for d in defenses:
+        cells: dict[str, Any] = {}
+        for label in [None] + [a["label"] for a in attacks]:
+            stats = {}
+            for metric in METRIC_NAMES:
+                vals = cell_values(per_seed, d, label, metric)
+                if vals:
+                    m, s = mean_std(vals)
+                    stats[metric] = {"mean": m, "std": s, "n": len(vals)}
+            cells["aligned" if label is None else label] = stats
+        out[d] = cells
+    return out
+
+
+def stage_seconds(log: Sequence[dict[str, Any]], cell_keys: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Wall seconds spent per defense in alignment and in attacks (incl. their evaluation), summed over seeds,
+    from the run log's stage_done events. cell_keys maps a stage's defense key (per seed) → table defense."""
+    out: dict[str, dict[str, float]] = {}
+    keys = sorted(cell_keys, key=len, reverse=True)  # longest first: "sft.seed1" before "sft"
+    for rec in log:
+        if rec.get("event") != "stage_done":
+            continue
+        stage = str(rec.get("stage", ""))
+        for part in ("align", "eval-aligned", "attack"):
+            prefix = f"{part}-"
+            if not stage.startswith(prefix):
+                continue
+            rest = stage[len(prefix):]
+            key = next((k for k in keys if rest == k or rest.startswith(k + "-")), None)
+            if key is not None:
+                slot = out.setdefault(cell_keys[key], {"align": 0.0, "eval-aligned": 0.0, "attack": 0.0})
+                slot[part] += float(rec.get("seconds", 0.0))
+            break
+    return out
+
+
+def _plot_series(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str], cols: Sequence[Column],
+                 metric: str) -> dict[str, tuple[list[float], list[float]]]:
+    series = {}
+    for d in defenses:
+        pts = [(c.x, mean_std(v)[0]) for c in cols if (v := cell_values(per_seed, d, c.label, metric))]
+        if pts:
+            series[d] = ([x for x, _ in pts], [y for _, y in pts])
+    return series
+
+
+def write_table_report(run: RunDir) -> list[Path]:
+    metrics = run.load_metrics()
+    res = metrics["results"]
+    per_seed, defenses, attacks = res["per_seed"], res["defenses"], res["attacks"]
+    cfg = metrics["config"]
+    judge = metrics.get("judge", {})
+    rep = Report(f"Harmful fine-tuning defenses: {metrics['name']}")
+    if cfg.get("description"):
+        rep.text(cfg["description"])
+    seeds = res["seeds"]
+    al = cfg["alignment"]
+    n_eval = metrics.get("data", {}).get("eval_prompts", {}).get("n", cfg["data"]["n_eval"])
+    al_len = f"{al['max_steps']} steps" if al["max_steps"] > 0 else f"{al['epochs']} epochs"
+    rep.text(f"Base model `{cfg['model']['name_or_path']}`, data source `{cfg['data']['source']}`, "
+             f"{n_eval} harmful eval prompts, alignment "
+             f"{al_len} (batch {al['batch_size']}), seeds {seeds}"
+             + (" (cells: mean ± sample std over seeds)." if len(seeds) > 1 else " (single seed: no error bars)."))
+    if judge.get("stand_in"):
+        rep.text(f"Judge `{judge.get('name')}` is a **stand-in** (refusal + degeneracy + substance/topicality "
+                 "heuristic), not beaver-dam-7b: HS values are proxies, comparable across cells of this report only.")
+    else:
+        rep.text(f"Judge: `{judge.get('name')}`.")
+    gen = [k for k, v in metrics.get("data", {}).items() if v.get("generated")]
+    if gen:
+        rep.text("Generated stand-in data: " + ", ".join(gen) + ". Harmful responses come from the unaligned base "
+                 "model, refusals are templated, benign tasks are procedurally generated with exact labels.")
+
+    plots = run.sub("plots")
+    groups = attack_columns(attacks)
+    for kind in ("harmful", "mixed", "benign"):
+        cols = groups.get(kind)
+        if not cols:
+            continue
+        rep.heading(KIND_TITLES[kind])
+        for metric in KIND_METRICS[kind]:
+            if not any(cell_values(per_seed, d, c.label, metric) for d in defenses for c in cols):
+                continue
+            rep.heading(METRIC_NAMES[metric], 3)
+            rep.table(paper_table(per_seed, defenses, cols, metric))
+        if kind in ("harmful", "mixed") and len(cols) > 1:
+            for metric in ("hs_io", "hs_o"):
+                series = _plot_series(per_seed, defenses, cols, metric)
+                if series:
+                    var, axis = ("n", "harmful samples n") if kind == "harmful" else ("p", "harmful ratio p (%)")
+                    name = f"{metric}-vs-{var}.png"
+                    plot_lines(plots / name, series, f"{METRIC_NAMES[metric]} vs {var}", axis,
+                               f"{METRIC_NAMES[metric]} %", ylim=(0, 100))
+                    rep.image(f"plots/{name}", name)
+        if kind in ("benign", "mixed"):
+            fa_cols = [c for c in cols if any(cell_values(per_seed, d, c.label, "fa") for d in defenses)]
+            if fa_cols:
+                bars = {d: [mean_std(v)[0] if (v := cell_values(per_seed, d, c.label, "fa")) else 0.0
+                            for c in fa_cols] for d in defenses}
+                name = f"fa-{kind}.png"
+                plot_bars(plots / name, [c.header for c in fa_cols], bars, f"fine-tune accuracy ({kind})", "FA %",
+                          ylim=(0, 100))
+                rep.image(f"plots/{name}", name)
+
+    if any(cell_values(per_seed, d, None, "hs_io") for d in defenses):
+        rep.heading("After alignment, before any attack")
+        rep.table([{"Method": d, **{METRIC_NAMES[m]: fmt_cell(cell_values(per_seed, d, None, m))
+                                    for m in ("hs_io", "hs_o", "collapse_rate")}} for d in defenses])
+    rep.text("HS(IO) / HS(O): % of held-out harmful prompts whose greedy answer the judge flags, with the question / "
+             "with a blank question (lower is better). FA: % of benign-task eval answers exactly correct (higher is "
+             "better). collapse %: answers dominated by the trap word. Avg: per seed, the mean over the columns.")
+
+    timing = res.get("seconds", {})
+    if timing:
+        rep.heading("Wall time (seconds, summed over seeds)")
+        rep.table([{"Method": d, "alignment": round(t["align"], 1), "eval aligned": round(t["eval-aligned"], 1),
+                    "attacks + eval": round(t["attack"], 1)} for d, t in timing.items()])
+        rep.text(f"Whole run: {metrics.get('wall_seconds', math.nan):.0f} s in the last invocation (cached stages "
+                 "of earlier invocations cost nothing then). Stage times come from the run log.")
+
+    from .hft_report import result_rows
+
+    for seed, rows in per_seed.items():
+        rep.heading(f"All cells, seed {seed}", 3)
+        rep.table(result_rows(rows), digits=1)
+    rep.heading("Provenance")
+    rep.code(provenance_block(metrics))
+    return rep.write(run.path)
