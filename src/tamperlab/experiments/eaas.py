@@ -336,7 +336,7 @@ class EaaSExperiment(Experiment):
         rep.table(summary_rows(r))
         rep.heading("Watermark verification")
         rep.text("Δcos / Δl2 / KS p on the provider's D_b (4 trigger words) vs D_n (4 ordinary words); SAW: Δ of "
-                 "decoded bit accuracy. detected = p < α and Δ > 0.")
+                 "the projection on the expected keyed direction. detected = p < α and Δ > 0.")
         rep.table(verification_rows(r))
         rep.heading("SPA detection of watermarked samples")
         rep.table(spa_rows(r))
@@ -371,8 +371,8 @@ class EaaSExperiment(Experiment):
         for p in imgs:
             rep.image(str(p.relative_to(run.path)), p.stem)
         rep.heading("Definitions and stand-ins")
-        rep.text("\n".join(f"- **{k}**: {v}" for k, v in r.get("definitions", {}).items()))
-        rep.text("\n".join(f"- {v}" for v in r.get("stand_ins", [])))
+        rep.text("\n".join(f"- **{k}**: {v}" for k, v in DEFINITIONS.items()))
+        rep.text("\n".join(f"- {v}" for v in STAND_INS))
         rep.heading("Provenance")
         rep.code(provenance_block(m))
         return rep.write(run.path)
@@ -402,8 +402,11 @@ DEFINITIONS = {
     "Δcos": "mean cos(e, e_t) over D_b − over D_n (embeddings L2-normalised)",
     "Δl2": "mean ‖e − e_t‖² over D_b − over D_n (squared L2, as the official code)",
     "p": "scipy.stats.kstest(cos_Db, cos_Dn).pvalue, two-sample two-sided; min over targets for WARDEN",
-    "Δbit (SAW)": "mean bit accuracy of the decoded 24-bit message over D_b − over D_n; p = KS test of the two",
-    "TPR / FPR": "deleted∩triggered/triggered, deleted∩clean/clean; triggered = ≥1 trigger word (ground truth)",
+    "Δ proj_u (SAW)": "mean e_s·u(e_c) (suspect embedding along the expected keyed direction) over D_b − over D_n; "
+                      "p = KS test of the two",
+    "TPR / FPR": "deleted∩triggered/triggered, deleted∩clean/clean; triggered = ≥1 trigger word (ground truth); "
+                 "KDE = the paper's threshold rule, deletion = what the re-trained copy does without (fraction/count "
+                 "as the official stealing script)",
     "AUROC / AUPRC": "of the watermark-likeness score (cos, −l2, −pca) against the triggered label",
     "accuracy": "MLP (emb→256→classes, dropout 0.2, Adam 1e-2, 3 epochs) trained on the train-split "
                 "embeddings of that source, evaluated on the test split",
