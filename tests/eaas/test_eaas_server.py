@@ -121,6 +121,10 @@ def test_bad_json_and_oversized_bodies(server):
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = c.post("/v1/embeddings", content=b"\xff\xfe\x00garbage", headers=h)
     assert r.status_code == 400
+    r = c.post("/v1/embeddings", content=b"[" * 1900 + b"]" * 1900, headers=h)  # nesting beyond the parser's depth
+    assert r.status_code == 400
+    r = c.post("/v1/embeddings", content=b'{"input": "x", "model": "m", "dimensions": ' + b"9" * 3900 + b"}", headers=h)
+    assert r.status_code in (400, 404)
     big = json.dumps({"input": "word", "model": MODEL}).encode()[:-1] + b" " * 5000 + b"}"  # valid JSON, 5 kB
     r = c.post("/v1/embeddings", content=big, headers=h)
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"

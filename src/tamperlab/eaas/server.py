@@ -314,7 +314,7 @@ def create_app(service: EmbeddingService, cfg: ServerConfig, key_secrets: dict[s
             raw = await read_body(request)
             try:
                 body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:  # ValueError ⊃ JSONDecodeError, huge ints
                 raise _Reject(400, f"the body is not valid JSON: {e}", "invalid_json") from None
             texts, fmt = _parse_inputs(body, cfg, service.model_name, service.dim)
             info["n_inputs"] = len(texts)
