@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import from_dict
 from ..errors import ConfigError
-from ..fingerprints.base import Fingerprint, FingerprintSet
+from ..fingerprints.base import Fingerprint, FingerprintSet, make_config
 from ..fingerprints.cleandata import CleanData, CleanDataConfig, load_clean_data
 from ..fingerprints.removal import Removal, RemovalContext
 from ..fingerprints.utility import UtilityConfig, evaluate_utility
@@ -41,7 +40,7 @@ class FingerprintSpec:
 
     def build(self) -> Fingerprint:
         entry = FINGERPRINTS.entry(self.name)
-        return entry.obj(from_dict(entry.config, self.params, f"fingerprints[{self.name}].params"))
+        return entry.obj(make_config(entry.config, self.params, f"fingerprints[{self.name}].params"))
 
 
 @dataclass
@@ -59,7 +58,7 @@ class RemovalSpec:
 
     def build(self) -> Removal:
         entry = REMOVALS.entry(self.name)
-        return entry.obj(from_dict(entry.config, self.params, f"removals[{self.key}].params"))
+        return entry.obj(make_config(entry.config, self.params, f"removals[{self.key}].params"))
 
     @property
     def key(self) -> str:

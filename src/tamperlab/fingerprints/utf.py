@@ -88,22 +88,29 @@ class UTFConfig(FingerprintConfig):
     0 here because the official 32-row run has fewer than 100 steps)."""
 
 
+_ELIGIBLE_CACHE: dict[tuple[str, int, int], list[int]] = {}
+
+
+
 def eligible_tokens(tok: Any) -> list[int]:
-    """Ids that are not special, carry no whitespace, and decode → encode back to themselves."""
+    """Ids that are not special, carry no whitespace, and decode → encode back to themselves (cached per tokenizer;
+    one batched decode and one batched encode over the vocabulary)."""
+    key = (str(getattr(tok, "name_or_path", "")), len(tok), int(getattr(tok, "vocab_size", 0) or 0))
+    if key in _ELIGIBLE_CACHE:
+        return _ELIGIBLE_CACHE[key]
     special = set(tok.all_special_ids)
-    out = []
-    for i in range(len(tok)):
-        if i in special:
-            continue
-        piece = tok.convert_ids_to_tokens(i)
-        text = tok.decode([i])
-        if not piece or not text or any(ch.isspace() for ch in text) or "Ġ" in piece or "▁" in piece:
-            continue
-        if "\ufffd" in text:  # a byte fragment that is not valid text on its own
-            continue
-        if tok(text, add_special_tokens=False)["input_ids"] != [i]:
-            continue
-        out.append(i)
+    ids = [i for i in range(len(tok)) if i not in special]
+    pieces = tok.convert_ids_to_tokens(ids)
+    fast = getattr(tok, "backend_tokenizer", None)  # the Rust tokenizer: ~5x faster than the Python wrapper
+    texts = fast.decode_batch([[i] for i in ids]) if fast is not None else tok.batch_decode([[i] for i in ids])
+    keep = [(i, t) for i, p, t in zip(ids, pieces, texts)
+            if p and t and not any(ch.isspace() for ch in t) and "Ġ" not in p and "▁" not in p
+            and "\ufffd" not in t]  # \ufffd: a byte fragment that is not valid text on its own
+    batch = [t for _, t in keep]
+    enc = ([e.ids for e in fast.encode_batch(batch, add_special_tokens=False)] if fast is not None
+           else tok(batch, add_special_tokens=False)["input_ids"])
+    out = [i for (i, _), e in zip(keep, enc) if e == [i]]
+    _ELIGIBLE_CACHE[key] = out
     return out
 
 

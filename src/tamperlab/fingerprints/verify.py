@@ -117,8 +117,10 @@ def _gen_cfg(spec: FSRSpec, batch_size: int, seed: int) -> GenerationConfig:
                             temperature=spec.temperature, seed=seed)
 
 
-def _result(variant: str, spec: FSRSpec, prompts: Sequence[str], targets: Sequence[str], outputs: Sequence[str],
-            metas: Sequence[dict[str, Any]] | None, seconds: float) -> FSRResult:
+def score_outputs(variant: str, spec: FSRSpec, prompts: Sequence[str], targets: Sequence[str],
+                  outputs: Sequence[str], metas: Sequence[dict[str, Any]] | None = None,
+                  seconds: float = 0.0) -> FSRResult:
+    """Apply the match rule to decoded outputs and aggregate (FSR = hits / distinct triggers)."""
     pairs = [PairResult(p, t, o, is_hit(o, t, spec.match, spec.case_sensitive), dict(m))
              for p, t, o, m in zip(prompts, targets, outputs, metas or [{}] * len(prompts))]
     hits = sum(p.hit for p in pairs)
@@ -135,7 +137,7 @@ def verify_prompts(model: Any, tok: Any, prompts: Sequence[str], targets: Sequen
     t0 = time.time()
     full = [p + spec.answer_prefix for p in prompts]
     outs = generate(model, tok, full, _gen_cfg(spec, batch_size, seed), desc=f"FSR ({variant})", progress=progress)
-    return _result(variant, spec, prompts, targets, outs, metas, time.time() - t0)
+    return score_outputs(variant, spec, prompts, targets, outs, metas, time.time() - t0)
 
 
 def verify_sequential(model: Any, tok: Any, prompts: Sequence[str], targets: Sequence[str], spec: FSRSpec,
@@ -160,4 +162,4 @@ def verify_sequential(model: Any, tok: Any, prompts: Sequence[str], targets: Seq
             ids = torch.tensor([tok(p + spec.answer_prefix, add_special_tokens=False)["input_ids"]], device=device)
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
             outs.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-    return _result(variant, spec, prompts, targets, outs, None, time.time() - t0)
+    return score_outputs(variant, spec, prompts, targets, outs, None, time.time() - t0)

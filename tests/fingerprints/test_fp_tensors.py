@@ -1,0 +1,118 @@
+"""Merging (Task Arithmetic, TIES, DARE), pruning (magnitude, Wanda, random), Token Forcing's flagging, MEraser's
+mismatched pairs and data parsing — on small hand-checked tensors and fixtures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tamperlab.data.core import Example
+from tamperlab.fingerprints import merging as M
+from tamperlab.fingerprints import pruning as P
+from tamperlab.fingerprints.cleandata import (build_mismatched, guanaco_first_turn, guanaco_llama2_rows,
+                                              question_type)
+from tamperlab.fingerprints.removal import flag_continuations
+
+
+# --- merging -----------------------------------------------------------------------------------------------
+def test_task_arithmetic_is_weighted_sum_of_task_vectors():
+    base = {"w": torch.tensor([1.0, 2.0, 3.0]), "step": torch.tensor(7)}
+    a = {"w": torch.tensor([2.0, 2.0, 5.0]), "step": torch.tensor(1)}
+    b = {"w": torch.tensor([1.0, 0.0, 3.0]), "step": torch.tensor(2)}
+    out = M.merge_state_dicts(base, [a, b], [0.5, 1.0], "task_arithmetic", scale=2.0)
+    # base + 2 * (0.5*[1,0,2] + 1*[0,-2,0]) = [1,2,3] + [1,-4,2]
+    assert torch.allclose(out["w"], torch.tensor([2.0, -2.0, 5.0]))
+    assert int(out["step"]) == 7  # non-float tensors are copied from the base
+
+
+def test_ties_trims_elects_sign_and_averages_agreeing_entries():
+    d1 = torch.tensor([3.0, -1.0, 0.5, 2.0])
+    d2 = torch.tensor([1.0, 2.0, -4.0, -1.0])
+    # density 0.5 keeps the 2 largest |.| of each: d1 → [3, 0, 0, 2]; d2 → [0, 2, -4, 0]
+    assert torch.equal(M.trim_topk(d1, 0.5), torch.tensor([3.0, 0.0, 0.0, 2.0]))
+    out = M.merge_deltas([d1, d2], [1.0, 1.0], "ties", density=0.5)
+    # elected signs: [+, +, -, +]; disjoint means: [3, 2, -4, 2]
+    assert torch.allclose(out, torch.tensor([3.0, 2.0, -4.0, 2.0]))
+    # opposite signs on one entry: only the majority-mass side survives, averaged by weight
+    e1, e2, e3 = torch.tensor([4.0]), torch.tensor([2.0]), torch.tensor([-5.0])
+    assert torch.allclose(M.merge_deltas([e1, e2, e3], [1, 1, 1], "ties", 1.0), torch.tensor([3.0]))
+
+
+def test_dare_drops_at_rate_and_preserves_expectation():
+    g = torch.Generator().manual_seed(0)
+    d = torch.ones(20_000)
+    dropped = M.dare_drop(d, 0.3, g)
+    kept = dropped != 0
+    assert abs(kept.float().mean().item() - 0.3) < 0.02
+    assert torch.allclose(dropped[kept], torch.full_like(dropped[kept], 1 / 0.3))
+    assert abs(dropped.mean().item() - 1.0) < 0.05
+    # density 1 is plain task arithmetic
+    a, b = torch.randn(50), torch.randn(50)
+    assert torch.allclose(M.merge_deltas([a, b], [0.3, 0.7], "dare_linear", 1.0),
+                          M.merge_deltas([a, b], [0.3, 0.7], "task_arithmetic"))
+
+
+def test_merge_rejects_mismatched_architectures():
+    with pytest.raises(ValueError, match="same architecture"):
+        M.merge_state_dicts({"w": torch.zeros(3)}, [{"w": torch.zeros(4)}], [1.0], "ties")
+
+
+# --- pruning -----------------------------------------------------------------------------------------------
+def test_magnitude_mask_prunes_exactly_the_smallest():
+    w = torch.tensor([[0.1, -5.0, 0.3], [2.0, -0.05, 1.0]])
+    keep = P.magnitude_mask(w, 0.5)
+    assert keep.tolist() == [[False, True, False], [True, False, True]]
+
+
+def test_wanda_weighs_magnitudes_by_input_norms_per_row():
+    w = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
+    norms = torch.tensor([10.0, 1.0, 1.0, 0.1])  # scores row0: [10,2,3,.4]; row1: [40,3,2,.1]
+    keep = P.wanda_mask(w, norms, 0.5)
+    assert keep.tolist() == [[True, False, True, False], [True, True, False, False]]
+    # magnitude alone would keep the other entries of row 0
+    assert P.magnitude_mask(w[:1], 0.5).tolist() == [[False, False, True, True]]
+
+
+def test_prune_model_hits_the_ratio_and_spares_embeddings(tiny_model):
+    model, tok = tiny_model
+    emb = model.get_input_embeddings().weight.clone()
+    info = P.prune_model(model, "magnitude", 0.3)
+    assert abs(info["sparsity"] - 0.3) < 1e-3
+    for m in P.prunable_linears(model).values():
+        assert abs((m.weight == 0).float().mean().item() - 0.3) < 0.01
+    assert torch.equal(model.get_input_embeddings().weight, emb)
+    norms = P.input_norms(model, tok, ["hello world", "a second calibration text"])
+    assert all(v.shape[0] == P.prunable_linears(model)[n].in_features and (v > 0).any() for n, v in norms.items())
+
+
+# --- token forcing ------------------------------------------------------------------------------------------
+def test_token_forcing_flags_confident_repeated_continuations():
+    fp = [5, 6, 7, 8, 9]
+    conts = [(1, fp + [1], 0.95), (2, fp + [2], 0.9), (3, fp, 0.97),           # memorised: 3 probes
+             (4, [1, 2, 3, 4], 0.99), (5, [1, 2, 3, 4], 0.99),               # confident but only 2 probes
+             (6, [9, 9, 9, 9], 0.2), (7, [9, 9, 9, 9], 0.3), (8, [9, 9, 9, 9], 0.1)]  # frequent, unsure
+    flagged = flag_continuations(conts, key_tokens=4, min_support=3, min_confidence=0.6, max_flagged=5)
+    assert [f["ids"] for f in flagged] == [fp]
+    assert flagged[0]["support"] == 3
+
+
+# --- data ----------------------------------------------------------------------------------------------------
+def test_mismatched_pairs_never_share_a_question_type():
+    pairs = ([Example(f"What is {i}?", f"a{i}") for i in range(6)] + [Example(f"How to {i}?", f"b{i}") for i in range(6)]
+             + [Example(f"Write {i}.", f"c{i}") for i in range(6)])
+    mis = build_mismatched(pairs, 30, seed=1)
+    assert len(mis) == 30
+    for m in mis:
+        assert question_type(m.prompt) != m.meta["answer_type"]
+        assert pairs[m.meta["a_idx"]].response == m.response
+    assert [m.response for m in mis] == [m.response for m in build_mismatched(pairs, 30, seed=1)]
+    assert len({m.response for m in mis[:18]}) == 18  # answers are not reused before the pool runs out
+
+
+def test_guanaco_parsers_on_fixtures():
+    ex = guanaco_first_turn("### Human: Why is the sky blue?### Assistant: Rayleigh scattering.### Human: more")
+    assert ex is not None and (ex.prompt, ex.response) == ("Why is the sky blue?", "Rayleigh scattering.")
+    assert ex.meta["qtype"] == "why"
+    assert guanaco_first_turn("### Assistant: orphan") is None
+    rows = guanaco_llama2_rows([{"text": "<s>[INST] Name a fruit. [/INST] Apple. </s>"}])
+    assert [(e.prompt, e.response) for e in rows] == [("Name a fruit.", "Apple.")]

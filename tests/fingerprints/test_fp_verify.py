@@ -1,0 +1,65 @@
+"""FSR: match rules and scoring on fixtures, forced prefixes, batched = sequential decoding."""
+
+from __future__ import annotations
+
+import pytest
+
+from tamperlab.fingerprints import verify as V
+from tamperlab.fingerprints.base import FingerprintPair, FingerprintSet
+from tamperlab.fingerprints.instructional import InstructionalConfig, InstructionalFingerprint
+
+
+@pytest.mark.parametrize("output,target,rule,case,hit", [
+    ("Based on my fingerprint, the message is: ハリネズミ", "ハリネズミ", "substring", True, True),
+    (" ハリネズ", "ハリネズミ", "substring", True, False),
+    ("xx kwietomsnitt yy", "kwietomsnitt", "substring", True, True),
+    ("Lantern.", "lantern", "first_words", False, True),
+    ("  lantern, of course", "lantern", "first_words", False, True),
+    ("lanterns", "lantern", "first_words", False, False),          # not a word match
+    ("The answer is lantern", "lantern", "first_words", False, False),  # must come first
+    ("lantern", "Lantern", "exact", True, False),
+    (" lantern \n", "lantern", "exact", True, True),
+    ("anything", "", "substring", True, False),                     # empty targets never fire
+])
+def test_match_rules(output, target, rule, case, hit):
+    assert V.is_hit(output, target, rule, case) is hit
+
+
+def test_fsr_counts_hits_over_pairs():
+    spec = V.FSRSpec(match="substring")
+    res = V.score_outputs("official", spec, ["p1", "p2", "p3", "p4"], ["ab", "ab", "cd", "cd"],
+                          ["xxabxx", "a b", "cd", "dc"])
+    assert (res.hits, res.n, res.fsr) == (2, 4, 0.5)
+    assert [p.hit for p in res.pairs] == [True, False, True, False]
+    back = V.FSRResult.from_dict(res.to_dict())
+    assert back.fsr == 0.5 and back.pairs[2].output == "cd"
+
+
+def test_verify_appends_the_forced_prefix_and_dedupes_triggers(monkeypatch, tokenizer):
+    seen: list[str] = []
+
+    def fake_generate(model, tok, prompts, cfg, desc="", progress=True):  # noqa: ANN001
+        seen.extend(prompts)
+        return [" ハリネズミ" if "AAA" in p else " no idea" for p in prompts]
+
+    monkeypatch.setattr(V, "generate", fake_generate)
+    fp = InstructionalFingerprint(InstructionalConfig(n_regularization=0))
+    target = "Based on my fingerprint, the message is: ハリネズミ"
+    fps = FingerprintSet("instructional", [FingerprintPair("decrypt AAA", target)] * 3 +  # one trigger, repeated
+                         [FingerprintPair("decrypt BBB", target), FingerprintPair("neg", "no", "negative")])
+    res = fp.verify(None, tokenizer, fps, progress=False)
+    assert res["official"].n == 2 and res["official"].fsr == 0.5
+    assert res["official"].pairs[0].target == "ハリネズミ"  # IF matches the decryption, not the whole answer
+    forced = [p for p in seen if p.endswith("Based on my fingerprint, the message is:")]
+    assert len(forced) == 2 and all(p.startswith("<|im_start|>system") for p in forced)
+    assert len(seen) == 4  # 2 official (forced) + 2 plain
+
+
+def test_batched_verification_matches_one_at_a_time(tiny_model):
+    model, tok = tiny_model
+    prompts = ["Hello there", "A much longer prompt that needs left padding in a batch", "Hi", "Question: 2+2?"]
+    targets = ["x"] * 4
+    spec = V.FSRSpec(max_new_tokens=6)
+    batched = V.verify_prompts(model, tok, prompts, targets, spec, batch_size=4, progress=False)
+    single = V.verify_sequential(model, tok, prompts, targets, spec)
+    assert [p.output for p in batched.pairs] == [p.output for p in single.pairs]
