@@ -61,7 +61,10 @@ def test_score_stats_on_bit_accuracies():
 
 
 def test_embmarker_verify_detects_a_perfect_copy_not_the_clean_model(bow_embedder, corpus):
-    wm = EmbMarker(EmbMarkerConfig(triggers=TRIGGERS, n_triggers=8))
+    from tamperlab.eaas.watermarks import select_triggers
+
+    triggers = select_triggers(20, [3e-4, 6e-4], seed=5)  # realistic: 20 words, so D_b is not 8 words reshuffled
+    wm = EmbMarker(EmbMarkerConfig(triggers=triggers))
     wm.setup(corpus, bow_embedder.encode)
     service = lambda texts: wm.apply(texts, bow_embedder.encode(texts))  # noqa: E731
     hit = wm.verify(service, size=20)
@@ -69,6 +72,6 @@ def test_embmarker_verify_detects_a_perfect_copy_not_the_clean_model(bow_embedde
     miss = wm.verify(bow_embedder.encode, size=20)
     assert not miss["detected"] and miss["p_value"] > 0.01
     backdoor, benign = wm.verification_sets(20, seed=0)
-    assert all(len(s.split()) == 4 and set(s.split()) <= set(TRIGGERS) for s in backdoor[0])
-    assert all(not (set(s.split()) & set(TRIGGERS)) for s in benign)
+    assert all(len(s.split()) == 4 and set(s.split()) <= set(triggers) for s in backdoor[0])
+    assert all(not (set(s.split()) & set(triggers)) for s in benign)
     assert len(set(backdoor[0])) == 20 and len(set(benign)) == 20

@@ -18,6 +18,7 @@ import json
 import random
 import re
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -66,12 +67,33 @@ def select_triggers(n: int, band: Sequence[float], seed: int, source: str = "wor
     return random.Random(seed).sample(cands, n)
 
 
-def benign_vocabulary(exclude: set[str]) -> list[str]:
-    """Ordinary words for the D_n verification sentences and the non-trigger slots of D_b."""
+def benign_vocabulary(exclude: set[str], like: Sequence[str] = ()) -> list[str]:
+    """Ordinary words for D_n and the non-trigger slots of D_b, frequency-matched to the triggers.
+
+    Matching matters: sentences of common words embed systematically closer to a typical target text than
+    sentences of rare words, so an unmatched D_n (the official code samples the whole vocabulary) makes even an
+    unwatermarked model look watermarked. We take words whose wordfreq frequency lies within [min/2, 2·max) of
+    the triggers' (falling back to the generic content-word list when fewer than 40 such words exist)."""
+    return list(_matched_words(frozenset(exclude), tuple(sorted(like))))
+
+
+@lru_cache(maxsize=16)
+def _matched_words(exclude: frozenset[str], like: tuple[str, ...]) -> tuple[str, ...]:
+    import wordfreq
+
     from .data import filler_vocabulary
 
+    if like:
+        freqs = [wordfreq.word_frequency(w, "en") for w in like]
+        lo, hi = min(freqs) / 2, max(freqs) * 2
+        if hi > 0:
+            words = tuple(w for w in wordfreq.top_n_list("en", 50000)
+                          if re.fullmatch(r"[a-z]{3,}", w) and w not in exclude
+                          and lo <= wordfreq.word_frequency(w, "en") < hi)
+            if len(words) >= 40:
+                return words
     words, _ = filler_vocabulary()
-    return [w for w in words if w not in exclude]
+    return tuple(w for w in words if w not in exclude)
 
 
 def _sentences(pools: Sequence[Sequence[str]], size: int, rng: random.Random) -> list[str]:
@@ -244,7 +266,7 @@ class EmbMarker(Watermark):
         self._require_setup()
         m = self.cfg.max_trigger_num
         rng = random.Random(f"verify/{seed}")
-        benign = benign_vocabulary(set(self.triggers))
+        benign = benign_vocabulary(set(self.triggers), like=self.triggers)
         backdoor = []
         for g in self.groups:
             if len(g) < m:
