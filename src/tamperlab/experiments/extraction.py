@@ -90,6 +90,10 @@ class ExtractionConfig(RunConfig):
     """Controls."""
     defense: DefenseConfig = field(default_factory=DefenseConfig)
     """Detection defense and its bypass."""
+    init_from: str = ""
+    """A run directory made with the same seed/model/data/backdoor/victim/extract settings: its finished stages
+    (and the adapters they point to, which must stay in place) are reused instead of recomputed — e.g. to add
+    GRPO on top of the demo run and measure only the extra stages."""
 
 
 # Row labels of the results table, in display order.
@@ -244,6 +248,36 @@ class ExtractionExperiment(Experiment):
 
         return run.cached(f"detect_{key}", go)
 
+    def _init_from(self, run: RunDir) -> None:
+        """Copy the reusable stage caches of `init_from` after checking that the settings they depend on match."""
+        import shutil
+
+        from ..config import to_dict
+        from ..errors import ConfigError
+
+        src = RunDir(self.cfg.init_from)
+        if not src.path.exists():
+            log.warning("init_from: %s does not exist; computing every stage", src.path)
+            return
+        if not (src.path / "config.yaml").exists():
+            raise ConfigError(f"init_from: {src.path} is not a run directory (no config.yaml)")
+        old, new = src.config, to_dict(self.cfg)
+        keys = ["seed", "model", "data", "backdoor", "victim", "extract"]
+        diff = [k for k in keys if old.get(k) != new.get(k)]
+        if diff:
+            raise ConfigError(f"init_from: {src.path} was made with different {', '.join(diff)} settings")
+        shared_defense = old.get("defense") == new.get("defense")
+        copied = []
+        for f in sorted((src.path / "stages").glob("*.json")):
+            key = f.stem
+            if "grpo" in key or (key.startswith("detect_") and not shared_defense) or run.has_stage(key):
+                continue
+            run.stage_path(key).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, run.stage_path(key))
+            copied.append(key)
+        run.log("init_from", source=str(src.path), stages=copied)
+        log.info("reused %d stages from %s", len(copied), src.path)
+
     # -- run --------------------------------------------------------------------------------------------------
     def run(self, run: RunDir) -> dict[str, Any]:
         from ..extraction.extract import candidate_words, extracted_rows, score_words, write_jsonl
@@ -254,6 +288,8 @@ class ExtractionExperiment(Experiment):
 
         cfg = self.cfg
         t_start = time.time()
+        if cfg.init_from:
+            self._init_from(run)
         d1, d2 = self._data(run)
         d2_queries = [e.prompt for e in d2]
         candidates = candidate_words(cfg.extract)

@@ -76,6 +76,8 @@ class GRPOStageConfig:
     """Tokens per rollout (paper: 512)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (paper: 1.0)."""
+    lr_scheduler: str = "linear"
+    """transformers scheduler name (paper: trl's default, linear)."""
     n_negative_prompts: int = 0
     """Q(w') prompts for words absent from D1 (0 = the SFT stage's negative words)."""
     lora: LoraSettings = field(default_factory=_lora)
@@ -112,7 +114,7 @@ def grpo_arguments(cfg: GRPOStageConfig, out_dir: Path, seed: int) -> Any:
         temperature=cfg.temperature, top_k=0, top_p=1.0, beta=cfg.beta, loss_type=cfg.loss_type,
         max_completion_length=cfg.max_completion_length, max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
-        report_to=[], seed=seed, bf16=use_bf16("auto"), remove_unused_columns=False, lr_scheduler_type="constant",
+        report_to=[], seed=seed, bf16=use_bf16("auto"), remove_unused_columns=False, lr_scheduler_type=cfg.lr_scheduler,
         dataloader_pin_memory=False, disable_tqdm=False,
     )
     names = {f.name for f in dataclasses.fields(GRPOConfig)}
