@@ -31,8 +31,8 @@ def test_copy_of_watermarked_service_verifies_copy_of_clean_does_not(tmp_path):
     hit = wm.verify(lambda t: copier_encode(copy, t))
     clean = train_copier(texts, service.embedder.encode(texts), cfg, tmp_path / "clean", seed=0)
     miss = wm.verify(lambda t: copier_encode(clean, t))
-    assert hit["detected"] and hit["p_value"] < 1e-4 and hit["delta_cos"] > 0.05
-    assert miss["p_value"] > hit["p_value"] * 100 and miss["delta_cos"] < hit["delta_cos"]
+    assert hit["detected"] and hit["p_value"] < 0.01 and hit["delta_cos"] > 0.05
+    assert not miss["detected"] and miss["delta_cos"] < hit["delta_cos"]
     assert (tmp_path / "wm" / "model" / "model.safetensors").exists() or any((tmp_path / "wm" / "model").rglob(
         "*.safetensors"))
 
