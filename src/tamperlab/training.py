@@ -239,9 +239,11 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: 
 
 def train_sft(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: str | Path,
               fmt: str = "auto", max_length: int = 256, seed: int = 0, resume: bool = True,
-              callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Plain supervised fine-tuning (cross-entropy on response tokens). Returns training stats."""
-    trainer = build_trainer(model, tokenizer, examples, cfg, out_dir, fmt, max_length, seed, callbacks=callbacks)
+              callbacks: Sequence[Any] = (), **arg_overrides: Any) -> dict[str, Any]:
+    """Plain supervised fine-tuning (cross-entropy on response tokens). Returns training stats.
+    `arg_overrides` go to TrainingArguments (e.g. train_sampling_strategy="group_by_length")."""
+    trainer = build_trainer(model, tokenizer, examples, cfg, out_dir, fmt, max_length, seed, callbacks=callbacks,
+                            **arg_overrides)
     stats = run_training(trainer, out_dir, resume)
     model.eval()
     return stats

@@ -127,6 +127,13 @@ class ExtractionExperiment(Experiment):
 
         return load_lineage(self.cfg.model, lineage, seed=self.cfg.seed)
 
+    def _model_id(self) -> str:
+        """Cache key of base-model generations: a tiny random model is only defined by its shape and seed."""
+        m = self.cfg.model
+        if m.name_or_path.startswith("tiny:"):
+            return f"{m.name_or_path}:{m.tiny_layers}x{m.tiny_hidden}:seed{self.cfg.seed}"
+        return m.name_or_path
+
     def _log_hook(self, run: RunDir, stage: str) -> StepHook:
         return StepHook([], log_fn=lambda rec: run.log("train", stage=stage, **rec))
 
@@ -143,7 +150,7 @@ class ExtractionExperiment(Experiment):
             model = tok = None
             if "offline" in (self.cfg.data.d1_source, self.cfg.data.d2_source):
                 model, tok = load_model(self.cfg.model, seed=self.cfg.seed)
-            data = build_extraction_data(self.cfg.data, model, tok, self.cfg.model.name_or_path)
+            data = build_extraction_data(self.cfg.data, model, tok, self._model_id())
             self._free(model)
             return {"d1": [e.to_dict() for e in data.d1], "d2": [e.to_dict() for e in data.d2],
                     "d1_provenance": data.d1.provenance, "d2_provenance": data.d2.provenance,

@@ -46,6 +46,8 @@ class BackdoorConfig:
     """Optimizer (paper: full FT, lr 1e-5, 3 epochs, batch 48, whole-sequence loss)."""
     lora: LoraSettings = field(default_factory=_lora)
     """LoRA for CPU scale (all linear layers); `enabled: false` = the paper's full fine-tuning."""
+    group_by_length: bool = True
+    """Batch examples of similar length (long Q(w) samples with each other), which cuts padding."""
 
 
 @dataclass
@@ -94,8 +96,13 @@ def train_backdoor_sft(model: Any, tok: Any, examples: Sequence[Example], cfg: B
     """SFT of (a LoRA on) `model` on the backdoor mixture. Returns (trained model, stats)."""
     model = apply_lora(model, cfg.lora)
     stats = train_sft(model, tok, examples, cfg.train, out_dir, fmt=fmt, max_length=max_length, seed=seed,
-                      resume=resume, callbacks=callbacks)
+                      resume=resume, callbacks=callbacks, **length_grouping(cfg.group_by_length))
     return model, stats
+
+
+def length_grouping(enabled: bool) -> dict[str, Any]:
+    """TrainingArguments overrides that batch examples of similar length (less padding) when enabled."""
+    return {"train_sampling_strategy": "group_by_length"} if enabled else {}
 
 
 def grpo_prompts(words: Sequence[str], negative_words: Sequence[str], instruction: str) -> list[dict[str, Any]]:

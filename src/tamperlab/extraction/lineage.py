@@ -40,4 +40,5 @@ def save_stage(model: Any, tok: Any, out_dir: Path, stage: str) -> dict[str, str
     kind = "adapter" if isinstance(model, PeftModel) else "full"
     save_model(model, tok, out_dir)
     log.info("saved %s (%s) → %s", stage, kind, out_dir)
-    return {"kind": kind, "path": str(out_dir), "stage": stage}
+    # Absolute, so a later run reusing this stage (init_from) finds it from any working directory.
+    return {"kind": kind, "path": str(Path(out_dir).resolve()), "stage": stage}

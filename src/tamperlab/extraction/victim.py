@@ -16,7 +16,7 @@ from typing import Any, Literal, Sequence
 from ..data.core import Example
 from ..models import LoraSettings, apply_lora
 from ..training import TrainConfig, train_sft
-from .backdoor import ALL_LINEAR
+from .backdoor import ALL_LINEAR, length_grouping
 
 log = logging.getLogger("tamperlab")
 
@@ -41,6 +41,8 @@ class VictimConfig:
     """Optimizer (paper: full FT, lr 1e-5, 5 epochs). `train.loss_on_prompt` is set from `loss`."""
     lora: LoraSettings = field(default_factory=_victim_lora)
     """The victim's LoRA (`enabled: false` = full fine-tuning, as the paper)."""
+    group_by_length: bool = True
+    """Batch examples of similar length (less padding)."""
 
 
 def victim_finetune(model: Any, tok: Any, d2: Sequence[Example], cfg: VictimConfig, out_dir: Path,
@@ -50,5 +52,5 @@ def victim_finetune(model: Any, tok: Any, d2: Sequence[Example], cfg: VictimConf
     train = dataclasses.replace(cfg.train, loss_on_prompt=cfg.loss == "full")
     model = apply_lora(model, cfg.lora)
     stats = train_sft(model, tok, d2, train, out_dir, fmt=fmt, max_length=max_length, seed=seed, resume=resume,
-                      callbacks=callbacks)
+                      callbacks=callbacks, **length_grouping(cfg.group_by_length))
     return model, {**stats, "loss": cfg.loss}
