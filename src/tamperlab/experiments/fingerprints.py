@@ -87,6 +87,8 @@ class FingerprintExperimentConfig(RunConfig):
     """Perplexity / accuracy settings."""
     evaluate_base: bool = True
     """Also verify every fingerprint and measure utility on the clean base model (FSR should be ~0)."""
+    monitor_every: int = 0
+    """Measure FSR every N optimizer steps inside MEraser's training phases (0 = only after each phase)."""
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fingerprints]
@@ -218,7 +220,10 @@ class FingerprintExperiment(Experiment):
                 ctx = RemovalContext(
                     tok=tok, clean=clean, work_dir=run.sub("removals", spec.key, name), shared_dir=run.sub("shared"),
                     load_base=lambda: self._base()[0], seed=cfg.seed, resume=True,
-                    log_fn=lambda r, k=key: run.log("train", stage=k, **r))
+                    log_fn=lambda r, k=key: run.log("train", stage=k, **r),
+                    monitor=lambda m, fp=fp, name=name: {k: v.fsr for k, v in fp.verify(
+                        m, tok, sets[name], progress=False).items()},
+                    monitor_every=cfg.monitor_every)
                 model = self._load_fingerprinted(run, name)
                 stages: dict[str, Any] = {}
                 for st in removal.apply(model, ctx):

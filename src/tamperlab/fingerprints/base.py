@@ -143,14 +143,14 @@ class RowDataset:
 
 def train_rows(model: Any, tok: Any, rows: Sequence[dict[str, list[int]]], cfg: TrainConfig, out_dir: str | Path,
                seed: int = 0, resume: bool = True, log_fn: Callable[[dict[str, Any]], None] | None = None,
-               keep_checkpoints: bool = False) -> dict[str, Any]:
+               keep_checkpoints: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Fine-tune `model` (all trainable parameters; wrap it with LoRA first for adapters) with a transformers
     Trainer on encoded rows. Resumes from the newest checkpoint in out_dir; deletes checkpoints afterwards
     (the caller saves what it needs as safetensors) unless keep_checkpoints."""
     from transformers import Trainer
 
     args = training_arguments(cfg, out_dir, seed=seed)
-    callbacks = [StepHook([], log_fn=log_fn)] if log_fn else []
+    callbacks = ([StepHook([], log_fn=log_fn)] if log_fn else []) + list(callbacks)
     model.train()
     trainer = Trainer(model=model, args=args, train_dataset=RowDataset(rows),
                       data_collator=PadCollator(tok.pad_token_id), processing_class=tok, callbacks=callbacks)

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 from ..models import LoraSettings, load_adapter, save_model
 from ..registry import REMOVALS
-from ..training import TrainConfig
+from ..training import StepHook, TrainConfig, steps_for
 from .base import encode_row, render_prompt, train_rows
 from .cleandata import build_mismatched
 from .removal import Removal, RemovalConfig, RemovalContext, RemovalStage
@@ -136,8 +136,17 @@ def train_phase(model: Any, tok: Any, pairs: Sequence[Any], ph: MEraserPhase, ad
     else:
         peft_model = apply_lora(model, LoraSettings(**{**asdict(ph.lora), "enabled": True}))
         rows = phase_rows(tok, pairs, ph)
-        stats = train_rows(peft_model, tok, rows, _train_cfg(ph), adapter_dir.parent / f"{adapter_dir.name}.train",
-                           ctx.seed, ctx.resume, ctx.log_fn)
+        cfg = _train_cfg(ph)
+        trajectory: list[dict[str, Any]] = []
+        hooks = []
+        if ctx.monitor is not None and ctx.monitor_every > 0:
+            total = steps_for(len(rows), cfg)
+            marks = sorted(set(range(0, total + 1, ctx.monitor_every)) | {total})
+            hooks.append(StepHook(marks, fn=lambda step, m: trajectory.append({"step": step, **ctx.monitor(m)})))
+        stats = train_rows(peft_model, tok, rows, cfg, adapter_dir.parent / f"{adapter_dir.name}.train",
+                           ctx.seed, ctx.resume, ctx.log_fn, callbacks=hooks)
+        if trajectory:
+            stats["trajectory"] = trajectory
         stats["rows"] = len(rows)
         stats["tokens"] = sum(len(r["input_ids"]) for r in rows)
         save_model(peft_model, None, adapter_dir)

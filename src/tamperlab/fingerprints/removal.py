@@ -47,6 +47,10 @@ class RemovalContext:
     seed: int = 0
     resume: bool = True
     log_fn: Callable[[dict[str, Any]], None] | None = None
+    monitor: Callable[[Any], dict[str, float]] | None = None
+    """Measurement only (the experiment's FSR probe): called on the model being trained every `monitor_every`
+    optimizer steps of a removal's training phases; the removal's own logic never sees its result."""
+    monitor_every: int = 0
 
 
 @dataclass

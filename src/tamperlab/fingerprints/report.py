@@ -90,6 +90,18 @@ def build_report(run: RunDir, cfg: Any) -> list[Path]:
     if curves:
         plot_lines(plots / "meraser_loss.png", curves, "MEraser training loss (per logging step)", "log step", "loss")
         rep.image("plots/meraser_loss.png", "MEraser loss")
+    traj: dict[str, tuple[list[float], list[float]]] = {}
+    for fp, r in res["fingerprints"].items():
+        for rk, rem in r["removals"].items():
+            for stage, ev in rem["stages"].items():
+                points = (ev.get("info", {}).get("train") or {}).get("trajectory") or []
+                for variant in (points[0].keys() - {"step"}) if points else ():
+                    traj[f"{fp} · {rk} · {stage} · {variant}"] = ([p["step"] for p in points],
+                                                                  [p[variant] for p in points])
+    if traj:
+        plot_lines(plots / "fsr_trajectory.png", traj, "FSR during MEraser training", "optimizer step", "FSR",
+                   (-0.05, 1.05))
+        rep.image("plots/fsr_trajectory.png", "FSR during training")
 
     rep.heading("Per-trigger outputs (fingerprinted → after each removal)")
     for fp, r in res["fingerprints"].items():
