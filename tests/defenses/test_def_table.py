@@ -58,6 +58,29 @@ def test_stage_seconds_by_defense():
                  "sft-x": {"align": 5.0, "eval-aligned": 0.0, "attack": 0.0}}
 
 
+def test_report_from_metrics_has_paper_tables_and_plots(tmp_path):
+    from tamperlab.runs import RunDir
+    from tamperlab.experiments.hft_table import write_table_report
+
+    attacks = ATTACKS + [{"label": "mixed-p20-sst2", "kind": "mixed", "n": 1000, "p": 0.2, "task": "sst2"}]
+    per_seed = {s: {d: {"aligned": _cell(1.0), "attacks": {a["label"]: _cell(10.0 * i + int(s), 80.0 - i)
+                                                            for i, a in enumerate(attacks)}}
+                    for d in ("sft", "ctrap")} for s in ("0", "1", "2")}
+    cfg = {"experiment": "ctrap_table", "description": "fake", "model": {"name_or_path": "m"},
+           "data": {"source": "hub", "n_eval": 1000},
+           "alignment": {"max_steps": 0, "epochs": 20, "batch_size": 5}}
+    run = RunDir.create(tmp_path / "r", cfg)
+    run.save_metrics({"seeds": [0, 1, 2], "defenses": ["sft", "ctrap"], "attacks": attacks, "per_seed": per_seed,
+                      "seconds": {"sft": {"align": 1.0, "eval-aligned": 0.0, "attack": 2.0}}},
+                     judge={"name": "beaver-dam", "stand_in": False})
+    write_table_report(run)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| Method | n=100 | n=200 | Avg |" in md and "| Method | p=10% | p=20% | Avg |" in md
+    assert "| Method | GSM8K |" in md and "± 1.0" in md and "stand-in" not in md
+    for png in ("hs_io-vs-n.png", "hs_o-vs-n.png", "hs_io-vs-p.png", "fa-mixed.png", "fa-benign.png"):
+        assert (tmp_path / "r" / "plots" / png).exists(), png
+
+
 def recipe(out, name):
     train = {"max_steps": 2, "batch_size": 4, "save_steps": 1, "learning_rate": 1e-3}
     return {
