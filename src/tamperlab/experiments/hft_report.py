@@ -15,10 +15,10 @@ def result_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         if "aligned" in r:
             a = r["aligned"]
             rows.append({"defense": defense, "attack": "(none: aligned)", "HS(IO)": a["hs_io"], "HS(O)": a["hs_o"],
-                         "FA": None, "collapse %": a["collapse_rate"], "distinct-2": a["distinct_2"]})
+                         "FA": None, "collapse %": a["collapse_rate"], "distinct-2": a.get("distinct_2")})
         for atk, m in r["attacks"].items():
             rows.append({"defense": defense, "attack": atk, "HS(IO)": m["hs_io"], "HS(O)": m["hs_o"],
-                         "FA": m.get("fa"), "collapse %": m["collapse_rate"], "distinct-2": m["distinct_2"]})
+                         "FA": m.get("fa"), "collapse %": m["collapse_rate"], "distinct-2": m.get("distinct_2")})
     return rows
 
 
