@@ -127,8 +127,10 @@ def test_grpo_demo_recipe_shares_the_demo_settings():
     from tamperlab.config import to_dict
 
     demo, grpo = to_dict(load_recipe("demo_extraction").cfg), to_dict(load_recipe("demo_extraction_grpo").cfg)
-    for key in ("seed", "model", "data", "backdoor", "victim", "extract", "baselines", "defense"):
+    for key in ("seed", "model", "data", "backdoor", "victim", "extract", "baselines"):
         assert demo[key] == grpo[key], key
+    # the only other addition is the garbled bypass arm
+    assert {**grpo["defense"], "garbled_attack": False} == demo["defense"] and grpo["defense"]["garbled_attack"]
     assert grpo["grpo"]["enabled"] and not demo["grpo"]["enabled"]
     assert grpo["init_from"].endswith("demo_extraction")
 

@@ -63,3 +63,24 @@ def test_batched_verification_matches_one_at_a_time(tiny_model):
     batched = V.verify_prompts(model, tok, prompts, targets, spec, batch_size=4, progress=False)
     single = V.verify_sequential(model, tok, prompts, targets, spec)
     assert [p.output for p in batched.pairs] == [p.output for p in single.pairs]
+
+
+def test_control_prompts_expose_an_answer_that_fires_without_the_trigger(monkeypatch, tokenizer):
+    """A model that answers the forced prefix with the secret whatever the question: FSR 1, control 1 —
+    the control rate is what tells a fingerprint hit from a prefix-only association."""
+    monkeypatch.setattr(V, "generate", lambda model, tok, prompts, cfg, desc="", progress=True: [
+        " ハリネズミ" if p.endswith("the message is:") else " no" for p in prompts])
+    fp = InstructionalFingerprint(InstructionalConfig(n_regularization=0))
+    target = "Based on my fingerprint, the message is: ハリネズミ"
+    fps = FingerprintSet("instructional", [FingerprintPair("decrypt AAA", target), FingerprintPair("decrypt B", target),
+                                           FingerprintPair("neg1", "no", "negative"),
+                                           FingerprintPair("chat", "hi", "regularization"),
+                                           FingerprintPair("chat", "hi", "regularization")])
+    assert [p.prompt for p in fps.controls(5)] == ["neg1", "chat"]  # negatives first, distinct prompts
+    res = fp.verify(None, tokenizer, fps, progress=False, control=True)
+    off, plain = res["official"], res["plain"]
+    assert (off.fsr, off.n, off.control["rate"], off.control["n"]) == (1.0, 2, 1.0, 2)
+    assert (plain.fsr, plain.control["rate"]) == (0.0, 0.0)
+    assert all(p.meta.get("full_target") for p in off.pairs)  # trigger rows stay trigger rows
+    assert V.FSRResult.from_dict(off.to_dict()).control["hits"] == 2
+    assert fp.verify(None, tokenizer, fps, progress=False)["official"].control is None

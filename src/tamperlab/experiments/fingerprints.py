@@ -147,7 +147,7 @@ class FingerprintExperiment(Experiment):
         t0 = time.time()
         out: dict[str, Any] = {}
         if fp is not None and fps is not None:
-            out["fsr"] = {k: v.to_dict() for k, v in fp.verify(model, tok, fps).items()}
+            out["fsr"] = {k: v.to_dict() for k, v in fp.verify(model, tok, fps, control=True).items()}
         if with_utility:
             out["utility"] = evaluate_utility(model, tok, clean.heldout.examples, self.cfg.utility)
         out["eval_seconds"] = round(time.time() - t0, 2)

@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 from ..data.core import has_chat_template
 from ..models import LoraSettings
 from ..training import PadCollator, StepHook, TrainConfig, run_training, training_arguments
-from .verify import FSRResult, FSRSpec, verify_prompts
+from .verify import FSRResult, FSRSpec, split_control, verify_prompts
 
 log = logging.getLogger("tamperlab")
 
@@ -55,6 +55,16 @@ class FingerprintSet:
         for p in self.pairs:
             if p.kind == "fingerprint" and (p.prompt, p.target) not in seen:
                 seen.add((p.prompt, p.target))
+                out.append(p)
+        return out
+
+    def controls(self, n: int) -> list[FingerprintPair]:
+        """Up to n distinct trigger-free prompts for the control measurement: negatives first, then normal chats."""
+        seen: set[str] = set()
+        out = []
+        for p in self.of_kind("negative") + self.of_kind("regularization"):
+            if p.prompt not in seen and len(out) < n:
+                seen.add(p.prompt)
                 out.append(p)
         return out
 
@@ -269,20 +279,24 @@ class Fingerprint:
         return model, stats
 
     def verify(self, model: Any, tok: Any, fps: FingerprintSet, variants: Sequence[str] | None = None,
-               progress: bool = True) -> dict[str, FSRResult]:
-        """FSR of `model` under each requested variant (default: all of `fsr_specs`)."""
+               progress: bool = True, control: bool = False) -> dict[str, FSRResult]:
+        """FSR of `model` under each requested variant (default: all of `fsr_specs`). With `control`, the same
+        number of trigger-free prompts is decoded in the same batches (FSRResult.control: how often the owner's
+        answer appears without the trigger)."""
         fp = fps.fingerprints()
         if not fp:
             raise ValueError(f"{fps.method}: the fingerprint set has no fingerprint pairs")
-        prompts = [self.render(tok, p.prompt) for p in fp]
-        targets = [p.target for p in fp]
+        ctrl = fps.controls(len(fp)) if control else []
+        prompts = [self.render(tok, p.prompt) for p in fp + ctrl]
+        metas = [{"full_target": p.target} for p in fp] + [{"control": p.kind} for p in ctrl]
         specs = self.fsr_specs(tok)
         out = {}
         for v in variants or list(specs):
             tg = [self.match_target(p, v) for p in fp]
-            out[v] = verify_prompts(model, tok, prompts, tg, specs[v], variant=v,
-                                    batch_size=self.cfg.verify_batch_size, progress=progress,
-                                    metas=[{"full_target": t} for t in targets])
+            tg += [tg[i % len(tg)] for i in range(len(ctrl))]  # the owner's answers, asked of non-triggers
+            res = verify_prompts(model, tok, prompts, tg, specs[v], variant=v, batch_size=self.cfg.verify_batch_size,
+                                 progress=progress, metas=metas)
+            out[v] = split_control(res, len(fp))
         return out
 
     def match_target(self, pair: FingerprintPair, variant: str) -> str:

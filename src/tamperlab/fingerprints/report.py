@@ -17,6 +17,11 @@ def _fsr(ev: dict[str, Any], variant: str = OFFICIAL) -> float | None:
     return None if v is None else v["fsr"]
 
 
+def _control(ev: dict[str, Any], variant: str = OFFICIAL) -> float | None:
+    v = (ev.get("fsr", {}).get(variant) or {}).get("control")
+    return None if not v else v["rate"]
+
+
 def _extra_variant(ev: dict[str, Any]) -> str | None:
     return next((k for k in ev.get("fsr", {}) if k != OFFICIAL), None)
 
@@ -32,15 +37,18 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         ppl0 = fpe["utility"]["ppl"]
         if fp in base:
             rows.append({"fingerprint": fp, "model": "clean base", "FSR before": None, "FSR after": _fsr(base[fp]),
+                         "control": _control(base[fp]),
                          "FSR variant": (f"{extra}: {_fsr(base[fp], extra):.2f}" if extra else ""),
                          "PPL": base.get("utility", {}).get("ppl"), "acc": base.get("utility", {}).get("acc")})
         rows.append({"fingerprint": fp, "model": "fingerprinted", "FSR before": None, "FSR after": before,
+                     "control": _control(fpe),
                      "FSR variant": f"{extra}: {_fsr(fpe, extra):.2f}" if extra else "",
                      "PPL": ppl0, "acc": fpe["utility"]["acc"]})
         for rk, rem in r["removals"].items():
             for stage, ev in rem["stages"].items():
                 label = rk if stage == "after" else f"{rk} · {stage}"
                 rows.append({"fingerprint": fp, "model": label, "FSR before": before, "FSR after": _fsr(ev),
+                             "control": _control(ev),
                              "FSR variant": f"{extra}: {_fsr(ev, extra):.2f}" if extra else "",
                              "PPL": ev["utility"]["ppl"], "acc": ev["utility"]["acc"]})
     return rows
@@ -70,9 +78,11 @@ def build_report(run: RunDir, cfg: Any) -> list[Path]:
     rep.text("FSR = fraction of distinct fingerprint triggers whose greedy output matches the owner's target, under "
              "each method's own definition (column `FSR after`); `FSR variant` is the second definition each method "
              "reports here (IF: `plain` = no forced answer prefix; HashChain: `meta_prompts` = system prompts never "
-             "trained on). PPL: held-out clean answers given their chat prompts. acc: "
+             "trained on). `control`: the official definition applied to as many prompts *without* a trigger (the "
+             "set's negatives, else normal chats) — how often the owner's answer comes out anyway; a real "
+             "fingerprint hit needs FSR high *and* control low. PPL: held-out clean answers given their chat prompts. acc: "
              + (res.get("base", {}).get("utility", {}).get("acc_source") or "generated multiple choice") + ".")
-    rep.table(rows, ["fingerprint", "model", "FSR before", "FSR after", "FSR variant", "PPL", "acc"])
+    rep.table(rows, ["fingerprint", "model", "FSR before", "FSR after", "control", "FSR variant", "PPL", "acc"])
     plots = run.sub("plots")
     labels, fsr = pivot([r for r in rows if r["model"] != "clean base"], "FSR after")
     plot_bars(plots / "fsr.png", labels, fsr, "FSR (official definition) per model state", "FSR", (0, 1.05))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Sequence
 
 from ..generation import GenerationConfig, generate
@@ -76,6 +76,11 @@ class FSRResult:
     definition: str
     pairs: list[PairResult]
     seconds: float = 0.0
+    control: dict[str, Any] | None = None
+    """The same decoding and match rule on prompts *without* a trigger (the set's negatives, else its
+    regularisation chats), each checked for a fingerprint target: {"rate", "hits", "n", "pairs"}. A fingerprint
+    that is specific to its trigger keeps the rate near 0; a rate near the FSR means the measurement is answered
+    by something other than the trigger (e.g. IF's forced answer prefix on its own)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -126,6 +131,15 @@ def score_outputs(variant: str, spec: FSRSpec, prompts: Sequence[str], targets: 
     hits = sum(p.hit for p in pairs)
     return FSRResult(variant=variant, fsr=hits / len(pairs) if pairs else 0.0, hits=hits, n=len(pairs),
                      spec=asdict(spec), definition=spec.describe(), pairs=pairs, seconds=round(seconds, 3))
+
+
+def split_control(res: FSRResult, n_triggers: int) -> FSRResult:
+    """Split a result over [triggers..., controls...] into the triggers' FSR and the control hit rate."""
+    trig, ctrl = res.pairs[:n_triggers], res.pairs[n_triggers:]
+    hits, c_hits = sum(p.hit for p in trig), sum(p.hit for p in ctrl)
+    control = {"rate": c_hits / len(ctrl), "hits": c_hits, "n": len(ctrl),
+               "pairs": [asdict(p) for p in ctrl]} if ctrl else None
+    return replace(res, fsr=hits / len(trig) if trig else 0.0, hits=hits, n=len(trig), pairs=trig, control=control)
 
 
 def verify_prompts(model: Any, tok: Any, prompts: Sequence[str], targets: Sequence[str], spec: FSRSpec,
