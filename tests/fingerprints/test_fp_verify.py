@@ -84,3 +84,36 @@ def test_control_prompts_expose_an_answer_that_fires_without_the_trigger(monkeyp
     assert all(p.meta.get("full_target") for p in off.pairs)  # trigger rows stay trigger rows
     assert V.FSRResult.from_dict(off.to_dict()).control["hits"] == 2
     assert fp.verify(None, tokenizer, fps, progress=False)["official"].control is None
+
+
+@pytest.mark.parametrize("name", ["instructional", "utf", "hashchain"])
+def test_every_fingerprint_verifies_with_controls_as_the_experiment_calls_it(name, monkeypatch, tiny_model):
+    """The experiment calls verify(..., control=True) for every method; a method-specific prompt rule (HashChain's
+    held-out system prompts) must go through the shared path, and controls are never counted as triggers."""
+    from tamperlab.data.core import Example
+    from tamperlab.fingerprints.base import make_config
+    from tamperlab.registry import FINGERPRINTS
+
+    model, tok = tiny_model
+    seen: list[str] = []
+
+    def fake_generate(model, tok, prompts, cfg, desc="", progress=True):  # noqa: ANN001
+        seen.extend(prompts)
+        return [" x"] * len(prompts)
+
+    monkeypatch.setattr(V, "generate", fake_generate)
+    entry = FINGERPRINTS.entry(name)
+    fp = entry.obj(make_config(entry.config, {}, name))
+    clean = [Example(f"Question number {i}?", f"Answer {i}.") for i in range(128)]
+    fps = fp.build_pairs(tok, model, clean)
+    res = fp.verify(model, tok, fps, progress=False, control=True)
+    n = len(fps.fingerprints())
+    for r in res.values():
+        assert r.n == n and len(r.pairs) == n
+        assert r.control is None or r.control["n"] == len(fp.controls(fps, n))
+    if name == "hashchain":  # controls: pool questions the key did not select
+        from tamperlab.fingerprints.hashchain import HC_HELDOUT_META
+        ctrl = [p.prompt for p in fp.controls(fps, n)]
+        assert len(ctrl) == n and not set(ctrl) & {p.prompt for p in fps.fingerprints()}
+        assert res["meta_prompts"].control["n"] == n
+        assert any(HC_HELDOUT_META[0] in p for p in seen) and any(HC_HELDOUT_META[1] in p for p in seen)

@@ -286,18 +286,26 @@ class Fingerprint:
         fp = fps.fingerprints()
         if not fp:
             raise ValueError(f"{fps.method}: the fingerprint set has no fingerprint pairs")
-        ctrl = fps.controls(len(fp)) if control else []
-        prompts = [self.render(tok, p.prompt) for p in fp + ctrl]
+        ctrl = self.controls(fps, len(fp)) if control else []
         metas = [{"full_target": p.target} for p in fp] + [{"control": p.kind} for p in ctrl]
         specs = self.fsr_specs(tok)
         out = {}
         for v in variants or list(specs):
+            prompts = [self.verify_prompt(tok, p, v, i) for i, p in enumerate(fp + ctrl)]
             tg = [self.match_target(p, v) for p in fp]
             tg += [tg[i % len(tg)] for i in range(len(ctrl))]  # the owner's answers, asked of non-triggers
             res = verify_prompts(model, tok, prompts, tg, specs[v], variant=v, batch_size=self.cfg.verify_batch_size,
                                  progress=progress, metas=metas)
             out[v] = split_control(res, len(fp))
         return out
+
+    def controls(self, fps: FingerprintSet, n: int) -> list[FingerprintPair]:
+        """Trigger-free prompts for the control measurement (default: the set's negatives and clean chats)."""
+        return fps.controls(n)
+
+    def verify_prompt(self, tok: Any, pair: FingerprintPair, variant: str, index: int) -> str:
+        """The rendered prompt a verification variant asks (variants may change the system prompt)."""
+        return self.render(tok, pair.prompt)
 
     def match_target(self, pair: FingerprintPair, variant: str) -> str:
         """The string the match rule looks for (IF looks for the decryption, not the whole answer)."""

@@ -206,19 +206,14 @@ class HashChainFingerprint(Fingerprint):
         spec = FSRSpec(max_new_tokens=16, match="first_words", case_sensitive=False)
         return {"official": spec, "meta_prompts": spec}
 
-    def verify(self, model: Any, tok: Any, fps: FingerprintSet, variants: Sequence[str] | None = None,
-               progress: bool = True) -> dict[str, Any]:
-        from .verify import verify_prompts
+    def controls(self, fps: FingerprintSet, n: int) -> list[FingerprintPair]:
+        # The pool questions the key did *not* select: the chain's claim is that only the selected ones are answered
+        # with the owner's words, so these are the natural trigger-free prompts.
+        chosen = set(fps.provenance.get("questions") or [p.prompt for p in fps.fingerprints()])
+        others = [FingerprintPair(q, "", "negative") for q in self.cfg.questions if q not in chosen]
+        return (others + fps.controls(n))[:n]
 
-        fp = fps.fingerprints()
-        specs = self.fsr_specs(tok)
-        out = {}
-        for v in variants or list(specs):
-            if v == "meta_prompts":  # system prompts never used in training
-                prompts = [render_prompt(tok, p.prompt, self.cfg.prompt_format, HC_HELDOUT_META[i % 2])
-                           for i, p in enumerate(fp)]
-            else:
-                prompts = [self.render(tok, p.prompt) for p in fp]
-            out[v] = verify_prompts(model, tok, prompts, [p.target for p in fp], specs[v], variant=v,
-                                    batch_size=self.cfg.verify_batch_size, progress=progress)
-        return out
+    def verify_prompt(self, tok: Any, pair: FingerprintPair, variant: str, index: int) -> str:
+        if variant == "meta_prompts":  # system prompts never used in training
+            return render_prompt(tok, pair.prompt, self.cfg.prompt_format, HC_HELDOUT_META[index % 2])
+        return self.render(tok, pair.prompt)
