@@ -48,21 +48,30 @@ def global_norm(grads: Sequence[Tensor]) -> float:
 
 
 @contextmanager
-def perturbed(params: Sequence[Tensor], direction: Sequence[Tensor], scale: float) -> Iterator[None]:
-    """Temporarily set θ ← θ + scale·direction; restore the exact saved values afterwards (a `-=` / `+=` round
-    trip is not exact in bf16)."""
+def restored(params: Sequence[Tensor]) -> Iterator[None]:
+    """Whatever the body does to params, put back the exact saved values afterwards (a `-=` / `+=` round trip is
+    not exact in bf16)."""
     import torch
 
     backup = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, d in zip(params, direction):
-            p.add_(d.to(p.dtype), alpha=scale)
     try:
         yield
     finally:
         with torch.no_grad():
             for p, b in zip(params, backup):
                 p.copy_(b)
+
+
+@contextmanager
+def perturbed(params: Sequence[Tensor], direction: Sequence[Tensor], scale: float) -> Iterator[None]:
+    """Temporarily set θ ← θ + scale·direction."""
+    import torch
+
+    with restored(params):
+        with torch.no_grad():
+            for p, d in zip(params, direction):
+                p.add_(d.to(p.dtype), alpha=scale)
+        yield
 
 
 def normalized_step_scale(grads: Sequence[Tensor], alpha: float, eps: float = 1e-7) -> float:

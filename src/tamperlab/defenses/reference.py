@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from .lookahead import trainable
+from .lookahead import restored, trainable
 
 Tensor = Any
 
@@ -21,16 +21,11 @@ def assigned(params: Sequence[Tensor], values: Sequence[Tensor]) -> Iterator[Non
     """Temporarily overwrite params with values; restore the saved originals exactly afterwards."""
     import torch
 
-    backup = [p.detach().clone() for p in params]
-    with torch.no_grad():
-        for p, v in zip(params, values):
-            p.copy_(v)
-    try:
-        yield
-    finally:
+    with restored(params):
         with torch.no_grad():
-            for p, b in zip(params, backup):
-                p.copy_(b)
+            for p, v in zip(params, values):
+                p.copy_(v)
+        yield
 
 
 class FrozenReference:

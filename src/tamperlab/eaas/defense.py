@@ -26,7 +26,7 @@ keyed encoder + correlation detector above replaces it. The SAW README leaves ro
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -131,13 +131,9 @@ class SAW:
         return {"triggers": self.triggers}
 
     def save(self, folder: str | Path) -> Path:
-        from ..runs import atomic_write_json
+        from .watermarks import save_secret
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder / "watermark.json", {"name": self.name, "config": asdict(self.cfg),
-                                                      "state": self.state()})
-        return folder / "watermark.json"
+        return save_secret(folder, self.name, self.cfg, self.state())
 
     def load_state(self, state: dict[str, Any], folder: Path | None = None) -> None:
         self._trig.triggers = list(state["triggers"])

@@ -117,6 +117,16 @@ def _sentences(pools: Sequence[Sequence[str]], size: int, rng: random.Random) ->
     raise TamperlabError(f"could not build {size} distinct verification sentences from the word pools")
 
 
+def save_secret(folder: str | Path, name: str, cfg: Any, state: dict[str, Any]) -> Path:
+    """Write a provider's watermark secret (name, config, state) atomically to folder/watermark.json."""
+    from ..runs import atomic_write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "watermark.json", {"name": name, "config": asdict(cfg), "state": state})
+    return folder / "watermark.json"
+
+
 class Watermark:
     """Interface of a service-side watermark. Subclasses are registered in WATERMARKS."""
 
@@ -136,13 +146,7 @@ class Watermark:
         raise NotImplementedError
 
     def save(self, folder: str | Path) -> Path:
-        from ..runs import atomic_write_json
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder / "watermark.json", {"name": self.name, "config": asdict(self.cfg),
-                                                      "state": self.state()})
-        return folder / "watermark.json"
+        return save_secret(folder, self.name, self.cfg, self.state())
 
     @classmethod
     def load(cls, folder: str | Path) -> "Watermark":

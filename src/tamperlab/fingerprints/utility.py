@@ -129,21 +129,17 @@ def _batched_nll(model: Any, rows: Sequence[dict[str, list[int]]], pad_id: int, 
     """(sum NLL over labelled tokens, number of labelled tokens) per row."""
     import torch
 
+    from ..training import PadCollator
+
     device = next(model.parameters()).device
     out: list[tuple[float, int]] = []
+    collate = PadCollator(pad_id)
     model.eval()
     with torch.inference_mode():
         for s in range(0, len(rows), batch_size):
             chunk = rows[s:s + batch_size]
-            width = max(len(r["input_ids"]) for r in chunk)
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            lab = torch.full((len(chunk), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, r in enumerate(chunk):
-                n = len(r["input_ids"])
-                ids[i, :n] = torch.tensor(r["input_ids"])
-                lab[i, :n] = torch.tensor(r["labels"])
-                mask[i, :n] = 1
+            b = collate(list(chunk))
+            ids, lab, mask = b["input_ids"], b["labels"], b["attention_mask"]
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             logp = logits[:, :-1].log_softmax(-1)
             tgt = lab[:, 1:].to(device)
