@@ -78,9 +78,10 @@ def build_report(run: RunDir, cfg: Any) -> list[Path]:
     rep.text("FSR = fraction of distinct fingerprint triggers whose greedy output matches the owner's target, under "
              "each method's own definition (column `FSR after`); `FSR variant` is the second definition each method "
              "reports here (IF: `plain` = no forced answer prefix; HashChain: `meta_prompts` = system prompts never "
-             "trained on). `control`: the official definition applied to as many prompts *without* a trigger (the "
-             "set's negatives, else normal chats) — how often the owner's answer comes out anyway; a real "
-             "fingerprint hit needs FSR high *and* control low. PPL: held-out clean answers given their chat prompts. acc: "
+             "trained on). `control`: the official definition applied to as many prompts *without* a trigger "
+             "(IF: its negatives, then normal chats; HashChain: pool questions the key did not select; UTF: none) — "
+             "how often the owner's answer comes out anyway; a real fingerprint hit needs FSR high *and* control "
+             "low. PPL: held-out clean answers given their chat prompts. acc: "
              + (res.get("base", {}).get("utility", {}).get("acc_source") or "generated multiple choice") + ".")
     rep.table(rows, ["fingerprint", "model", "FSR before", "FSR after", "control", "FSR variant", "PPL", "acc"])
     plots = run.sub("plots")
