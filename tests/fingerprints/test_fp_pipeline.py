@@ -131,7 +131,6 @@ def test_recipes_load_and_validate():
         load_recipe({"experiment": "fingerprints", "removals": [{"name": "finetune", "targets": ["nope"]}]})
 
 
-@pytest.mark.slow
 def test_experiment_end_to_end_on_the_tiny_model(tmp_path):
     from tamperlab.experiments.base import execute, load_recipe
 
@@ -144,8 +143,10 @@ def test_experiment_end_to_end_on_the_tiny_model(tmp_path):
         "model": {"name_or_path": "tiny:llama"},
         "clean_data": {"n_train": 24, "n_heldout": 8, "response_tokens": 8},
         "utility": {"ppl_examples": 8, "mc_items": 14, "lm_eval": "off"},
-        "fingerprints": [{"name": "instructional", "params": fp_params}],
-        "removals": [{"name": "meraser", "params": {"erase": {"n_examples": 16, "epochs": 2.0,
+        "fingerprints": [{"name": "instructional", "params": fp_params},
+                         {"name": "hashchain", "params": {"prompt_format": "raw", "n_questions": 2, "n_augment": 1,
+                                                          "embed": fp_params["embed"]}}],
+        "removals": [{"name": "meraser", "targets": ["instructional"], "params": {"erase": {"n_examples": 16, "epochs": 2.0,
                                                               "train": {"learning_rate": 1e-2}},
                                                     "recover": {"n_examples": 8, "epochs": 1.0}}},
                      {"name": "prune_magnitude", "params": {"ratio": 0.05}}],
@@ -156,6 +157,9 @@ def test_experiment_end_to_end_on_the_tiny_model(tmp_path):
     assert res["removals"]["meraser"]["stages"]["erase"]["fsr"]["official"]["fsr"] == 0.0
     assert res["removals"]["prune_magnitude"]["stages"]["after"]["fsr"]["official"]["fsr"] == 1.0
     assert (run.path / "report.md").read_text().count("| instructional |") >= 4
+    # every method goes through the experiment's verify(control=True): HashChain with its own controls
+    hc = run.load_metrics()["results"]["fingerprints"]["hashchain"]["fingerprinted"]["fsr"]
+    assert set(hc) == {"official", "meta_prompts"} and hc["official"]["control"]["n"] == 2
     # resume: nothing is recomputed
     again = execute(exp, resume=True)
     assert again.load_metrics()["results"]["fingerprints"]["instructional"]["fingerprinted"] == res["fingerprinted"]
