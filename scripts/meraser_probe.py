@@ -54,48 +54,42 @@ def main() -> None:
     args = ap.parse_args()
 
     from tamperlab.experiments.base import load_recipe
-    from tamperlab.fingerprints.base import FingerprintSet
+    from tamperlab.fingerprints.base import FingerprintSet, make_config
     from tamperlab.fingerprints.removal import RemovalContext
-    from tamperlab.fingerprints.utility import evaluate_utility
+    from tamperlab.models import load_tokenizer
     from tamperlab.registry import REMOVALS
     from tamperlab.runs import RunDir
 
-    cfg = yaml.safe_load((args.run / "config.yaml").read_text())
-    exp = load_recipe(cfg)
+    exp = load_recipe(yaml.safe_load((args.run / "config.yaml").read_text()))
     run = RunDir(args.run)
-    spec = next(r for r in exp.cfg.removals if r.key == args.removal)
-    base, tok = exp._base()
-    clean = exp.clean_data(run, None)
+    spec = next((r for r in exp.cfg.removals if r.key == args.removal), None)
+    if spec is None:
+        ap.error(f"--removal {args.removal}: the run has {[r.key for r in exp.cfg.removals]}")
+    tok = load_tokenizer(exp.cfg.model)
+    clean = exp.clean_data(run, None)  # cached by the run
+    wanted = set(filter(None, args.fingerprints.split(",")))
     fps = {f.name: (f.build(), FingerprintSet.from_dict(run.load_stage(f"pairs-{f.name}")))
-           for f in exp.cfg.fingerprints}
-    work = args.work or Path(tempfile.mkdtemp(prefix="transfer-probe-"))
-    del base
+           for f in exp.cfg.fingerprints if not wanted or f.name in wanted}
+    work = args.work or Path(tempfile.mkdtemp(prefix="meraser-probe-"))
+    entry = REMOVALS.entry(spec.name)
 
     for i, variant in enumerate(args.variant or [""]):
         params = copy.deepcopy(spec.params)
         for kv in filter(None, _split(variant)):
             k, v = kv.split("=", 1)
             _set(params, k.strip(), yaml.safe_load(v))
-        removal = REMOVALS.entry(spec.name)
-        from tamperlab.fingerprints.base import make_config
-
-        rm = removal.obj(make_config(removal.config, params, "probe"))
+        removal = entry.obj(make_config(entry.config, params, f"--variant {variant!r}"))
         row: dict[str, Any] = {"variant": variant or "(as in the run)"}
         for name, (fp, pairs) in fps.items():
-            if args.fingerprints and name not in args.fingerprints.split(","):
-                continue
             ctx = RemovalContext(tok=tok, clean=clean, work_dir=work / f"v{i}" / name, shared_dir=work / f"v{i}",
                                  load_base=lambda: exp._base()[0], seed=exp.cfg.seed)
-            model = exp._load_fingerprinted(run, name)
-            for stage in rm.apply(model, ctx):
-                res = fp.verify(stage.model, tok, pairs, progress=False, control=True)
-                util = evaluate_utility(stage.model, tok, clean.heldout.examples, exp.cfg.utility)
+            for stage in removal.apply(exp._load_fingerprinted(run, name), ctx):
+                ev = exp._evaluate(stage.model, tok, fp, pairs, clean)  # exactly what the run records
                 row[f"{name} · {stage.name}"] = {
-                    **{v: (r.fsr, r.control["rate"] if r.control else None) for v, r in res.items()},
-                    "ppl": round(util["ppl"], 3), "acc": round(util["acc"], 3),
+                    **{v: (r["fsr"], (r.get("control") or {}).get("rate")) for v, r in ev["fsr"].items()},
+                    "ppl": round(ev["utility"]["ppl"], 3), "acc": round(ev["utility"]["acc"], 3),
                     "train_loss": (stage.info.get("train") or {}).get("train_loss")}
                 print(json.dumps(row), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -146,9 +146,9 @@ def test_experiment_end_to_end_on_the_tiny_model(tmp_path):
         "fingerprints": [{"name": "instructional", "params": fp_params},
                          {"name": "hashchain", "params": {"prompt_format": "raw", "n_questions": 2, "n_augment": 1,
                                                           "embed": fp_params["embed"]}}],
-        "removals": [{"name": "meraser", "targets": ["instructional"], "params": {"erase": {"n_examples": 16, "epochs": 2.0,
-                                                              "train": {"learning_rate": 1e-2}},
-                                                    "recover": {"n_examples": 8, "epochs": 1.0}}},
+        "removals": [{"name": "meraser", "targets": ["instructional"],
+                      "params": {"erase": {"n_examples": 16, "epochs": 2.0, "train": {"learning_rate": 1e-2}},
+                                 "recover": {"n_examples": 8, "epochs": 1.0}}},
                      {"name": "prune_magnitude", "params": {"ratio": 0.05}}],
     })
     run = execute(exp)

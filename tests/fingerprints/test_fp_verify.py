@@ -108,9 +108,11 @@ def test_every_fingerprint_verifies_with_controls_as_the_experiment_calls_it(nam
     fps = fp.build_pairs(tok, model, clean)
     res = fp.verify(model, tok, fps, progress=False, control=True)
     n = len(fps.fingerprints())
+    n_ctrl = {"instructional": n, "utf": 0, "hashchain": n}[name]  # UTF's set has no trigger-free prompts
+    assert len(fp.controls(fps, n)) == n_ctrl
     for r in res.values():
         assert r.n == n and len(r.pairs) == n
-        assert r.control is None or r.control["n"] == len(fp.controls(fps, n))
+        assert (r.control or {}).get("n", 0) == n_ctrl
     if name == "hashchain":  # controls: pool questions the key did not select
         from tamperlab.fingerprints.hashchain import HC_HELDOUT_META
         ctrl = [p.prompt for p in fp.controls(fps, n)]
