@@ -346,7 +346,7 @@ class ExtractionExperiment(Experiment):
             index = QueryIndex(d2_queries, codec)
             d2_set = set(d2_queries)
             for r in rows:  # evaluation-only fields, clearly prefixed: the attack itself never sees D2
-                r["eval_match_ratio"] = round(index.match(r["word"], r["query"]), 4)
+                r["eval_match_ratio"] = round(index.match(r["query"]), 4)
                 r["eval_exact"] = r["query"] in d2_set
             write_jsonl(run.sub("extracted") / f"{key}.jsonl", rows)
             m["summary"] = summary_row(m)
@@ -473,11 +473,16 @@ class ExtractionExperiment(Experiment):
 def _definitions() -> dict[str, str]:
     return {
         "opener_score": "0.6*(1 - refusals/N) + 0.4*(max identical non-refusal samples/N); kept if > 0.6",
-        "match_ratio": "2p/(|r|+|x|): p = longest common token prefix of sample r (+EOS) with the D2 queries "
-                       "opening with w, |x| = p + shortest remaining trie depth; 0 if r does not start with w",
-        "bleu": "sacrebleu sentence BLEU / 100, references = D2 queries opening with w",
-        "recall@t": "share of distinct D2 queries q with max over kept-word samples s of 2*lcp(s,q)/(|s|+|q|) >= t",
-        "coverage": "mean over distinct D2 queries of max_s lcp(s,q)/|q|",
+        "match_ratio": "2p/(|r|+|x|): p = longest common token prefix of sample r (+EOS) with ONE trie of all D2 "
+                       "queries, |x| = p + shortest remaining trie depth; 0 if r does not start with w (official)",
+        "match_per_opener": "tamperlab's own: the same against the D2 queries opening with w only",
+        "bleu": "nltk sentence_bleu, whitespace tokens, 4-gram, no smoothing, references = D2 queries opening with w "
+                "(official; ~0 for samples under 4 words)",
+        "sacrebleu": "tamperlab's own: sacrebleu sentence BLEU / 100 (13a tokens, exp smoothing)",
+        "recall@t": "share of all distinct D2 queries q with max over scored samples s of 2*lcp(s,q)/(|s|+|q|) >= t "
+                    "(tamperlab's own for t < 1; recall@1 = the official fully recovered ratio)",
+        "coverage": "official coverage rate: mean over all distinct D2 queries of max_s lcp(s,q)/|q|, samples of any "
+                    "real kept word that start with it",
         "identification": "precision/recall of kept words among S against 'opens some D2 query'",
     }
 
@@ -498,7 +503,6 @@ def _stand_ins(cfg: ExtractionConfig) -> list[str]:
                    "identification / 2000 pipeline).")
     if cfg.extract.sampler.max_new_tokens < 1024:
         out.append(f"max_new_tokens = {cfg.extract.sampler.max_new_tokens} (paper: 1024); queries are short.")
-    out.append("BLEU uses sacrebleu (13a tokens, exp smoothing) instead of nltk's unsmoothed whitespace BLEU.")
     out.append("Backdoor mixture ratios are ours (the official data files are missing from the code release).")
     out.append("The detection probes and garbled string are ours (the paper's are only in images).")
     return out
