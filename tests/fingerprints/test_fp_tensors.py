@@ -20,6 +20,17 @@ def test_magnitude_mask_prunes_exactly_the_smallest():
     assert keep.tolist() == [[False, True, False], [True, False, True]]
 
 
+def test_torch_pruning_masks_prune_round_ratio_n_reproducibly():
+    w = torch.arange(1.0, 11.0).reshape(2, 5)
+    # 0.25·10 = 2.5 → round → 2 (banker's rounding, as torch.nn.utils.prune): the two smallest go
+    assert (~P.magnitude_mask(w, 0.25)).nonzero().tolist() == [[0, 0], [0, 1]]
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    before = torch.random.get_rng_state()
+    m1, m2 = P.random_mask(torch.ones(50, 40), 0.2, g1), P.random_mask(torch.ones(50, 40), 0.2, g2)
+    assert torch.equal(m1, m2) and int((~m1).sum()) == 400
+    assert torch.equal(before, torch.random.get_rng_state())  # the global generator is left alone
+
+
 def test_wanda_weighs_magnitudes_by_input_norms_per_row():
     w = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
     norms = torch.tensor([10.0, 1.0, 1.0, 0.1])  # scores row0: [10,2,3,.4]; row1: [40,3,2,.1]
