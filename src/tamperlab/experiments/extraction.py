@@ -425,10 +425,14 @@ class ExtractionExperiment(Experiment):
                           **{f"recall@{t}": s.get(f"pipeline_recall@{t}") for t in ("1", "0.9", "0.75", "0.5")},
                           "coverage": s["pipeline_coverage"]})
         rep.table(table)
-        rep.text("opener P/R: identification of D2's opening words among S (score > 0.6). mean/max match and BLEU: "
-                 "known-opener setting (samples of Q(w) for D2's real openers). recall@τ: share of distinct D2 "
-                 "queries matched with match ratio ≥ τ by a sample of a *kept* word (pipeline setting; @1 = "
-                 "verbatim). Definitions: docs/methods/extraction.md.")
+        rep.text("All columns are the paper's definitions (official evaluation code) except recall@0.9/0.75/0.5 "
+                 "(tamperlab's own). opener P/R: identification of D2's opening words among S (score > 0.6). "
+                 "mean/max match (one trie over all D2 queries) and BLEU (nltk, unsmoothed): known-opener setting "
+                 "(samples of Q(w) for D2's real openers). recall@τ: share of all distinct D2 queries matched with "
+                 "Dice ≥ τ by a sample of a *kept* real word (pipeline setting; @1 = the paper's fully recovered "
+                 "ratio, verbatim); coverage: the paper's coverage rate. tamperlab's own variants (per-opener "
+                 "match, sacrebleu) are in metrics.json under *_per_opener / *_sacrebleu. Definitions: "
+                 "docs/methods/extraction.md.")
         groups = [LABELS.get(k, k) for k in res["summary"]]
         plot = plot_bars(run.path / "plots" / "recall.png", [g.replace(" → ", "\n→ ") for g in groups],
                          {f"recall@{t}": [res["summary"][k].get(f"pipeline_recall@{t}", 0.0) for k in res["summary"]]
