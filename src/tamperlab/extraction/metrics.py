@@ -200,7 +200,6 @@ def query_recall(predictions: Mapping[str, Sequence[str]], real_queries: Sequenc
     for q in real_queries:
         seqs.setdefault(tuple(codec(q)), q)
     qids = list(seqs)
-    lcps = lcp_matrix(qids, pool)
     n = len(qids)
     out: dict[str, Any] = {"n_queries": n, "n_scored_samples": len(pool)}
     if n == 0:
@@ -209,12 +208,14 @@ def query_recall(predictions: Mapping[str, Sequence[str]], real_queries: Sequenc
     import numpy as np
 
     qlen = np.array([len(q) for q in qids], dtype=np.float64)
+    best, cover = np.zeros(n), np.zeros(n)
     if pool:
         slen = np.array([len(s) for s in pool], dtype=np.float64)
-        best = (2.0 * lcps / (qlen[:, None] + slen[None, :])).max(axis=1)
-        cover = lcps.max(axis=1) / qlen
-    else:
-        best = cover = np.zeros(n)
+        rows = max(1, 20_000_000 // len(pool))  # query rows per block: bounds the lcp matrix at paper scale
+        for a in range(0, n, rows):
+            lcps = lcp_matrix(qids[a:a + rows], pool)
+            best[a:a + rows] = (2.0 * lcps / (qlen[a:a + rows, None] + slen[None, :])).max(axis=1)
+            cover[a:a + rows] = lcps.max(axis=1) / qlen[a:a + rows]
     exact = cover >= 1.0 - 1e-12  # the whole path to the leaf (EOS included) was walked: a verbatim copy
     for t in thresholds:
         hit = int(exact.sum()) if t >= 1.0 else int((best >= t - 1e-9).sum())
