@@ -27,8 +27,10 @@ tamperlab's own variants (labelled as such in reports):
 * recall@τ for τ < 1: share of distinct D2 queries q with max_s Dice(s, q) ≥ τ over the same samples as the
   coverage (the paper reports only τ = 1, its fully recovered ratio); recall ceiling.
 
-Remaining deviations from the official code: none in the formulas above; the official scripts additionally
-sample with vLLM (bf16) and decode with the model's own chat template, which is the sampler's business.
+Remaining deviations from the official code (the same list as docs/methods/extraction.md): nltk 3.10 instead of
+the pinned 3.6.3 (same unsmoothed `sentence_bleu`); coverage/recall computed from the samples (max lcp) instead
+of mutating `covered` flags in a shared trie (same values), and also reported for the known-opener setting; the
+sampling itself (vLLM bf16, 1024 tokens, "qwen" wrapper officially) is the sampler's business, not a metric's.
 """
 
 from __future__ import annotations
