@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
+from ..config import PosInt, Seed
 from ..data.core import DataSplit, Example
 from ..errors import ConfigError, ResourceError
 
@@ -269,15 +270,15 @@ class ExtractionDataConfig:
     """offline (generated general instructions) | ultrafeedback (hub) | path to a .json/.jsonl file."""
     d2_source: str = "offline"
     """offline (generated finance questions) | dolly | finance (hub) | path to a .json/.jsonl file."""
-    n_d1: int = 400
+    n_d1: PosInt = 400
     """Publisher instruction examples (paper: UltraFeedback, size of the release mix unknown)."""
-    n_d2: int = 250
+    n_d2: PosInt = 250
     """Victim private examples (paper: 5,000)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the offline generators and of hub subsampling."""
-    response_tokens: int = 32
+    response_tokens: PosInt = 32
     """Offline: new tokens of the base-model responses (only the queries are attacked; short keeps CPU cheap)."""
-    generation_batch_size: int = 32
+    generation_batch_size: PosInt = 32
     """Offline: batch size for generating responses."""
     d2_split: str = "train"
     """Hub split for D2."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+from ..config import PosInt
 from ..data.core import DataSplit, Example, split_by_hash
 from ..errors import ResourceError
 
@@ -85,13 +86,13 @@ class CleanDataConfig:
     """source=hub: the Guanaco dataset id."""
     ppl_hub_id: str = GUANACO_LLAMA2
     """source=hub: held-out perplexity text (its test split), as MEraser's PPL script."""
-    n_train: int = 600
+    n_train: PosInt = 600
     """Clean pairs available to training stages (MEraser recover: 600)."""
-    n_heldout: int = 64
+    n_heldout: PosInt = 64
     """Held-out pairs for perplexity (never trained on)."""
-    response_tokens: int = 64
+    response_tokens: PosInt = 64
     """offline: max new tokens of the base model's answers."""
-    generation_batch_size: int = 32
+    generation_batch_size: PosInt = 32
     """offline: prompts per generate call when answering."""
 
 
