@@ -64,11 +64,20 @@ class Range(Check):
         bad_lo = self.lo is not None and (value <= self.lo if self.open_lo else value < self.lo)
         bad_hi = self.hi is not None and value > self.hi
         if bad_lo or bad_hi:
+            lo, hi = _fmt(self.lo), _fmt(self.hi)
             if self.hi is None:
-                want = f"> {self.lo:g}" if self.open_lo else f">= {self.lo:g}"
+                want = f"> {lo}" if self.open_lo else f">= {lo}"
+            elif self.lo is None:
+                want = f"<= {hi}"
             else:
-                want = f"in {'(' if self.open_lo else '['}{self.lo:g}, {self.hi:g}]"
-            raise ConfigError(f"{where} must be {want}, got {value!r}")
+                want = f"in {'(' if self.open_lo else '['}{lo}, {hi}]"
+            raise ConfigError(f"{where} must be {want}, got {_show(value)}")
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return ""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
 class Signed(Check):
@@ -82,18 +91,20 @@ class Signed(Check):
 class OneOf(Check):
     """value ∈ choices (a callable, so that heavy modules — transformers — are imported only when checked)."""
 
-    choices: Callable[[], Iterable[str]]
+    choices: Callable[[], Iterable[str]] | Iterable[str]
     what: str = "value"
     case_insensitive: bool = False
 
     def __call__(self, value: Any, where: str) -> None:
-        allowed = [str(c) for c in self.choices()]
+        # (A lambda in an annotation cannot see module globals — get_type_hints evaluates class annotations with
+        # the class namespace as globals — so pass module-level names as a plain collection or a def.)
+        allowed = [str(c) for c in (self.choices() if callable(self.choices) else self.choices)]
         norm = (lambda s: s.lower()) if self.case_insensitive else (lambda s: s)
         if norm(str(value)) not in {norm(a) for a in allowed}:
             close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             shown = ", ".join(allowed[:30]) + (", ..." if len(allowed) > 30 else "")
-            raise ConfigError(f"{where}: unknown {self.what} {value!r}{hint}; known: {shown}")
+            raise ConfigError(f"{where}: unknown {self.what} {_show(value)}{hint}; known: {shown}")
 
 
 @dataclass(frozen=True)
@@ -154,7 +165,7 @@ def device_error(value: str) -> str | None:
     try:
         torch.device(value)
     except (RuntimeError, ValueError, TypeError):
-        return f"unknown device {value!r} (use auto, cpu, cuda, cuda:N, mps)"
+        return f"unknown device {_show(value)} (use auto, cpu, cuda, cuda:N, mps)"
     return None
 
 
@@ -169,7 +180,7 @@ def run_name_error(value: str) -> str | None:
     """A run name is one path component: it can never be '', '.', '..' or contain a separator, so `--force`
     (which deletes `<output_dir>/<name>`) can only ever delete that run's own folder."""
     if not _RUN_NAME.fullmatch(value) or value in (".", ".."):
-        return (f"invalid run name {value!r}: use 1-200 letters, digits and ._+=- (starting with a letter, digit "
+        return (f"invalid run name {_show(value)}: use 1-200 letters, digits and ._+=- (starting with a letter, digit "
                 "or _), no path separators")
     return None
 
@@ -182,31 +193,37 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """repr() cut to `limit` characters, so a 400-digit number or a huge list stays a one-line message."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 5] + "...(" + str(len(r)) + " chars)"
+
+
 def _number(value: Any, tp: type, where: str, signed: bool) -> Any:
     if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
+        raise ConfigError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {_show(value)}")
     if tp is int:
         if not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
         if not -_INT64 < value < _INT64:
-            raise ConfigError(f"{where}: {value} does not fit in 64 bits")
+            raise ConfigError(f"{where}: {_show(value)} does not fit in 64 bits")
     else:
         if isinstance(value, str):
             # PyYAML (YAML 1.1) reads 5e-4 as a string; accept numeric strings.
             try:
                 value = float(value)
             except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+                raise ConfigError(f"{where}: expected a number, got {_show(value)}") from None
         if not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {_show(value)}")
         try:
             value = float(value)
         except OverflowError:
-            raise ConfigError(f"{where}: {value} is too large for a float") from None
+            raise ConfigError(f"{where}: {_show(value)} is too large for a float") from None
         if not math.isfinite(value):
-            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+            raise ConfigError(f"{where}: must be a finite number, got {_show(value)}")
     if not signed and value < 0:
-        raise ConfigError(f"{where} must be >= 0, got {value!r}")
+        raise ConfigError(f"{where} must be >= 0, got {_show(value)}")
     return value
 
 
@@ -216,7 +233,9 @@ def _coerce(value: Any, tp: Any, where: str, default: Any = None, signed: bool =
         return value
     if origin is Annotated:
         base, *meta = get_args(tp)
-        value = _coerce(value, base, where, default, signed or any(isinstance(m, Signed) for m in meta))
+        # A field with its own lower bound (Range) or marked Signed skips the default ">= 0" rule.
+        own_bound = any(isinstance(m, Signed) or (isinstance(m, Range) and m.lo is not None) for m in meta)
+        value = _coerce(value, base, where, default, signed or own_bound)
         for m in meta:
             if isinstance(m, Check):
                 m(value, where)
@@ -233,14 +252,14 @@ def _coerce(value: Any, tp: Any, where: str, default: Any = None, signed: bool =
                 return _coerce(value, a, where, default, signed)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {_show(value)} matches none of {_type_name(tp)}")
     if origin is Literal:
         allowed = get_args(tp)
         # `type(a) is type(value)`: YAML `1`/`true` must not match a Literal True/1 of the other type.
         if not any(type(a) is type(value) and a == value for a in allowed):
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}{hint}")
+            raise ConfigError(f"{where}: {_show(value)} is not one of {list(allowed)}{hint}")
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -251,7 +270,7 @@ def _coerce(value: Any, tp: Any, where: str, default: Any = None, signed: bool =
         return from_dict(tp, value, where, base=default if type(default) is tp else None)
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {_show(value)}")
         args = get_args(tp)
         inner = args[0] if args else Any
         # List items start from their own class's defaults (a recipe's list replaces the default list).
@@ -267,7 +286,7 @@ def _coerce(value: Any, tp: Any, where: str, default: Any = None, signed: bool =
         return {k: _coerce(v, vt, f"{where}.{k}", None, signed) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {_show(value)}")
         return value
     if tp in (int, float):
         return _number(value, tp, where, signed)
@@ -275,13 +294,13 @@ def _coerce(value: Any, tp: Any, where: str, default: Any = None, signed: bool =
         if not isinstance(value, str):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return str(value)
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {_show(value)}")
         if "\x00" in value:
             raise ConfigError(f"{where}: contains a NUL character")
         return value
     if tp is Path:
         if not isinstance(value, str) or "\x00" in value:
-            raise ConfigError(f"{where}: expected a path string, got {value!r}")
+            raise ConfigError(f"{where}: expected a path string, got {_show(value)}")
         return Path(value)
     return value
 
@@ -424,7 +443,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str],
         node: Any = data
         for i, p in enumerate(parts[:-1]):
             here = ".".join(parts[: i + 1])
-            node = _step(node, p, parts[i + 1], here, item, data, parts[: i + 1], defaults_at)
+            node = _step(node, p, here, item, data, parts[: i + 1], defaults_at)
         _assign(node, parts[-1], value, ".".join(parts), item)
     return data
 
@@ -439,7 +458,7 @@ def _index(node: list, p: str, here: str, item: str) -> int:
     return k
 
 
-def _step(node: Any, p: str, nxt: str, here: str, item: str, root: dict[str, Any], path: list[str],
+def _step(node: Any, p: str, here: str, item: str, root: dict[str, Any], path: list[str],
           defaults_at: Callable[[dict[str, Any], list[str]], Any] | None) -> Any:
     if isinstance(node, list):
         child = node[_index(node, p, here, item)]
@@ -449,14 +468,13 @@ def _step(node: Any, p: str, nxt: str, here: str, item: str, root: dict[str, Any
     if not isinstance(node, dict):
         raise ConfigError(f"--set {item!r}: {here.rsplit('.', 1)[0]} is not a mapping")
     if p not in node or node[p] is None:
-        wants_list = re.fullmatch(r"-?\d+", nxt) is not None
-        if wants_list and defaults_at is not None:
-            node[p] = defaults_at(root, path)
-        else:
-            node[p] = {}
+        # Not in the recipe: look at the resolved default there. A default list is copied in (so an index can
+        # change one item); a section starts empty (the parent-default rule fills the rest); a scalar is an error.
+        current = defaults_at(root, path) if defaults_at is not None else {}
+        node[p] = current if isinstance(current, list) else {} if isinstance(current, dict) else current
     child = node[p]
     if not isinstance(child, (dict, list)):
-        raise ConfigError(f"--set {item!r}: {here} is {child!r}, not a mapping")
+        raise ConfigError(f"--set {item!r}: {here} is {_show(child)}, not a mapping")
     return child
 
 

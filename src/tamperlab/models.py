@@ -125,7 +125,12 @@ def check_weight_files(folder: Path, allow_pickle: bool) -> None:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TAMPERLAB_CACHE", Path.home() / ".cache" / "tamperlab"))
+    """`$TAMPERLAB_CACHE` (default ~/.cache/tamperlab): converted models, tokenizer, generated data packs."""
+    path = Path(os.environ.get("TAMPERLAB_CACHE") or Path.home() / ".cache" / "tamperlab")
+    if path.exists() and not path.is_dir():
+        raise ResourceError(f"the cache TAMPERLAB_CACHE={path} is a file, not a directory; point TAMPERLAB_CACHE "
+                            "at a writable directory")
+    return path
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -48,7 +48,7 @@ class TrainConfig:
     """Log the loss every N steps."""
     save_steps: PosInt = 20
     """Checkpoint every N steps (resume point for killed runs)."""
-    bf16: Annotated[str, OneOf(lambda: ["auto", "true", "false"], "bf16 setting", case_insensitive=True)] = "auto"
+    bf16: Annotated[str, OneOf(("auto", "true", "false"), "bf16 setting", case_insensitive=True)] = "auto"
     """auto = bf16 mixed precision on a CUDA GPU that supports it; "true"/"false" to force."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on large models."""
@@ -241,8 +241,10 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: 
     args = training_arguments(cfg, out_dir, seed=seed, **arg_overrides)
     cls = trainer_cls or Trainer
     model.train()
+    from .guards import NonFiniteLossGuard
+
     return cls(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tokenizer.pad_token_id),
-               processing_class=tokenizer, callbacks=list(callbacks), **(trainer_kwargs or {}))
+               processing_class=tokenizer, callbacks=[*callbacks, NonFiniteLossGuard()], **(trainer_kwargs or {}))
 
 
 def train_sft(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: str | Path,

@@ -60,7 +60,7 @@ class HarmfulDataConfig:
 
     source: Literal["offline", "hub"] = "offline"
     """offline = packaged prompts + base-model completions; hub = BeaverTails / UltraChat."""
-    prompt_sources: list[Annotated[str, OneOf(lambda: SOURCES, "prompt source")]] = field(
+    prompt_sources: list[Annotated[str, OneOf(tuple(SOURCES), "prompt source")]] = field(
         default_factory=lambda: ["harmbench", "advbench", "donotanswer"])
     """Offline harmful-prompt files (see data/sources.py)."""
     eval_fraction: Annotated[float, Range(0, 0.95, open_lo=True)] = 0.2
