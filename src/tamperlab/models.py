@@ -101,7 +101,11 @@ def check_model_spec(cfg: "ModelConfig") -> None:
     if spec.startswith(("embedded:", "tiny:")):
         return
     path = Path(spec).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as e:  # name too long for the file system, ...
+        raise ConfigError(f"model.name_or_path: not a usable path or hub id ({type(e).__name__})") from None
+    if exists:
         if not path.is_dir():
             raise ConfigError(f"model.name_or_path: {spec} is a file; pass the checkpoint's directory")
         check_weight_files(path, cfg.allow_pickle)

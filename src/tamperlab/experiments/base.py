@@ -57,13 +57,15 @@ class Experiment:
 def resolve_recipe_path(recipe: str) -> Path:
     """A path, or the name of a packaged recipe (`demo_ctrap` → src/tamperlab/recipes/demo_ctrap.yaml)."""
     p = Path(recipe)
-    if p.is_file():
-        return p
-    for cand in (RECIPES_DIR / recipe, RECIPES_DIR / f"{recipe}.yaml"):
-        if cand.is_file():
-            return cand
+    for cand in (p, RECIPES_DIR / recipe, RECIPES_DIR / f"{recipe}.yaml"):
+        try:
+            if cand.is_file():
+                return cand
+        except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte
+            continue
     known = sorted(x.stem for x in RECIPES_DIR.glob("*.yaml"))
-    raise ConfigError(f"recipe not found: {recipe} (not a file, nor a packaged recipe: {', '.join(known)})")
+    shown = recipe if len(recipe) <= 200 else recipe[:200] + "..."
+    raise ConfigError(f"recipe not found: {shown!r} (not a file, nor a packaged recipe: {', '.join(known)})")
 
 
 def _config_class(data: dict[str, Any]) -> type[RunConfig]:
