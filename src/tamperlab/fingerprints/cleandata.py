@@ -26,7 +26,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 from ..config import PosInt
 from ..data.core import DataSplit, Example, split_by_hash
-from ..errors import ResourceError
+from ..errors import ConfigError, ResourceError
 
 log = logging.getLogger("tamperlab")
 
@@ -74,6 +74,13 @@ def offline_prompts(n: int | None = None, seed: int = 0) -> list[str]:
     return allp if n is None else allp[:n]
 
 
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError):  # a name the file system cannot hold
+        return False
+
+
 @dataclass
 class CleanDataConfig:
     """Where the clean instruction data comes from and how much of it is used."""
@@ -94,6 +101,11 @@ class CleanDataConfig:
     """offline: max new tokens of the base model's answers."""
     generation_batch_size: PosInt = 32
     """offline: prompts per generate call when answering."""
+
+    def __post_init__(self) -> None:
+        if self.source == "files" and not _is_file(Path(self.files_dir or ".") / "recover_dataset.json"):
+            raise ConfigError(f"clean_data.files_dir: {self.files_dir!r} has no recover_dataset.json (source: files "
+                              "needs MEraser's JSON files, github.com/fatdove77/MEraser)")
 
 
 @dataclass
