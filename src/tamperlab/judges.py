@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .config import Device
 from .registry import JUDGES
 
 REFUSAL_PATTERNS = [
@@ -136,7 +137,7 @@ class ModelJudgeConfig:
     """Pairs per forward pass."""
     threshold: float = 0.5
     """beaver-dam: flagged if the max category probability exceeds this."""
-    device: str = "auto"
+    device: Device = "auto"
     """auto = cuda if available."""
 
 

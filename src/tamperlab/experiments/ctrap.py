@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from ..attacks.finetune import AttackConfig, FineTuneAttack
-from ..config import from_dict
+from ..config import Registered, from_dict
 from ..data.core import DataSplit, Example
 from ..data.packs import HarmfulData, HarmfulDataConfig, build_harmful_data
 from ..defenses.base import AlignmentData, Defense
@@ -34,17 +34,21 @@ log = logging.getLogger("tamperlab")
 class DefenseSpec:
     """One defense to align with."""
 
-    name: str = "sft"
+    name: Annotated[str, Registered("defenses")] = "sft"
     """Registered defense (tamperlab list defenses)."""
     label: str = ""
     """Row label in tables (default: name)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Defense hyper-parameters (validated against the defense's config)."""
 
+    def __post_init__(self) -> None:
+        self.config()  # unknown / bad params fail at load time, before any compute
+
+    def config(self) -> Any:
+        return from_dict(DEFENSES.config_for(self.name), self.params, f"defenses[{self.key}].params")
+
     def build(self) -> Defense:
-        entry = DEFENSES.entry(self.name)
-        cfg = from_dict(entry.config, self.params, f"defenses[{self.label or self.name}].params")
-        return entry.obj(cfg)
+        return DEFENSES.get(self.name)(self.config())
 
     @property
     def key(self) -> str:
@@ -82,6 +86,8 @@ class HFTConfig(RunConfig):
     """Also measure each aligned model before any attack."""
 
     def __post_init__(self) -> None:
+        if not self.defenses:
+            raise ConfigError("defenses: empty; name at least one defense (e.g. [{name: sft}])")
         keys = [d.key for d in self.defenses]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"defenses: duplicate labels {keys}; give each a distinct `label`")

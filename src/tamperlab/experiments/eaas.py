@@ -15,11 +15,11 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
-from ..config import check_positive
+from ..config import OneOf, check_positive
 from ..errors import ConfigError
 from ..registry import EXPERIMENTS
 from ..runs import RunDir
@@ -33,18 +33,24 @@ from .base import Experiment, RunConfig
 log = logging.getLogger("tamperlab")
 
 
+def _task_names() -> list[str]:
+    from ..eaas.data import TASK_NAMES
+
+    return TASK_NAMES
+
+
 @dataclass
 class DataConfig:
     """Texts the provider is set up on, the stealer queries, and utility is measured on."""
 
-    task: str = "gen_topic"
+    task: Annotated[str, OneOf(_task_names, "task")] = "gen_topic"
     """Main task: its train split is the stealer's query corpus (gen_topic, gen_sentiment, gen_spam, sst2,
     ag_news, enron_spam, mind)."""
     n_train: int = 1000
     """Texts the stealer queries (official SPA stealing test: a 5000-sample subset)."""
     n_test: int = 400
     """Test texts for downstream accuracy (official: 500)."""
-    extra_tasks: list[str] = field(default_factory=list)
+    extra_tasks: list[Annotated[str, OneOf(_task_names, "task")]] = field(default_factory=list)
     """More tasks for downstream utility only (their texts are embedded through the API and the copies)."""
     n_extra_train: int = 400
     """Train texts per extra task."""

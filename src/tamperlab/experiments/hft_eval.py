@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 from ..data.core import DataSplit, Example, format_example, format_prompt
 from ..defenses.base import relabel_all, trap_token_id
 from ..generation import GenerationConfig, generate
 from ..judges import Judge
 from ..metrics.hft import (accuracy, answer_stats, collapse_rate, harmful_score, mean_loss, trap_token_rate)
-from ..registry import TASKS
+from ..config import PosInt, Registered, from_dict
+from ..errors import ConfigError
+from ..registry import JUDGES, TASKS
 from ..runs import atomic_write_json
 from ..training import PadCollator, TokenizedDataset
 
@@ -26,7 +28,7 @@ def _eval_generation() -> GenerationConfig:
 class EvalConfig:
     """How protected / attacked models are measured."""
 
-    judge: str = "embedded"
+    judge: Annotated[str, Registered("judges")] = "embedded"
     """Harmfulness judge: embedded (offline stand-in), beaver-dam (paper), llama-guard."""
     judge_params: dict[str, Any] = field(default_factory=dict)
     """Judge settings (e.g. {model: /path/to/beaver-dam-7b})."""
@@ -34,12 +36,21 @@ class EvalConfig:
     """Decoding for HS answers (paper: greedy, 512 new tokens)."""
     eval_steps: list[int] = field(default_factory=lambda: [0, 20, 40])
     """Attack steps at which HS / collapse / losses are measured for the trajectory plots."""
-    n_trajectory_prompts: int = 32
+    n_trajectory_prompts: PosInt = 32
     """Harmful eval prompts used at intermediate attack steps (the final eval uses all)."""
     trap_text: str = "an error"
     """Collapse token text (must match the CTRAP defense's)."""
-    n_loss_probe: int = 16
+    n_loss_probe: PosInt = 16
     """Examples in the collapse-loss / harmful-loss probe batches."""
+
+    def __post_init__(self) -> None:
+        if not self.trap_text.strip():
+            raise ConfigError("trap_text: empty")
+        cfg_cls = JUDGES.config_for(self.judge)
+        if cfg_cls is not None:  # judge settings fail here, not when the judge is built after training
+            from_dict(cfg_cls, self.judge_params, "judge_params")
+        elif self.judge_params:
+            raise ConfigError(f"judge_params: judge {self.judge!r} takes no settings")
 
 
 @dataclass
