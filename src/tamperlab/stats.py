@@ -54,12 +54,12 @@ class Interval:
 
     def fmt(self, digits: int = 1, with_n: bool = False) -> str:
         """`81.2 [64.7, 91.1]` (+ ` n=32`); a bare value when there is no interval."""
-        if self.n == 0 or self.value is None or math.isnan(self.value):
+        if self.value is None or math.isnan(self.value):
             return "–"
         s = f"{self.value:.{digits}f}"
         if not (math.isnan(self.lo) or math.isnan(self.hi)):
             s += f" [{self.lo:.{digits}f}, {self.hi:.{digits}f}]"
-        return s + (f" n={self.n}" if with_n else "")
+        return s + (f" n={self.n}" if with_n and self.n else "")
 
 
 def wilson(k: int, n: int, scale: float = 100.0) -> Interval:

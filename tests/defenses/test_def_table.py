@@ -77,7 +77,7 @@ def test_report_from_metrics_has_paper_tables_and_plots(tmp_path):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| Method | n=100 | n=200 | Avg |" in md and "| Method | p=10% | p=20% | Avg |" in md
     assert "| Method | GSM8K |" in md and "± 1.0" in md and "stand-in" not in md
-    for png in ("hs_io-vs-n.png", "hs_o-vs-n.png", "hs_io-vs-p.png", "fa-mixed.png", "fa-benign.png"):
+    for png in ("hs-vs-n.png", "hs-vs-p.png", "fa-mixed.png", "fa-benign.png"):
         assert (tmp_path / "r" / "plots" / png).exists(), png
 
 

@@ -181,6 +181,7 @@ class TrajectoryRecorder:
     def __call__(self, step: int, model: Any) -> None:
         m, _ = self.ev.harm(model, self.prompts, desc=f"trajectory step {step}")
         point = {"hs_io": m["hs_io"], "collapse_rate": m["collapse_rate"], "trap_token_rate": m["trap_token_rate"],
+                 "n": m["n"],
                  "collapse_loss": mean_loss(model, self.probes["collapse"]),
                  "harmful_loss": mean_loss(model, self.probes["harmful"])}
         self.points[step] = point
