@@ -134,3 +134,62 @@ def test_table_report_marks_non_significant_pairs_and_pools_seeds(tmp_path):
     assert sig_line.count("n.s.") == 1  # n=100: 51 vs 47 of 64 (4 discordant pairs, p = .125) -> n.s.; n=200: 59 vs 23 -> significant
     assert (tmp_path / "t" / "plots" / "hs-vs-n.png").exists()
     assert "**" not in (tmp_path / "t" / "report.html").read_text()
+
+
+def _fsr(hits: list[bool], ctrl_hits: int = 0) -> dict:
+    return {"official": {"fsr": sum(hits) / len(hits), "hits": sum(hits), "n": len(hits),
+                         "pairs": [{"hit": h, "target": "t", "output": "o"} for h in hits],
+                         "control": {"rate": ctrl_hits / 8, "hits": ctrl_hits, "n": 8}}}
+
+
+def test_fingerprint_rows_carry_wilson_intervals_and_mcnemar_vs_fingerprinted():
+    from tamperlab.fingerprints.report import pivot, summary_rows
+    from tamperlab.stats import mcnemar_test
+
+    fp_hits = [True] * 8
+    res = {"fingerprints": {"if": {
+        "fingerprinted": {"fsr": _fsr(fp_hits, 1), "utility": {"ppl": 10.0, "acc": 0.5, "acc_n": 40}},
+        "removals": {"meraser": {"stages": {"after": {"fsr": _fsr([True] + [False] * 7),
+                                                      "utility": {"ppl": 11.0, "acc": 0.45, "acc_n": 40}}}},
+                     "prune": {"stages": {"after": {"fsr": _fsr([True] * 7 + [False]),
+                                                    "utility": {"ppl": None, "acc": None}}}}}}}}
+    rows = summary_rows(res)
+    fpd, mer, prune = rows
+    assert fpd["FSR after"] == wilson(8, 8, scale=1.0) and fpd["control"] == wilson(1, 8, scale=1.0)
+    assert mer["FSR after"].k == 1 and mer["acc"] == wilson(18, 40, scale=1.0)
+    # 7 triggers lost: exact McNemar p = 2/128 -> significant; 1 lost -> n.s.
+    assert mcnemar_test([True] + [False] * 7, fp_hits).p == pytest.approx(2 / 128)
+    assert mer["vs fingerprinted"] == "p=0.016" and prune["vs fingerprinted"].endswith("n.s.")
+    labels, series, errors = pivot(rows, "PPL")
+    assert series["if"] == [10.0, 11.0, None] and errors == {}  # a missing PPL stays missing, not 0
+    _, fsr, err = pivot(rows, "FSR after")
+    assert fsr["if"][1] == 0.125 and err["if"][0][1] == pytest.approx(wilson(1, 8, scale=1.0).lo)
+
+
+def test_eaas_and_extraction_rows_wrap_rates_with_intervals():
+    from tamperlab.experiments.eaas import spa_rows, utility_rows
+    from tamperlab.experiments.extraction import result_row
+    from tamperlab.stats import bootstrap_mean
+
+    spa = {"n": 100, "n_triggered": 20, "n_k1": 15, "n_k2plus": 5, "auroc_cos": .9, "auroc_l2": .9, "auroc_pca": .9,
+           "auprc_pca": .8, "removal": "fraction", "n_deleted": 30, "tpr": 0.75, "fpr": 0.1875, "tpr_k1": 2 / 3,
+           "tpr_k2plus": 1.0, "kde": {}}
+    r = {"scenarios": {"embmarker": {"spa": spa, "utility_api": {"sst2": 0.8}}},
+         "utility_clean_provider": {"sst2": 0.825}}
+    row = spa_rows(r)[0]
+    assert row["TPR"] == wilson(15, 20, scale=1.0) and row["FPR"] == wilson(15, 80, scale=1.0)
+    assert row["TPR k=1"] == wilson(10, 15, scale=1.0) and row["KDE TPR"] is None
+    assert utility_rows(r, {"sst2": 400})[0]["sst2"] == wilson(330, 400, scale=1.0)
+    assert utility_rows(r)[0]["sst2"] == 0.825  # n unknown: the bare value, no invented interval
+
+    per_word = [{"word": w, "mean_match": m, "max_match": m, "mean_bleu": m / 2} for w, m in
+                zip("abcdef", (0.2, 0.4, 0.6, 0.1, 0.9, 0.5))]
+    ev = {"identification": {"tp": 3, "fp": 1, "fn": 2}, "known_openers": {"per_word": per_word},
+          "pipeline": {"n_queries": 40}}
+    s = {"opener_precision": 0.75, "opener_recall": 0.6, "mean_match": 0.45, "max_match": 0.45, "mean_bleu": 0.225,
+         "pipeline_recall@1": 0.1, "pipeline_coverage": 0.3}
+    row = result_row("backdoor_sft", s, ev)
+    assert row["opener P"] == wilson(3, 4, scale=1.0) and row["opener R"] == wilson(3, 5, scale=1.0)
+    assert row["recall@1"] == wilson(4, 40, scale=1.0) and row["recall@0.5"] is None
+    assert row["mean match"] == bootstrap_mean([w["mean_match"] for w in per_word])
+    assert result_row("x", s, None)["opener P"] == 0.75
