@@ -247,7 +247,13 @@ class GarakRefusalJudge(Judge):
 
             raise ConfigError(f"judge {self.name}: garak's detectors do not import ({e}); install garak==0.17.1 "
                               "(--no-deps) with xdg-base-dirs and colorama") from e
-        self._detector = getattr(mitigation, self.detector)()
+        import logging
+
+        logging.disable(logging.INFO)  # garak logs every detector init at INFO on the root logger
+        try:
+            self._detector = getattr(mitigation, self.detector)()
+        finally:
+            logging.disable(logging.NOTSET)
         self._attempt, self._message = Attempt, Message
 
     def judge(self, questions: Sequence[str], answers: Sequence[str]) -> list[Verdict]:

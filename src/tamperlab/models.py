@@ -13,11 +13,16 @@ import importlib.util
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError, ResourceError
+
+# peft (PeftModel.__init__) reads transformers' deprecated `is_gradient_checkpointing` alias on every adapter it
+# wraps, which prints the same FutureWarning for every LoRA load; nothing in our code uses the alias.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 log = logging.getLogger("tamperlab")
 

@@ -113,6 +113,8 @@ def _style_axis(ax: Any, ylabel: str, ylim: tuple[float, float] | None, percent:
         ax.set_yticks(range(0, 101, 20))
     elif ylim:
         ax.set_ylim(*ylim)
+    else:  # plain tick labels (no "+1.08e1" offset above the axis)
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax.grid(alpha=0.3)
 
 
