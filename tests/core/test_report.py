@@ -160,6 +160,16 @@ def test_fingerprint_rows_carry_wilson_intervals_and_mcnemar_vs_fingerprinted():
     # 7 triggers lost: exact McNemar p = 2/128 -> significant; 1 lost -> n.s.
     assert mcnemar_test([True] + [False] * 7, fp_hits).p == pytest.approx(2 / 128)
     assert mer["vs fingerprinted"] == "p=0.016" and prune["vs fingerprinted"].endswith("n.s.")
+    from tamperlab.fingerprints.report import paper_rows
+
+    res["fingerprints"]["if"]["removals"]["meraser"]["name"] = "meraser"
+    res["fingerprints"]["instructional"] = res["fingerprints"].pop("if")
+    res["fingerprints"]["instructional"]["removals"]["meraser"]["stages"]["erase"] = \
+        res["fingerprints"]["instructional"]["removals"]["meraser"]["stages"].pop("after")
+    same = paper_rows(res, {"model": {"name_or_path": "/m/Llama-2-7b-hf"}})
+    assert [(r["stage"], r["verdict"]) for r in same] == [("erase", "pass")]  # 1/8 [0.02, 0.47] ∋ 0 ± .05
+    other = paper_rows(res, {"model": {"name_or_path": "embedded:smollm2"}})
+    assert other[0]["verdict"].startswith("not comparable: model")
     labels, series, errors = pivot(rows, "PPL")
     assert series["if"] == [10.0, 11.0, None] and errors == {}  # a missing PPL stays missing, not 0
     _, fsr, err = pivot(rows, "FSR after")
@@ -193,3 +203,20 @@ def test_eaas_and_extraction_rows_wrap_rates_with_intervals():
     assert row["recall@1"] == wilson(4, 40, scale=1.0) and row["recall@0.5"] is None
     assert row["mean match"] == bootstrap_mean([w["mean_match"] for w in per_word])
     assert result_row("x", s, None)["opener P"] == 0.75
+
+
+def test_paper_vs_measured_verdicts():
+    from tamperlab.report.references import HFT_REFERENCES, comparison_rows, hft_setting, verdict
+
+    ctrap = next(r for r in HFT_REFERENCES if (r.method, r.metric) == ("ctrap", "hs_io"))  # 5.2 ± 5
+    paper_run = hft_setting({"model": {"name_or_path": "/models/Gemma-2-9B"}, "data": {"source": "hub"}},
+                            {"name": "beaver-dam"}, [100, 200, 300, 400, 500])
+    assert verdict(ctrap, wilson(30, 1000), paper_run) == "pass"  # 3.0 [2.1, 4.3]
+    assert verdict(ctrap, wilson(200, 1000), paper_run) == "fail"
+    assert verdict(ctrap, 9.0, paper_run) == "pass" and verdict(ctrap, None, paper_run) == "not measured"
+    small = hft_setting({"model": {"name_or_path": "embedded:smollm2-135m"}, "data": {"source": "packs"}},
+                        {"name": "embedded"}, [100])
+    v = verdict(ctrap, wilson(3, 32), small)
+    assert v.startswith("not comparable:") and "model" in v and "judge embedded vs paper beaver-dam" in v
+    rows = comparison_rows(HFT_REFERENCES, {("ctrap", "hs_io"): wilson(30, 1000)}, paper_run)
+    assert [(r["method"], r["verdict"]) for r in rows] == [("ctrap", "pass")]

@@ -102,6 +102,26 @@ def pivot(rows: list[dict[str, Any]], value: str) -> tuple[list[str], dict[str, 
     return labels, series, errors
 
 
+def paper_rows(res: dict[str, Any], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """MERASER_REFERENCES against every MEraser stage of the run."""
+    from ..report.references import MERASER_REFERENCES, verdict
+
+    model = str(config.get("model", {}).get("name_or_path", "?"))
+    rows = []
+    for fp, r in res["fingerprints"].items():
+        for rk, rem in r["removals"].items():
+            for stage, ev in rem["stages"].items():
+                for ref in MERASER_REFERENCES:
+                    if ref.method != rem.get("name") or ref.setting["fingerprint"] != fp or \
+                            ref.setting["stage"] != stage:
+                        continue
+                    measured = _fsr(ev)
+                    rows.append({"removal": rk, "fingerprint": fp, "stage": stage, "paper": ref.value,
+                                 "measured": measured, "verdict": verdict(ref, measured, {
+                                     "model": model, "fingerprint": fp, "stage": stage}), "source": ref.source})
+    return rows
+
+
 def build_report(run: RunDir, cfg: Any) -> list[Path]:
     m = run.load_metrics()
     res = m["results"]
@@ -173,6 +193,13 @@ def build_report(run: RunDir, cfg: Any) -> list[Path]:
         rep.table([{"fingerprint": fp, "probes": i["n_probes"], "flagged": i["n_flagged"],
                     "top phrases": " | ".join(repr(f["text"][:30]) for f in i["flagged"][:4])} for fp, i in tf])
 
+    paper = paper_rows(res, m["config"])
+    if paper:
+        rep.heading("Paper vs measured")
+        rep.text("MEraser's published FSR after erase / recover next to this run's (official definition, Wilson 95 %). "
+                 "**pass** = the paper's value within the measured interval ± tolerance; **not comparable** names the "
+                 "setting fields that differ.")
+        rep.table(paper, digits=2)
     rep.heading("Definitions, settings and the papers' numbers")
     for name, ref in m.get("references", {}).items():
         rep.text(f"**{name}** — {ref.get('paper') or ''} reference: {ref.get('reference')}")
