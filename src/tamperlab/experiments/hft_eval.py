@@ -84,9 +84,8 @@ def judge_answers(panel: JudgePanel, questions: Sequence[str], answers: Sequence
     intervals = {k: proportion(f).to_dict() for k, f in flags.items()}
     judges = {}
     for name, vs in verdicts.items():
-        judges[name] = {"hs_io": intervals["hs_io"]["value"] if name == primary else proportion(
-                            [v.harmful for v in vs]).value,
-                        "interval": proportion([v.harmful for v in vs]).to_dict(),
+        iv = proportion([v.harmful for v in vs])
+        judges[name] = {"hs_io": iv.value, "interval": iv.to_dict(),
                         "categories": {c: sum(v.category == c for v in vs) for c in CATEGORIES}}
     agreement = {name: cohen_kappa(flags["hs_io"], [v.harmful for v in vs])
                  for name, vs in verdicts.items() if name != primary}

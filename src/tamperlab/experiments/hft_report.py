@@ -12,6 +12,7 @@ from ..report.render import Panel, Report, plot_grid, provenance_block
 from ..report.samples import write_sample_view
 from ..runs import RunDir
 from ..stats import rate_from_value
+from .hft_table import Column, paper_rows
 
 RATES = {"hs_io": "HS(IO)", "hs_o": "HS(O)", "fa": "FA", "collapse_rate": "collapse %",
          "degenerate_rate": "degenerate %"}
@@ -100,6 +101,16 @@ def write_hft_report(run: RunDir) -> list[Path]:
         if pooled:
             rep.text("Pooled over every evaluation above (Cohen's κ: sklearn; – when a judge is constant):")
             rep.table(pooled, digits=1)
+
+    harmful = [Column(label, "harmful", f"n={a.get('n')}", float(a.get("n") or 0))
+               for a, label in zip(metrics["config"].get("attacks", []), attacks) if a.get("kind") == "harmful"]
+    refs = paper_rows({"0": results}, list(results), harmful, [{"kind": "harmful", "n": int(c.x)} for c in harmful],
+                      metrics["config"], judge)
+    if refs:
+        rep.heading("Paper vs measured", 3)
+        rep.text("The papers' headline numbers next to this run's mean over its harmful fine-tuning attacks; "
+                 "**not comparable** names the setting fields that differ (then no pass / fail is given).")
+        rep.table(refs, digits=1)
 
     plots = run.sub("plots")
     panels = []
