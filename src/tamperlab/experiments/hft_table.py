@@ -253,6 +253,12 @@ def paper_rows(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str], col
     return comparison_rows(HFT_REFERENCES, measured, hft_setting(cfg, judge, ns))
 
 
+def has_counts(per_seed: dict[str, dict[str, Any]]) -> bool:
+    """Whether the cells were recorded with n / intervals (results older than the intervals have none)."""
+    return any(m.get("intervals") for rows in per_seed.values() for r in rows.values()
+               for m in ([r.get("aligned")] if r.get("aligned") else []) + list(r.get("attacks", {}).values()))
+
+
 def write_table_report(run: RunDir) -> list[Path]:
     metrics = run.load_metrics()
     res = metrics["results"]
@@ -269,8 +275,9 @@ def write_table_report(run: RunDir) -> list[Path]:
     rep.text(f"Base model `{cfg['model']['name_or_path']}`, data source `{cfg['data']['source']}`, "
              f"{n_eval} harmful eval prompts, alignment "
              f"{al_len} (batch {al['batch_size']}), seeds {seeds}. "
-             + ("Cells: mean ± sample sd over seeds [Wilson 95 % interval of all seeds' prompts pooled]."
-                if len(seeds) > 1 else "Cells: value [Wilson 95 % interval over the evaluated prompts] (one seed)."))
+             + ("Cells: mean ± sample sd over seeds" if len(seeds) > 1 else "Cells: value (one seed)")
+             + (" [Wilson 95 % interval of all seeds' prompts pooled]." if has_counts(per_seed) else
+                " — these results carry no per-prompt counts, so no intervals or paired tests (re-run to get them)."))
     from .hft_report import judge_text
 
     rep.text(judge_text(judge))

@@ -155,7 +155,7 @@ def plot_bars(path: Path, groups: Sequence[str], bars: dict[str, Sequence[float 
         xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
         ys = [_nan(v) for v in vals]
         yerr = None
-        if errors and name in errors:
+        if errors and name in errors and any(v is not None for v in (*errors[name][0], *errors[name][1])):
             lo, hi = errors[name]
             yerr = [[max(0.0, y - _nan(low)) if not math.isnan(y) else 0.0 for y, low in zip(ys, lo)],
                     [max(0.0, _nan(high) - y) if not math.isnan(y) else 0.0 for y, high in zip(ys, hi)]]
