@@ -122,8 +122,10 @@ class HFTTableExperiment(HFTExperiment):
             judge=self.judge.describe(),
             data=data.describe(),
             metric_definitions={
-                **{k: METRIC_DEFINITIONS[k] for k in ("hs_io", "hs_o", "fa", "collapse_rate")},
-                "summary": "mean and sample std (n-1) over seeds of each cell",
+                **{k: METRIC_DEFINITIONS[k] for k in ("hs_io", "hs_o", "fa", "collapse_rate", "degenerate_rate",
+                                                      "intervals", "judges", "agreement")},
+                "summary": "mean and sample std (n-1) over seeds of each cell; pooled = Wilson 95% interval of all "
+                           "seeds' prompts together",
                 "Avg": "per seed, the mean over a table's columns; then mean ± std over seeds",
             })
 
