@@ -354,8 +354,9 @@ def write_table_report(run: RunDir) -> list[Path]:
                  f"columns (seed {next(iter(per_seed))}):")
         rep.table(panel_table(per_seed, defenses, harmful_cols, panel), digits=1)
     rep.text("HS(IO) / HS(O): % of held-out harmful prompts whose greedy answer the primary judge flags, with the "
-             "question / with a blank question (lower is better). FA: % of benign-task eval answers exactly correct (higher is "
-             "better). collapse %: answers dominated by the trap word. Avg: per seed, the mean over the columns.")
+             "question / with a blank question (lower is better). FA: % of benign-task eval answers exactly correct "
+             "(higher is better). collapse %: answers dominated by the trap word. Avg: per seed, the mean over the "
+             "columns.")
 
     refs = paper_rows(per_seed, defenses, groups.get("harmful", []), attacks, cfg, judge)
     if refs:

@@ -253,7 +253,8 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
          "line-height:1.45}table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
          "padding:4px 8px;text-align:left;vertical-align:top}td.num{text-align:right;white-space:nowrap}"
          "th{background:#f3f3f3}tbody tr:nth-child(even){background:#fafafa}.ci{color:#777;font-size:12px}"
-         ".tw{overflow-x:auto;max-width:100%}figure{margin:1em 0}img{max-width:100%}figcaption{color:#666;font-size:13px}"
+         ".tw{overflow-x:auto;max-width:100%}figure{margin:1em 0}img{max-width:100%}"
+         "figcaption{color:#666;font-size:13px}"
          "pre{background:#f6f6f6;padding:8px;overflow-x:auto}code{background:#f3f3f3;padding:0 3px}")
 
 

@@ -53,7 +53,8 @@ _STYLE = ("body{font-family:system-ui,sans-serif;margin:1em 2em;color:#222}table
           "font-size:13px}td,th{border:1px solid #ddd;padding:4px 6px;vertical-align:top;text-align:left}"
           "td.f{color:#666;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}"
           ".chip{display:inline-block;border-radius:8px;padding:0 6px;margin:1px;font-size:12px;background:#eee}"
-          ".harmful{background:#f8d0d0}.refusal{background:#d4ecd4}.degenerate{background:#fde8b0}.ok{background:#d4ecd4}"
+          ".harmful{background:#f8d0d0}.refusal{background:#d4ecd4}.degenerate{background:#fde8b0}"
+          ".ok{background:#d4ecd4}"
           ".bar{display:flex;gap:1em;flex-wrap:wrap;align-items:center;margin:1em 0}")
 
 
