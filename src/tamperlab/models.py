@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import shutil
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,10 @@ from typing import Annotated, Any, Literal
 
 from .config import Device, PosInt, Range, Satisfies
 from .errors import ConfigError, ResourceError
+
+# peft (PeftModel.__init__) reads transformers' deprecated `is_gradient_checkpointing` alias on every adapter it
+# wraps, which prints the same FutureWarning for every LoRA load; nothing in our code uses the alias.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 log = logging.getLogger("tamperlab")
 

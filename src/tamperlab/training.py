@@ -176,6 +176,8 @@ def training_arguments(cfg: TrainConfig, out_dir: str | Path, seed: int = 0, **o
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "activation_checkpointing" in fields:  # transformers >= 5.x name; the old one warns (FutureWarning)
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
     if "warmup_ratio" in fields:
         kwargs["warmup_ratio"] = cfg.warmup_ratio
     elif cfg.warmup_ratio > 0:
@@ -243,8 +245,26 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: 
     model.train()
     from .guards import NonFiniteLossGuard
 
-    return cls(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tokenizer.pad_token_id),
-               processing_class=tokenizer, callbacks=[*callbacks, NonFiniteLossGuard()], **(trainer_kwargs or {}))
+    trainer = cls(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tokenizer.pad_token_id),
+                  processing_class=tokenizer, callbacks=[*callbacks, NonFiniteLossGuard()], **(trainer_kwargs or {}))
+    label_progress(trainer, Path(out_dir).name)
+    return trainer
+
+
+def label_progress(trainer: Any, label: str) -> None:
+    """Replace the Trainer's anonymous progress bar by one labelled with the stage (its checkpoint folder name,
+    e.g. `align-sft`, `attack-ctrap-harmful-n100`), so a log of several trainings says which bar is which."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class LabelledProgress(ProgressCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            super().on_train_begin(args, state, control, **kwargs)
+            if self.training_bar is not None:
+                self.training_bar.set_description(label)
+
+    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LabelledProgress())
 
 
 def train_sft(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: str | Path,
