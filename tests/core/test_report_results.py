@@ -221,7 +221,7 @@ def test_extraction_paired_tests_against_the_no_backdoor_baseline_hand_computed(
     assert before["recall@1 Δ vs baseline"] == "+0.100 (p=1) n.s."
     # per-word mean match: paired bootstrap over the same 5 opener words (Holm over the two arms)
     direct = stats.paired_bootstrap([0.9, 0.8, 0.95, 0.7, 0.85], [0.1, 0.2, 0.3, 0.1, 0.2])
-    assert sft["mean match Δ vs baseline"].startswith(f"{direct.diff:+.3f} (p=")
+    assert direct.p == 0 and sft["mean match Δ vs baseline"] == f"{direct.diff:+.3f} (p<0.0005)"
     assert sft["n (queries / words)"] == "10 / 5"
     # different D2 queries: no McNemar
     evs["backdoor_sft"]["pipeline"]["queries_sha"] = "other"
@@ -325,7 +325,8 @@ def test_eaas_paired_tests_hand_computed():
     ref = bootstrap((db, dn), lambda u, v, axis=-1: u.mean(axis) - v.mean(axis), paired=False, vectorized=True,
                     n_resamples=stats.N_RESAMPLES, method="percentile", rng=np.random.default_rng(0))
     p = 2 * min(np.mean(ref.bootstrap_distribution <= 0), np.mean(ref.bootstrap_distribution >= 0))
-    assert row["Δ before − after SPA"] == f"{db.mean() - dn.mean():+.4f} (p={min(1.0, p):.2g})"
+    assert p == 0  # every resample keeps the drop > 0: printed as below the bootstrap's resolution
+    assert row["Δ before − after SPA"] == f"{db.mean() - dn.mean():+.4f} (p<0.0005)"
     assert s["verify_copy_before_spa"]["delta"] == pytest.approx(db.mean() - dn.mean()
                                                                  + s["verify_copy_after_spa"]["delta"])
 
