@@ -366,8 +366,8 @@ class EaaSExperiment(Experiment):
         paired = paired_rows(r)
         if paired:
             rep.heading("Paired tests on the same sentences / texts")
-            rep.text("`Δ before − after SPA`: how much watermark evidence (Δcos; SAW: Δ proj_u) the SPA-purified copy "
-                     "lost against the copy trained on the full stolen set, verified on the same D_b / D_n "
+            rep.text("`Δ before − after SPA`: how much watermark evidence (Δcos; SAW: Δ proj_u) the SPA-purified "
+                     "copy lost against the copy trained on the full stolen set, verified on the same D_b / D_n "
                      "sentences — two-sample bootstrap of the per-sentence differences. `TPR / FPR: <rule> − KDE`: "
                      "the deletion that fed the copy against the paper's KDE rule on the same texts, exact McNemar "
                      "on the per-text deleted flags among triggered / clean texts. p is Holm-adjusted within each "
