@@ -128,8 +128,10 @@ class _Front:
                     texts=info.get("texts"), request_id=rid, client_request_id=client_rid, user=info.get("user"))
                 extra = {"x-request-id": rid, "openai-processing-ms": str(max(0, round(ms))),
                          "openai-version": "2020-10-01", **info.get("ratelimit", {})}
+                have = {k.lower() for k, _ in msg.get("headers", [])}  # a 429's own (newer) limit headers win
                 msg = {**msg, "headers": list(msg.get("headers", [])) +
-                       [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]}
+                       [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()
+                        if k.encode("latin-1") not in have]}
             await send(msg)
 
         async def fail(e: APIError) -> None:
