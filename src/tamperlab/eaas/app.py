@@ -320,8 +320,22 @@ def create_app(service: EmbeddingService, cfg: ServerConfig, key_secrets: dict[s
             for ops in schema.get("paths", {}).values():
                 for op in ops.values():
                     op.get("responses", {}).pop("422", None)  # validation failures are 400s here, as OpenAI's
+            comps = schema.get("components", {}).get("schemas", {})
             for name in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(name, None)
+                comps.pop(name, None)
+            # What this server accepts, as exactly as JSON Schema can say it: its one model id and its
+            # tokenizer's id range (the context length, in tokens, cannot be expressed: it is a 400 at run time).
+            props = comps["EmbeddingRequest"]["properties"]
+            props["model"] = {**props["model"], "enum": [service.model_name]}
+            anyof = json.loads(json.dumps(props["input"]["anyOf"]))
+            for alt in anyof[2:]:
+                items = alt["items"] if alt["items"].get("type") == "integer" else alt["items"]["items"]
+                items["maximum"] = emb.vocab_size - 1
+            props["input"] = {**props["input"], "anyOf": anyof}
+            props["dimensions"] = {**props["dimensions"], "anyOf": [{"type": "integer", "enum": [service.dim]},
+                                                                    {"type": "null"}]}
+            schema["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"] = {
+                "$ref": "#/components/schemas/EmbeddingRequest"}
             app.openapi_schema = schema
         return app.openapi_schema
 

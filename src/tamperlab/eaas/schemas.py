@@ -43,12 +43,17 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _check_ids(ids: list[Any], where: str) -> None:
+def _check_ids(ids: list[Any], where: str) -> list[int]:
     if not ids:
         raise _bad(f"'{where}' is an empty token list")
+    out = []
     for j, x in enumerate(ids):
+        if isinstance(x, float) and x.is_integer():  # JSON Schema: 3.0 is an integer
+            x = int(x)
         if not _is_int(x) or x < 0:
             raise _bad(f"'{where}[{j}]' must be a non-negative integer token id, got {x!r}")
+        out.append(x)
+    return out
 
 
 class EmbeddingRequest(BaseModel):
@@ -75,15 +80,15 @@ class EmbeddingRequest(BaseModel):
             raise _bad(f"'input' must be a string, a list of strings or token ids, got {type(v).__name__}")
         if not v:
             raise _bad("'input' must not be an empty list")
-        if _is_int(v[0]):  # one input given as token ids
-            _check_ids(v, "input")
-            return v
+        if _is_int(v[0]) or isinstance(v[0], float):  # one input given as token ids
+            return _check_ids(v, "input")
         kind = str if isinstance(v[0], str) else list if isinstance(v[0], list) else None
+        v = list(v)
         for i, x in enumerate(v):
             if kind is str and isinstance(x, str):
                 _check_text(x, i)
             elif kind is list and isinstance(x, list):
-                _check_ids(x, f"input[{i}]")
+                v[i] = _check_ids(x, f"input[{i}]")
             else:
                 want = {str: "a string", list: "a list of token ids"}.get(kind, "a string")  # type: ignore[arg-type]
                 raise _bad(f"'input[{i}]' must be {want} (all inputs of one kind), got {type(x).__name__}")
