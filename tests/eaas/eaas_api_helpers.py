@@ -57,6 +57,9 @@ class PoisonableModel(BagOfWordsModel):
         self.sleep_s = sleep_s
 
     def encode(self, texts, **kw):
+        flag = os.environ.get("TL_TEST_FLAG")
+        if flag:  # tells a test that an encode is under way (requests are in flight)
+            Path(flag).touch()
         if self.sleep_s:
             time.sleep(self.sleep_s)
         if any("POISON" in t.split() for t in texts):
