@@ -100,3 +100,44 @@ def test_workers_share_limits_and_log_and_stop_gracefully_on_sigterm(tmp_path, w
     sent = sorted(r.headers["x-request-id"] for r in results)
     assert sorted(r["request_id"] for r in rows) == sent  # none lost, none duplicated
     assert sorted(r["client_request_id"] for r in rows) == sorted(f"c-{i}" for i in range(N_INFLIGHT))
+
+
+@pytest.mark.slow
+def test_tamperlab_serve_two_workers_end_to_end(tmp_path):
+    """`tamperlab serve demo_eaas --workers 2` (real all-MiniLM-L6-v2): both workers serve the same watermark
+    (one secret, created by the parent), SIGTERM exits 0."""
+    import numpy as np
+
+    port = _free_port()
+    env = {**os.environ, "TAMPERLAB_EAAS_KEY_STEALER": "sk-e2e", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tamperlab.cli", "serve", "demo_eaas", "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "2", "--set", f"output_dir={tmp_path}",
+                             "--set", "data.n_train=50"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        ok = 0
+        while ok < 4:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "server did not come up"
+            try:
+                ok = ok + 1 if httpx.get(url + "/health", timeout=2).status_code == 200 else 0
+            except httpx.TransportError:
+                ok = 0
+            time.sleep(0.5)
+        body = {"input": ["hello world", "a sentence about rivers"], "model": "tamperlab-minilm"}
+        vecs = []
+        for _ in range(6):  # fresh connections: the kernel spreads them over the workers
+            r = httpx.post(url + "/v1/embeddings", json=body, headers={"Authorization": "Bearer sk-e2e"},
+                           timeout=60)
+            assert r.status_code == 200
+            vecs.append(np.array([d["embedding"] for d in r.json()["data"]]))
+        assert all(np.allclose(v, vecs[0], atol=1e-5) for v in vecs)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    mode = (tmp_path / "demo_eaas" / "provider" / "querylog.sqlite").stat().st_mode & 0o777
+    assert mode == 0o600
