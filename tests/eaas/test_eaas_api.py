@@ -84,7 +84,8 @@ def test_poisoned_requests_never_fail_clean_ones_merged_with_them(tmp_path):
 
 # --- 3. OpenAI compatibility -------------------------------------------------------------------------------------
 def test_official_openai_client(api):
-    openai = pytest.importorskip("openai")
+    import openai  # a dev dependency (CI installs it)
+
     h, service, qlog, _ = api
     client = openai.OpenAI(base_url=h.url + "/v1", api_key=KEY, max_retries=0)
     texts = ["the cat sat", "apple river stone cloud"]

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import collections
 
-import pytest
-from test_eaas_api import KEY, serving
-
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis  # a dev dependency: CI installs it, so the fuzz test never skips silently
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
 )
-from schemathesis.checks import not_a_server_error  # noqa: E402
+from test_eaas_api import KEY, serving
 
 MAX_EXAMPLES = 25
 """Per operation and generation mode: 4 operations × 2 modes × 25 ≈ 200 requests, ~10-20 s on 2 cores."""
