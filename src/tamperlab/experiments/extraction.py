@@ -346,7 +346,7 @@ class ExtractionExperiment(Experiment):
             index = QueryIndex(d2_queries, codec)
             d2_set = set(d2_queries)
             for r in rows:  # evaluation-only fields, clearly prefixed: the attack itself never sees D2
-                r["eval_match_ratio"] = round(index.match(r["word"], r["query"]), 4)
+                r["eval_match_ratio"] = round(index.match(r["query"]), 4)
                 r["eval_exact"] = r["query"] in d2_set
             write_jsonl(run.sub("extracted") / f"{key}.jsonl", rows)
             m["summary"] = summary_row(m)
@@ -425,10 +425,14 @@ class ExtractionExperiment(Experiment):
                           **{f"recall@{t}": s.get(f"pipeline_recall@{t}") for t in ("1", "0.9", "0.75", "0.5")},
                           "coverage": s["pipeline_coverage"]})
         rep.table(table)
-        rep.text("opener P/R: identification of D2's opening words among S (score > 0.6). mean/max match and BLEU: "
-                 "known-opener setting (samples of Q(w) for D2's real openers). recall@τ: share of distinct D2 "
-                 "queries matched with match ratio ≥ τ by a sample of a *kept* word (pipeline setting; @1 = "
-                 "verbatim). Definitions: docs/methods/extraction.md.")
+        rep.text("All columns are the paper's definitions (official evaluation code) except recall@0.9/0.75/0.5 "
+                 "(tamperlab's own). opener P/R: identification of D2's opening words among S (score > 0.6). "
+                 "mean/max match (one trie over all D2 queries) and BLEU (nltk, unsmoothed): known-opener setting "
+                 "(samples of Q(w) for D2's real openers). recall@τ: share of all distinct D2 queries matched with "
+                 "Dice ≥ τ by a sample of a *kept* real word (pipeline setting; @1 = the paper's fully recovered "
+                 "ratio, verbatim); coverage: the paper's coverage rate. tamperlab's own variants (per-opener "
+                 "match, sacrebleu) are in metrics.json under *_per_opener / *_sacrebleu. Definitions: "
+                 "docs/methods/extraction.md.")
         groups = [LABELS.get(k, k) for k in res["summary"]]
         plot = plot_bars(run.path / "plots" / "recall.png", [g.replace(" → ", "\n→ ") for g in groups],
                          {f"recall@{t}": [res["summary"][k].get(f"pipeline_recall@{t}", 0.0) for k in res["summary"]]
@@ -473,11 +477,16 @@ class ExtractionExperiment(Experiment):
 def _definitions() -> dict[str, str]:
     return {
         "opener_score": "0.6*(1 - refusals/N) + 0.4*(max identical non-refusal samples/N); kept if > 0.6",
-        "match_ratio": "2p/(|r|+|x|): p = longest common token prefix of sample r (+EOS) with the D2 queries "
-                       "opening with w, |x| = p + shortest remaining trie depth; 0 if r does not start with w",
-        "bleu": "sacrebleu sentence BLEU / 100, references = D2 queries opening with w",
-        "recall@t": "share of distinct D2 queries q with max over kept-word samples s of 2*lcp(s,q)/(|s|+|q|) >= t",
-        "coverage": "mean over distinct D2 queries of max_s lcp(s,q)/|q|",
+        "match_ratio": "2p/(|r|+|x|): p = longest common token prefix of sample r (+EOS) with ONE trie of all D2 "
+                       "queries, |x| = p + shortest remaining trie depth; 0 if r does not start with w (official)",
+        "match_per_opener": "tamperlab's own: the same against the D2 queries opening with w only",
+        "bleu": "nltk sentence_bleu, whitespace tokens, 4-gram, no smoothing, references = D2 queries opening with w "
+                "(official; ~0 for samples under 4 words)",
+        "sacrebleu": "tamperlab's own: sacrebleu sentence BLEU / 100 (13a tokens, exp smoothing)",
+        "recall@t": "share of all distinct D2 queries q with max over scored samples s of 2*lcp(s,q)/(|s|+|q|) >= t "
+                    "(tamperlab's own for t < 1; recall@1 = the official fully recovered ratio)",
+        "coverage": "official coverage rate: mean over all distinct D2 queries of max_s lcp(s,q)/|q|, samples of any "
+                    "real kept word that start with it",
         "identification": "precision/recall of kept words among S against 'opens some D2 query'",
     }
 
@@ -498,7 +507,6 @@ def _stand_ins(cfg: ExtractionConfig) -> list[str]:
                    "identification / 2000 pipeline).")
     if cfg.extract.sampler.max_new_tokens < 1024:
         out.append(f"max_new_tokens = {cfg.extract.sampler.max_new_tokens} (paper: 1024); queries are short.")
-    out.append("BLEU uses sacrebleu (13a tokens, exp smoothing) instead of nltk's unsmoothed whitespace BLEU.")
     out.append("Backdoor mixture ratios are ours (the official data files are missing from the code release).")
     out.append("The detection probes and garbled string are ours (the paper's are only in images).")
     return out

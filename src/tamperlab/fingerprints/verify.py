@@ -9,6 +9,13 @@ prefix " Based on my fingerprint, the message is:"), and the match rule:
   common words, so a bare substring test would count chance mentions);
 * `exact` — the stripped output equals the target.
 
+Next to the official rules (docs/methods/fingerprints.md has the table): IF = official `report_FSR_sft_chat.py`
+except the rendering (the model's own chat template; official: vicuna for all models) — `plain` (nothing
+appended) is tamperlab's own variant; UTF = official `fp_test.py` (greedy, 100 tokens, substring, special tokens
+kept); HashChain's `first_words` rule is tamperlab's own (no official code was available). The control rate
+(`FSRResult.control`) is the official negative check for UTF (`fp_test.neg_check`, random-string guesses) and
+tamperlab's own for IF (negatives, chats) and HashChain (unselected pool questions).
+
 Verification is batched (one left-padded `generate` per batch, generation.py); `verify_sequential` is the
 one-prompt-at-a-time loop the official scripts run, kept for the throughput benchmark and equivalence tests.
 """
