@@ -93,3 +93,22 @@ def bow_app():
     buckets = SQLiteBuckets(state / "limits.sqlite") if os.environ.get("TL_TEST_SHARED") == "1" else None
     return create_app(make_service(float(os.environ.get("TL_TEST_SLEEP", "0"))), cfg,
                       json.loads(os.environ["TL_TEST_KEYS"]), qlog, buckets=buckets)
+
+
+def stop_group(proc) -> None:
+    """Stop a server started with start_new_session=True and everything it spawned (its uvicorn workers too:
+    killing only the supervisor would orphan them)."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # workers left behind by a supervisor that died
+    except ProcessLookupError:
+        pass
+    proc.wait()

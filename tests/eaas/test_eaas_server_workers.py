@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from eaas_api_helpers import stop_group
+
 from tamperlab.eaas.querylog import QueryLog
 
 HERE = Path(__file__).parent
@@ -42,7 +44,8 @@ def test_workers_share_limits_and_log_and_stop_gracefully_on_sigterm(tmp_path, w
     code = ("import sys; from tamperlab.eaas.server import run_server; "
             f"sys.exit(run_server('eaas_api_helpers:bow_app', '127.0.0.1', {port}, workers={workers}, "
             "graceful_timeout_s=60, log_level='warning'))")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -85,9 +88,7 @@ def test_workers_share_limits_and_log_and_stop_gracefully_on_sigterm(tmp_path, w
             t.join(timeout=120)
         rc = proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_group(proc)
     out = proc.stdout.read().decode()
     assert rc == 0, out[-3000:]
     assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in results), results
@@ -112,7 +113,8 @@ def test_tamperlab_serve_two_workers_end_to_end(tmp_path):
     env = {**os.environ, "TAMPERLAB_EAAS_KEY_STEALER": "sk-e2e", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tamperlab.cli", "serve", "demo_eaas", "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "2", "--set", f"output_dir={tmp_path}",
-                             "--set", "data.n_train=50"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--set", "data.n_train=50"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -136,8 +138,6 @@ def test_tamperlab_serve_two_workers_end_to_end(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_group(proc)
     mode = (tmp_path / "demo_eaas" / "provider" / "querylog.sqlite").stat().st_mode & 0o777
     assert mode == 0o600
