@@ -95,10 +95,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
 class _Front:
     """Pure ASGI middleware (see the module docstring)."""
 
-    def __init__(self, app: Any, *, cfg: ServerConfig, ring: KeyRing, limiter: RateLimiter, querylog: QueryLog,
-                 model_name: str):
+    def __init__(self, app: Any, *, cfg: ServerConfig, ring: KeyRing, limiter: RateLimiter, querylog: QueryLog):
         self.app, self.cfg, self.ring, self.limiter, self.querylog = app, cfg, ring, limiter, querylog
-        self.model_name = model_name
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -345,6 +343,5 @@ def create_app(service: EmbeddingService, cfg: ServerConfig, key_secrets: dict[s
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(_Front, cfg=cfg, ring=ring, limiter=limiter, querylog=querylog,
-                       model_name=service.model_name)
+    app.add_middleware(_Front, cfg=cfg, ring=ring, limiter=limiter, querylog=querylog)
     return app
