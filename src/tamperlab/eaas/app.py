@@ -16,6 +16,7 @@ limits, the micro-batcher).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -119,9 +120,9 @@ class _Front:
                 ms = (time.perf_counter() - t0) * 1000
                 # The audit row is committed before the client sees the status line: no served request goes
                 # unlogged, whatever happens to the process afterwards.
-                self.querylog.record(
-                    key_name=info.get("key"), method=scope["method"], path=scope["path"], status=msg["status"],
-                    n_inputs=info.get("n_inputs", 0), n_tokens=info.get("n_tokens", 0),
+                await asyncio.to_thread(  # off the loop: another worker may hold the database's write lock
+                    self.querylog.record, key_name=info.get("key"), method=scope["method"], path=scope["path"],
+                    status=msg["status"], n_inputs=info.get("n_inputs", 0), n_tokens=info.get("n_tokens", 0),
                     n_triggered=info.get("n_triggered", 0), latency_ms=ms, error=info.get("error"),
                     texts=info.get("texts"), request_id=rid, client_request_id=client_rid, user=info.get("user"))
                 extra = {"x-request-id": rid, "openai-processing-ms": str(max(0, round(ms))),
@@ -141,9 +142,9 @@ class _Front:
             name = self.ring.from_header(headers.get("authorization"))
             if name is not None:
                 info["key"] = name
-                info["ratelimit"] = self.limiter.take(name, requests=1)  # every endpoint counts
+                info["ratelimit"] = await self.limiter.run(self.limiter.take, name, requests=1)  # every endpoint
             else:
-                self.limiter.take_anonymous((scope.get("client") or ("?",))[0])
+                await self.limiter.run(self.limiter.take_anonymous, (scope.get("client") or ("?",))[0])
                 if scope["path"].startswith("/v1/"):
                     missing = not headers.get("authorization", "").strip()
                     raise APIError(401, "You didn't provide an API key: send 'Authorization: Bearer <key>'."
@@ -298,7 +299,7 @@ def create_app(service: EmbeddingService, cfg: ServerConfig, key_secrets: dict[s
         if querylog.retention != "none":
             info["texts"] = texts
         limiter.check_size(name, len(texts), tokens)
-        info["ratelimit"] = limiter.take(name, texts=len(texts), tokens=tokens)
+        info["ratelimit"] = await limiter.run(limiter.take, name, texts=len(texts), tokens=tokens)
         vecs, n_trig = await batcher.submit(list(texts))
         info["n_triggered"] = n_trig
         if body.encoding_format == "base64":

@@ -11,6 +11,7 @@ Bucket state lives in memory for one process, or in a small SQLite file shared b
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import sqlite3
@@ -19,6 +20,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .apierrors import APIError
 from .settings import ServerConfig
@@ -61,6 +63,9 @@ def charge(state: dict[str, tuple[float, float]], costs: dict[str, float], rates
 class MemoryBuckets:
     """Bucket state of one process."""
 
+    blocking = False
+    """Charges never wait on another process: the app runs them inline."""
+
     def __init__(self, max_keys: int = 100_000):
         self._state: OrderedDict[str, dict[str, tuple[float, float]]] = OrderedDict()
         self._lock = threading.Lock()
@@ -84,6 +89,9 @@ class MemoryBuckets:
 
 class SQLiteBuckets:
     """Bucket state shared by the processes of one server (WAL; one IMMEDIATE transaction per charge)."""
+
+    blocking = True
+    """A charge may wait on another process's lock: the app runs it off the event loop."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -154,6 +162,12 @@ class RateLimiter:
         self.anonymous = ({"requests": Rate(cfg.anonymous_requests_per_minute, cfg.anonymous_burst)}
                           if cfg.anonymous_requests_per_minute > 0 else {})
 
+    async def run(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        """Call a charging method inline, or in a thread when the store may wait on another process's lock."""
+        if self.store.blocking:
+            return await asyncio.to_thread(fn, *args, **kw)
+        return fn(*args, **kw)
+
     def check_size(self, name: str, n_texts: int, n_tokens: int) -> None:
         """400 for a request that no amount of waiting would admit (more than a bucket holds)."""
         for b, n in (("texts", n_texts), ("tokens", n_tokens)):
@@ -166,6 +180,8 @@ class RateLimiter:
     def take(self, name: str, **costs: float) -> dict[str, str]:
         """Charge key `name`; → x-ratelimit-* headers, or APIError 429 with a satisfiable Retry-After."""
         rates = self.rates[name]
+        if not rates:  # an unlimited key: no state to read or write
+            return {}
         levels, blocked = self.store.take(f"key:{name}", costs, rates)
         headers = {}
         for b, r in rates.items():
