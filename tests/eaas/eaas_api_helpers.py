@@ -57,9 +57,6 @@ class PoisonableModel(BagOfWordsModel):
         self.sleep_s = sleep_s
 
     def encode(self, texts, **kw):
-        flag = os.environ.get("TL_TEST_FLAG")
-        if flag:  # tells a test that an encode is under way (requests are in flight)
-            Path(flag).touch()
         if self.sleep_s:
             time.sleep(self.sleep_s)
         if any("POISON" in t.split() for t in texts):
@@ -81,7 +78,8 @@ def make_service(sleep_s: float = 0.0):
 
 def bow_app():
     """Worker factory: env TL_TEST_STATE (folder), TL_TEST_CFG (ServerConfig fields as JSON), TL_TEST_KEYS
-    (name → secret JSON), TL_TEST_SLEEP (seconds per encode), TL_TEST_SHARED (1 = SQLite rate-limit buckets)."""
+    (name → secret JSON), TL_TEST_SLEEP (seconds per encode), TL_TEST_SHARED (1 = SQLite rate-limit buckets), TL_TEST_FLAG (a file that gets a line per embeddings request
+    received, so a test knows when its requests are in flight)."""
     from tamperlab.config import from_dict
     from tamperlab.eaas.limits import SQLiteBuckets
     from tamperlab.eaas.querylog import QueryLog
@@ -91,8 +89,19 @@ def bow_app():
     cfg = from_dict(ServerConfig, json.loads(os.environ.get("TL_TEST_CFG", "{}")))
     qlog = QueryLog(state / "q.sqlite", retention=cfg.retention)
     buckets = SQLiteBuckets(state / "limits.sqlite") if os.environ.get("TL_TEST_SHARED") == "1" else None
-    return create_app(make_service(float(os.environ.get("TL_TEST_SLEEP", "0"))), cfg,
-                      json.loads(os.environ["TL_TEST_KEYS"]), qlog, buckets=buckets)
+    app = create_app(make_service(float(os.environ.get("TL_TEST_SLEEP", "0"))), cfg,
+                     json.loads(os.environ["TL_TEST_KEYS"]), qlog, buckets=buckets)
+    flag = os.environ.get("TL_TEST_FLAG")
+    if not flag:
+        return app
+
+    async def counting(scope, receive, send):  # one line per embeddings request the server has received
+        if scope["type"] == "http" and scope["path"] == "/v1/embeddings":
+            with open(flag, "a") as f:
+                f.write("received\n")
+        await app(scope, receive, send)
+
+    return counting
 
 
 def stop_group(proc) -> None:

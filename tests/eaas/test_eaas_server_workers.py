@@ -35,7 +35,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_workers_share_limits_and_log_and_stop_gracefully_on_sigterm(tmp_path, workers):
     port = _free_port()
-    flag = tmp_path / "encoding"
+    flag = tmp_path / "received"
     cfg = {"keys": [{"name": "alice"}, {"name": "limited", "burst": 3, "requests_per_minute": 1}],
            "requests_per_minute": 100000, "burst": 1000, "retention": "full", "graceful_timeout_s": 60}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
@@ -79,10 +79,10 @@ def test_workers_share_limits_and_log_and_stop_gracefully_on_sigterm(tmp_path, w
         threads = [threading.Thread(target=one, args=(i,)) for i in range(N_INFLIGHT)]
         for t in threads:
             t.start()
-        while not flag.exists():  # an encode (0.5 s) is under way: the requests are in flight
+        # SIGTERM once the server has received every request (each encode takes 0.5 s, so they are in flight)
+        while not flag.exists() or flag.read_text().count("received") < N_INFLIGHT:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(timeout=120)
