@@ -237,3 +237,16 @@ def test_query_log_retention_and_file_modes(tmp_path, retention):
         assert {p.name for p in files} >= {"q.sqlite", "q.sqlite-wal", "q.sqlite-shm"}
         for p in files:
             assert p.stat().st_mode & 0o777 == 0o600, p
+
+
+def test_client_obeys_retry_after_and_gets_everything(api):
+    """A client that waits as told is never refused for good: burst 2, 60/min, 5 sequential requests."""
+    from tamperlab.eaas.client import EmbeddingClient
+
+    h, service, _, _ = api
+    texts = [f"text {i}" for i in range(10)]
+    with EmbeddingClient(h.url, "sk-slow", MODEL, batch_size=2, concurrency=1, max_retries=20,
+                         max_total_s=120) as cl:
+        got = cl.embed(texts, progress=False)
+        assert cl.retries >= 1 and cl.requests_sent == 5 + cl.retries
+    assert np.allclose(got, service.embed(texts)[0], atol=1e-6)
