@@ -40,7 +40,8 @@ def _ctx(tok, tmp_path) -> RemovalContext:  # noqa: ANN001
 # left FSR at 1 or took it to 0 depending on the init seed and even on the CPU's kernels (AVX-512 vs AVX2), and
 # 24 q/v steps at 2e-2 still left a trigger's answer at NLL 1.8 nats/token on one seed. A LoRA on every linear
 # layer, 24 steps at 2e-2, brings the erase loss to its plateau (~15 → ~7.5) and the fingerprint answer to
-# ≥ 6 nats/token, FSR 0, on init seeds 0/1/2 under AVX-512, AVX2 and scalar kernels (fpfix, 2026-11-30).
+# ≥ 6 nats/token, FSR 0, on init seeds 0/1/2 under AVX-512, AVX2 and scalar kernels; the end-to-end recipe
+# below erases to FSR 0 on experiment seeds 0/1/2 under AVX-512 and AVX2 (fpfix, 2026-11-30).
 TINY_ERASE = {"n_examples": 16, "epochs": 12.0,
               "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
               "train": {"learning_rate": 2e-2, "batch_size": 8, "logging_steps": 4}}
