@@ -181,6 +181,7 @@ class RunDir:
         value = fn()
         self.save_stage(key, value)
         self.log("stage_done", stage=key, seconds=round(time.time() - t0, 2))
+        log.info("stage %s: done in %.1f s", key, time.time() - t0)
         return value
 
     # -- metrics --------------------------------------------------------------------------------------------

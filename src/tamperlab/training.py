@@ -12,9 +12,11 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Annotated, Any, Callable, Iterator, Sequence
 
+from .config import Fraction, OneOf, Optimizer, PosFloat, PosInt, Scheduler
 from .data.core import Example, tokenize_example
+from .errors import ConfigError
 
 log = logging.getLogger("tamperlab")
 
@@ -23,36 +25,42 @@ log = logging.getLogger("tamperlab")
 class TrainConfig:
     """Optimizer and schedule of one training stage."""
 
-    learning_rate: float = 5e-4
+    learning_rate: PosFloat = 5e-4
     """AdamW learning rate."""
     max_steps: int = 60
-    """Optimizer steps (takes precedence over epochs when > 0)."""
+    """Optimizer steps (takes precedence over epochs when > 0); 0 = train for `epochs` instead (negative values
+    are errors, not transformers' -1)."""
     epochs: float = 1.0
     """Epochs over the training data, used when max_steps is 0."""
-    batch_size: int = 8
+    batch_size: PosInt = 8
     """Per-device batch size of the main dataset."""
-    grad_accum: int = 1
+    grad_accum: PosInt = 1
     """Gradient accumulation steps."""
     weight_decay: float = 0.1
     """AdamW weight decay (official code: 0.1)."""
-    lr_scheduler: str = "constant"
+    lr_scheduler: Scheduler = "constant"
     """transformers scheduler name (official code: constant)."""
-    warmup_ratio: float = 0.0
+    warmup_ratio: Fraction = 0.0
     """Warm-up fraction (ignored by `constant`)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (HF default)."""
-    logging_steps: int = 5
+    logging_steps: PosInt = 5
     """Log the loss every N steps."""
-    save_steps: int = 20
+    save_steps: PosInt = 20
     """Checkpoint every N steps (resume point for killed runs)."""
-    bf16: str = "auto"
+    bf16: Annotated[str, OneOf(("auto", "true", "false"), "bf16 setting", case_insensitive=True)] = "auto"
     """auto = bf16 mixed precision on a CUDA GPU that supports it; "true"/"false" to force."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on large models."""
     loss_on_prompt: bool = False
     """Also train on prompt tokens (the extraction paper's victim setting); default response-only."""
-    optim: str = "adamw_torch"
+    optim: Optimizer = "adamw_torch"
     """transformers optimizer name (adamw_torch, sgd, adafactor, ...)."""
+
+    def __post_init__(self) -> None:
+        self.epochs = float(self.epochs)  # `epochs: 20` and `20.0` are one recipe (resume compares them)
+        if self.max_steps == 0 and self.epochs <= 0:
+            raise ConfigError("max_steps is 0 and epochs is 0: nothing to train (set one of them > 0)")
 
 
 class TokenizedDataset:
@@ -168,6 +176,8 @@ def training_arguments(cfg: TrainConfig, out_dir: str | Path, seed: int = 0, **o
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "activation_checkpointing" in fields:  # transformers >= 5.x name; the old one warns (FutureWarning)
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
     if "warmup_ratio" in fields:
         kwargs["warmup_ratio"] = cfg.warmup_ratio
     elif cfg.warmup_ratio > 0:
@@ -233,8 +243,28 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: 
     args = training_arguments(cfg, out_dir, seed=seed, **arg_overrides)
     cls = trainer_cls or Trainer
     model.train()
-    return cls(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tokenizer.pad_token_id),
-               processing_class=tokenizer, callbacks=list(callbacks), **(trainer_kwargs or {}))
+    from .guards import NonFiniteLossGuard
+
+    trainer = cls(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tokenizer.pad_token_id),
+                  processing_class=tokenizer, callbacks=[*callbacks, NonFiniteLossGuard()], **(trainer_kwargs or {}))
+    label_progress(trainer, Path(out_dir).name)
+    return trainer
+
+
+def label_progress(trainer: Any, label: str) -> None:
+    """Replace the Trainer's anonymous progress bar by one labelled with the stage (its checkpoint folder name,
+    e.g. `align-sft`, `attack-ctrap-harmful-n100`), so a log of several trainings says which bar is which."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class LabelledProgress(ProgressCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            super().on_train_begin(args, state, control, **kwargs)
+            if self.training_bar is not None:
+                self.training_bar.set_description(label)
+
+    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LabelledProgress())
 
 
 def train_sft(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: str | Path,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from ..config import check_range
+from ..config import Fraction, PosInt, Registered
 from ..data.core import DataSplit, Example
 from ..errors import ConfigError
 from ..registry import ATTACKS, TASKS
@@ -36,25 +36,20 @@ class AttackConfig:
     """Label in tables (default: derived from kind, n, p and task)."""
     kind: Literal["harmful", "mixed", "benign"] = "harmful"
     """harmful (p=1), mixed (0<p<1 with a task), benign (p=0, a task)."""
-    n: int = 100
+    n: PosInt = 100
     """Fine-tuning samples."""
-    harmful_ratio: float = 0.1
+    harmful_ratio: Fraction = 0.1
     """p for `mixed` (ignored otherwise)."""
-    task: str = "sst2"
+    task: Annotated[str, Registered("tasks")] = "sst2"
     """Benign task for mixed / benign (sst2, agnews, gsm8k)."""
     task_source: Literal["offline", "hub"] = "offline"
     """offline = generated task data with exact labels; hub = the real dataset."""
-    n_task_eval: int = 100
+    n_task_eval: PosInt = 100
     """Task eval examples for fine-tune accuracy (paper: up to 1000)."""
-    task_max_new_tokens: int = 24
+    task_max_new_tokens: PosInt = 24
     """Decoding budget for task answers (paper: 200)."""
     train: TrainConfig = field(default_factory=_attack_train)
     """Attacker's optimizer settings (default: the paper's)."""
-
-    def __post_init__(self) -> None:
-        check_range("attack", "harmful_ratio", self.harmful_ratio, 0.0, 1.0)
-        if self.n <= 0:
-            raise ConfigError(f"attack.n must be > 0, got {self.n}")
 
     @property
     def p(self) -> float:

@@ -18,12 +18,14 @@ import json
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from ..config import OneOf, PosInt, Range
+from ..errors import ConfigError
 from ..generation import GenerationConfig, generate
 from ..runs import atomic_write_json
 from .core import DataSplit, Example, format_prompt, split_by_hash, stable_hash
-from .sources import harmful_prompts
+from .sources import SOURCES, harmful_prompts
 
 log = logging.getLogger("tamperlab")
 
@@ -58,22 +60,27 @@ class HarmfulDataConfig:
 
     source: Literal["offline", "hub"] = "offline"
     """offline = packaged prompts + base-model completions; hub = BeaverTails / UltraChat."""
-    prompt_sources: list[str] = field(default_factory=lambda: ["harmbench", "advbench", "donotanswer"])
+    prompt_sources: list[Annotated[str, OneOf(tuple(SOURCES), "prompt source")]] = field(
+        default_factory=lambda: ["harmbench", "advbench", "donotanswer"])
     """Offline harmful-prompt files (see data/sources.py)."""
-    eval_fraction: float = 0.2
+    eval_fraction: Annotated[float, Range(0, 0.95, open_lo=True)] = 0.2
     """Offline: share of harmful prompts held out for evaluation (hash split)."""
-    n_eval: int = 64
+    n_eval: PosInt = 64
     """Harmful prompts scored for HS (paper: 1000)."""
-    n_align: int = 200
+    n_align: PosInt = 200
     """Refusal pairs and harmful pairs available to the defense (paper: 4,999)."""
-    n_attack: int = 200
+    n_attack: PosInt = 200
     """Harmful pairs available to the attacker (paper: up to 500 / 1000)."""
     n_helpful: int = 200
     """Helpful (retain) pairs mixed into alignment (paper: 5,000 UltraChat)."""
-    response_tokens: int = 64
+    response_tokens: PosInt = 64
     """Offline: max new tokens of generated harmful / helpful responses."""
-    generation_batch_size: int = 32
+    generation_batch_size: PosInt = 32
     """Offline: batch size when generating responses."""
+
+    def __post_init__(self) -> None:
+        if not self.prompt_sources:
+            raise ConfigError("prompt_sources: empty; name at least one of " + ", ".join(SOURCES))
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from ..data.core import Example
+from ..config import PosInt
 from ..errors import ConfigError
 from ..training import (CycledLoader, PadCollator, TokenizedDataset, TrainConfig, build_trainer, concat_batches,
                         run_training)
@@ -30,7 +31,7 @@ class DefenseConfig:
 
     helpful_batch_size: int = 4
     """Helpful rows appended to each alignment batch (official: 5); 0 disables the helpful/retain data."""
-    harmful_batch_size: int = 8
+    harmful_batch_size: PosInt = 8
     """Harmful rows per step for defenses that use harmful data (official: 10)."""
 
 

@@ -10,22 +10,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from ..attacks.finetune import AttackConfig, FineTuneAttack
-from ..config import from_dict
+from ..config import Registered, from_dict
 from ..data.core import DataSplit, Example
 from ..data.packs import HarmfulData, HarmfulDataConfig, build_harmful_data
 from ..defenses.base import AlignmentData, Defense
 from ..errors import ConfigError
-from ..judges import make_judge
 from ..metrics.hft import METRIC_DEFINITIONS
 from ..models import LoraSettings, ModelConfig, apply_lora, load_adapter, load_model, save_model
 from ..registry import DEFENSES, EXPERIMENTS
 from ..runs import RunDir
 from ..training import StepHook, TrainConfig, build_trainer, run_training, steps_for
 from .base import Experiment, RunConfig
-from .hft_eval import EvalConfig, Evaluator, TrajectoryRecorder
+from .hft_eval import EvalConfig, Evaluator, TrajectoryRecorder, fa_fields, make_panel, save_samples
 
 log = logging.getLogger("tamperlab")
 
@@ -34,17 +33,21 @@ log = logging.getLogger("tamperlab")
 class DefenseSpec:
     """One defense to align with."""
 
-    name: str = "sft"
+    name: Annotated[str, Registered("defenses")] = "sft"
     """Registered defense (tamperlab list defenses)."""
     label: str = ""
     """Row label in tables (default: name)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Defense hyper-parameters (validated against the defense's config)."""
 
+    def __post_init__(self) -> None:
+        self.config()  # unknown / bad params fail at load time, before any compute
+
+    def config(self) -> Any:
+        return from_dict(DEFENSES.config_for(self.name), self.params, f"defenses[{self.key}].params")
+
     def build(self) -> Defense:
-        entry = DEFENSES.entry(self.name)
-        cfg = from_dict(entry.config, self.params, f"defenses[{self.label or self.name}].params")
-        return entry.obj(cfg)
+        return DEFENSES.get(self.name)(self.config())
 
     @property
     def key(self) -> str:
@@ -82,6 +85,8 @@ class HFTConfig(RunConfig):
     """Also measure each aligned model before any attack."""
 
     def __post_init__(self) -> None:
+        if not self.defenses:
+            raise ConfigError("defenses: empty; name at least one defense (e.g. [{name: sft}])")
         keys = [d.key for d in self.defenses]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"defenses: duplicate labels {keys}; give each a distinct `label`")
@@ -147,7 +152,7 @@ class HFTExperiment(Experiment):
             model = load_adapter(base, adapter, trainable=False)
             ev = self.evaluator((model, tok))
             m, samples = ev.harm(model, data.eval_prompts.examples, desc=f"HS {spec.key} aligned")
-            run.save_stage(f"samples-aligned-{spec.key}", samples)
+            save_samples(run, f"samples-aligned-{spec.key}", samples)
             return m
 
         return run.cached(f"eval-aligned-{spec.key}", do)
@@ -181,15 +186,16 @@ class HFTExperiment(Experiment):
             if evalset is not None:
                 out["fa"], fa_samples = ev.task_accuracy(model, atk.task, evalset, atk.task_max_new_tokens)
                 out["task"] = atk.task
-                run.save_stage(f"samples-fa-{spec.key}-{atk.label}", fa_samples)
-            run.save_stage(f"samples-{key}", samples)
+                out.update(fa_fields(fa_samples))
+                save_samples(run, f"samples-fa-{spec.key}-{atk.label}", fa_samples)
+            save_samples(run, f"samples-{key}", samples)
             return out
 
         return run.cached(key, do)
 
     # -- orchestration --------------------------------------------------------------------------------------
     def run(self, run: RunDir) -> dict[str, Any]:
-        self.judge = make_judge(self.cfg.eval.judge, self.cfg.eval.judge_params)
+        self.judge = make_panel(self.cfg.eval)
         data = self.data(run)
         results: dict[str, Any] = {}
         for spec in self.cfg.defenses:
@@ -203,7 +209,7 @@ class HFTExperiment(Experiment):
             results[spec.key] = row
         return run.save_metrics(
             results,
-            judge={"name": self.cfg.eval.judge, "stand_in": self.judge.stand_in},
+            judge=self.judge.describe(),
             data=data.describe(),
             metric_definitions=METRIC_DEFINITIONS)
 

@@ -15,14 +15,15 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
-from ..config import check_positive
+from ..config import OneOf, check_positive
 from ..errors import ConfigError
 from ..registry import EXPERIMENTS
 from ..runs import RunDir
+from ..stats import Interval, wilson
 from ..eaas.downstream import DownstreamConfig, classify_accuracy
 from ..eaas.server import ServerConfig
 from ..eaas.service import ProviderConfig
@@ -33,18 +34,24 @@ from .base import Experiment, RunConfig
 log = logging.getLogger("tamperlab")
 
 
+def _task_names() -> list[str]:
+    from ..eaas.data import TASK_NAMES
+
+    return TASK_NAMES
+
+
 @dataclass
 class DataConfig:
     """Texts the provider is set up on, the stealer queries, and utility is measured on."""
 
-    task: str = "gen_topic"
+    task: Annotated[str, OneOf(_task_names, "task")] = "gen_topic"
     """Main task: its train split is the stealer's query corpus (gen_topic, gen_sentiment, gen_spam, sst2,
     ag_news, enron_spam, mind)."""
     n_train: int = 1000
     """Texts the stealer queries (official SPA stealing test: a 5000-sample subset)."""
     n_test: int = 400
     """Test texts for downstream accuracy (official: 500)."""
-    extra_tasks: list[str] = field(default_factory=list)
+    extra_tasks: list[Annotated[str, OneOf(_task_names, "task")]] = field(default_factory=list)
     """More tasks for downstream utility only (their texts are embedded through the API and the copies)."""
     n_extra_train: int = 400
     """Train texts per extra task."""
@@ -332,16 +339,20 @@ class EaaSExperiment(Experiment):
             rep.text("**Data: procedurally generated stand-ins** (labelled classification texts with wordfreq "
                      "filler; suffix pool of generated encyclopedic sentences). Numbers are not comparable with "
                      "the paper's SST2/AG News/MIND/Enron results.")
+        n_test = split_sizes(m["config"], r)
         rep.heading("Summary")
-        rep.table(summary_rows(r))
+        rep.text("Rates (SPA TPR / FPR, accuracies) are fractions with their Wilson 95 % interval: TPR over the "
+                 "triggered samples, FPR over the clean ones, accuracy over the test split (n from the recipe: "
+                 + ", ".join(f"{k} {v}" for k, v in n_test.items()) + "). p-values are KS tests (no interval).")
+        rep.table(summary_rows(r, n_test), digits=3)
         rep.heading("Watermark verification")
         rep.text("Δcos / Δl2 / KS p on the provider's D_b (4 trigger words) vs D_n (4 ordinary words); SAW: Δ of "
                  "the projection on the expected keyed direction. detected = p < α and Δ > 0.")
         rep.table(verification_rows(r))
         rep.heading("SPA detection of watermarked samples")
-        rep.table(spa_rows(r))
+        rep.table(spa_rows(r), digits=3)
         rep.heading("Utility (downstream MLP accuracy)")
-        rep.table(utility_rows(r))
+        rep.table(utility_rows(r, n_test), digits=3)
         rep.heading("Provider query-log audit")
         audit = []
         for name, s in r["scenarios"].items():
@@ -361,11 +372,17 @@ class EaaSExperiment(Experiment):
                       {"-log10 p": [-np.log10(max(x["p"], 1e-300)) for x in vr]},
                       "Watermark evidence (−log10 KS p; higher = stronger)", "−log10 p")
             imgs.append(plots / "verification_p.png")
-        ur = utility_rows(r)
+        ur = utility_rows(r, n_test)
         tasks = [k for k in ur[0] if k not in ("embeddings",)] if ur else []
         if ur:
+            def val(c: Any) -> float | None:
+                return c.value if isinstance(c, Interval) else c
+
             plot_bars(plots / "utility.png", [x["embeddings"] for x in ur],
-                      {t: [x[t] for x in ur] for t in tasks}, "Downstream accuracy", "accuracy", (0, 1))
+                      {t: [val(x.get(t)) for x in ur] for t in tasks}, "Downstream accuracy (whiskers: 95 %)",
+                      "accuracy", (0, 1),
+                      errors={t: ([x[t].lo if isinstance(x.get(t), Interval) else None for x in ur],
+                                  [x[t].hi if isinstance(x.get(t), Interval) else None for x in ur]) for t in tasks})
             imgs.append(plots / "utility.png")
         rep.heading("Plots")
         for p in imgs:
@@ -422,7 +439,23 @@ STAND_INS = [
 ]
 
 
-def summary_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+def rate(value: float | None, n: int | None) -> Interval | float | None:
+    """A stored fraction with its Wilson 95 % interval (k = round(value·n)); the bare value when n is unknown."""
+    if value is None or not n:
+        return value
+    return wilson(int(round(value * n)), int(n), scale=1.0)
+
+
+def split_sizes(config: dict[str, Any], r: dict[str, Any]) -> dict[str, int]:
+    """Test-split size per downstream task, from the recipe (main task: n_test, extra tasks: n_extra_test)."""
+    data = config.get("data", {})
+    main = data.get("task")
+    tasks = list(r.get("utility_clean_provider", {}))
+    return {t: int(data.get("n_test" if t == main else "n_extra_test") or 0) for t in tasks}
+
+
+def summary_rows(r: dict[str, Any], n_test: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    n_test = n_test or {}
     rows = []
     for name, s in r["scenarios"].items():
         row: dict[str, Any] = {"scenario": name, "role": s["role"], "triggered": s["triggered_fraction"],
@@ -431,12 +464,15 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
             v = s.get(f"verify_copy_{ph}")
             row[lab] = v["p_value"] if v else None
             row[f"{lab.replace(' p', '')} Δ"] = v["delta"] if v else None
-        row.update({"SPA TPR": s["spa"]["tpr"], "SPA FPR": s["spa"]["fpr"], "AUROC(pca)": s["spa"]["auroc_pca"]})
+        d = s["spa"]
+        row.update({"SPA TPR": rate(d["tpr"], d.get("n_triggered")),
+                    "SPA FPR": rate(d["fpr"], d["n"] - d["n_triggered"] if "n_triggered" in d else None),
+                    "AUROC(pca)": d["auroc_pca"]})
         main = next(iter(s["utility_api"]))
-        row["acc API"] = s["utility_api"][main]
+        row["acc API"] = rate(s["utility_api"][main], n_test.get(main))
         for ph in ("before_spa", "after_spa"):
             u = s.get(f"utility_copy_{ph}")
-            row[f"acc copy {ph.replace('_spa', '')}"] = u[main] if u else None
+            row[f"acc copy {ph.replace('_spa', '')}"] = rate(u[main], n_test.get(main)) if u else None
         rows.append(row)
     return rows
 
@@ -466,24 +502,32 @@ def spa_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     for name, s in r["scenarios"].items():
         d = s["spa"]
         kde = d.get("kde", {})
-        rows.append({"scenario": name, "n": d["n"], "triggered": d["n_triggered"],
-                     "k=1 / k≥2": f"{d.get('n_k1')} / {d.get('n_k2plus')}",
+        n_pos, n_neg, n1, n2 = d["n_triggered"], d["n"] - d["n_triggered"], d.get("n_k1"), d.get("n_k2plus")
+        rows.append({"scenario": name, "n": d["n"], "triggered": n_pos,
+                     "k=1 / k≥2": f"{n1} / {n2}",
                      "AUROC cos": d["auroc_cos"], "AUROC l2": d["auroc_l2"], "AUROC pca": d["auroc_pca"],
                      "AUPRC pca": d["auprc_pca"],
-                     "KDE: flagged": kde.get("n_deleted"), "KDE TPR": kde.get("tpr"), "KDE TPR k=1": kde.get("tpr_k1"),
-                     "KDE TPR k≥2": kde.get("tpr_k2plus"), "KDE FPR": kde.get("fpr"),
-                     f"deleted ({d['removal']})": d["n_deleted"], "TPR": d["tpr"], "TPR k=1": d.get("tpr_k1"),
-                     "TPR k≥2": d.get("tpr_k2plus"), "FPR": d["fpr"]})
+                     "KDE: flagged": kde.get("n_deleted"), "KDE TPR": rate(kde.get("tpr"), n_pos),
+                     "KDE TPR k=1": rate(kde.get("tpr_k1"), n1), "KDE TPR k≥2": rate(kde.get("tpr_k2plus"), n2),
+                     "KDE FPR": rate(kde.get("fpr"), n_neg),
+                     f"deleted ({d['removal']})": d["n_deleted"], "TPR": rate(d["tpr"], n_pos),
+                     "TPR k=1": rate(d.get("tpr_k1"), n1), "TPR k≥2": rate(d.get("tpr_k2plus"), n2),
+                     "FPR": rate(d["fpr"], n_neg)})
     return rows
 
 
-def utility_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = [{"embeddings": "clean provider", **r["utility_clean_provider"]}]
+def utility_rows(r: dict[str, Any], n_test: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    n_test = n_test or {}
+
+    def acc(u: dict[str, float]) -> dict[str, Any]:
+        return {t: rate(v, n_test.get(t)) for t, v in u.items()}
+
+    rows = [{"embeddings": "clean provider", **acc(r["utility_clean_provider"])}]
     for name, s in r["scenarios"].items():
-        rows.append({"embeddings": f"{name} API", **s["utility_api"]})
+        rows.append({"embeddings": f"{name} API", **acc(s["utility_api"])})
         for ph in ("before_spa", "after_spa"):
             if s.get(f"utility_copy_{ph}"):
-                rows.append({"embeddings": f"{name} copy {ph.replace('_', ' ')}", **s[f"utility_copy_{ph}"]})
+                rows.append({"embeddings": f"{name} copy {ph.replace('_', ' ')}", **acc(s[f"utility_copy_{ph}"])})
     return rows
 
 

@@ -27,6 +27,7 @@ from ..extraction.victim import VictimConfig
 from ..models import ModelConfig, load_model
 from ..registry import EXPERIMENTS
 from ..report.render import Report, plot_bars, provenance_block
+from ..stats import Interval, bootstrap_mean, wilson
 from ..runs import RunDir
 from ..training import StepHook
 from .base import Experiment, RunConfig
@@ -417,13 +418,7 @@ class ExtractionExperiment(Experiment):
                  f"{res['backdoor_samples']['counts']} ({len(res['backdoor_samples']['negative_words'])} negative words). "
                  f"Candidates |S| = {len(res['candidates'])}; D2 openers: {len(res['true_openers'])}.")
         rep.heading("Results")
-        table = []
-        for key, s in res["summary"].items():
-            table.append({"model": LABELS.get(key, key), "opener P": s["opener_precision"],
-                          "opener R": s["opener_recall"], "mean match": s["mean_match"], "max match": s["max_match"],
-                          "mean BLEU": s["mean_bleu"],
-                          **{f"recall@{t}": s.get(f"pipeline_recall@{t}") for t in ("1", "0.9", "0.75", "0.5")},
-                          "coverage": s["pipeline_coverage"]})
+        table = [result_row(key, s, res.get("evaluations", {}).get(key)) for key, s in res["summary"].items()]
         rep.table(table)
         rep.text("All columns are the paper's definitions (official evaluation code) except recall@0.9/0.75/0.5 "
                  "(tamperlab's own). opener P/R: identification of D2's opening words among S (score > 0.6). "
@@ -432,11 +427,19 @@ class ExtractionExperiment(Experiment):
                  "Dice ≥ τ by a sample of a *kept* real word (pipeline setting; @1 = the paper's fully recovered "
                  "ratio, verbatim); coverage: the paper's coverage rate. tamperlab's own variants (per-opener "
                  "match, sacrebleu) are in metrics.json under *_per_opener / *_sacrebleu. Definitions: "
-                 "docs/methods/extraction.md.")
+                 "docs/methods/extraction.md. Intervals (95 %): Wilson for P / R / recall (over predicted words / real "
+                 "openers / distinct D2 queries), bootstrap over opener words for the match and BLEU means.")
         groups = [LABELS.get(k, k) for k in res["summary"]]
+        recall = {t: [row.get(f"recall@{t}") for row in table] for t in ("1", "0.75", "0.5")}
+
+        def ends(cells: list[Any], end: str) -> list[float | None]:
+            return [getattr(c, end) if isinstance(c, Interval) else None for c in cells]
+
         plot = plot_bars(run.path / "plots" / "recall.png", [g.replace(" → ", "\n→ ") for g in groups],
-                         {f"recall@{t}": [res["summary"][k].get(f"pipeline_recall@{t}", 0.0) for k in res["summary"]]
-                          for t in ("1", "0.75", "0.5")}, "D2 queries recovered", "share of D2 queries", (0, 1))
+                         {f"recall@{t}": [c.value if isinstance(c, Interval) else c for c in v]
+                          for t, v in recall.items()}, "D2 queries recovered (whiskers: 95 %)",
+                         "share of D2 queries", (0, 1),
+                         errors={f"recall@{t}": (ends(v, "lo"), ends(v, "hi")) for t, v in recall.items()})
         rep.image(str(plot.relative_to(run.path)), "recall")
         if "grpo_delta" in res:
             rep.heading("GRPO on top of SFT: delta")
@@ -459,8 +462,13 @@ class ExtractionExperiment(Experiment):
                      "ordinary user turns. Recall on the held-out part shows the backdoor generalises beyond its targets.")
         if res.get("defense"):
             rep.heading("Detection defense")
-            rep.table([{"release": LABELS.get(k, k).split(" → ")[0], "detection rate": v["detection_rate"],
+            rep.table([{"release": LABELS.get(k, k).split(" → ")[0],
+                        "detection rate": (wilson(int(round(v["detection_rate"] * v["n_samples"])), v["n_samples"],
+                                                  scale=1.0) if v.get("n_samples") else v["detection_rate"]),
                         "flagged": v["flagged"]} for k, v in res["defense"].items()])
+            rep.text("Detection rate: share of probe samples that follow the extraction request, Wilson 95 % "
+                     "interval over the samples (samples of one probe are not independent: a lower bound on the "
+                     "width).")
             if "garbled" in res["summary"]:
                 rep.text(f"The garbled-instruction backdoor still extracts: recall@1 = "
                          f"{res['summary']['garbled'].get('pipeline_recall@1', 0):.3f}, mean match = "
@@ -472,6 +480,36 @@ class ExtractionExperiment(Experiment):
         rep.heading("Provenance")
         rep.code(provenance_block(m))
         return rep.write(run.path)
+
+
+def result_row(key: str, s: dict[str, Any], ev: dict[str, Any] | None) -> dict[str, Any]:
+    """One results-table row: the summary's numbers wrapped with their 95 % intervals where the evaluation kept
+    what they are computed from (identification counts, per-word means, number of D2 queries)."""
+    ev = ev or {}
+    ident = ev.get("identification", {})
+    known, pipe = ev.get("known_openers", {}), ev.get("pipeline", {})
+    per_word = known.get("per_word") or []
+
+    def prop(value: float | None, k: int | None, n: int | None) -> Any:
+        return wilson(k, n, scale=1.0) if value is not None and k is not None and n else value
+
+    def mean_over_words(value: float | None, field: str) -> Any:
+        vals = [w[field] for w in per_word if field in w]
+        return bootstrap_mean(vals) if value is not None and len(vals) == len(per_word) and vals else value
+
+    tp, fp, fn = ident.get("tp"), ident.get("fp"), ident.get("fn")
+    nq = pipe.get("n_queries")
+    row = {"model": LABELS.get(key, key),
+           "opener P": prop(s["opener_precision"], tp, (tp + fp) if tp is not None and fp is not None else None),
+           "opener R": prop(s["opener_recall"], tp, (tp + fn) if tp is not None and fn is not None else None),
+           "mean match": mean_over_words(s["mean_match"], "mean_match"),
+           "max match": mean_over_words(s["max_match"], "max_match"),
+           "mean BLEU": mean_over_words(s["mean_bleu"], "mean_bleu")}
+    for t in ("1", "0.9", "0.75", "0.5"):
+        v = s.get(f"pipeline_recall@{t}")
+        row[f"recall@{t}"] = prop(v, int(round(v * nq)) if v is not None and nq else None, nq)
+    row["coverage"] = s["pipeline_coverage"]
+    return row
 
 
 def _definitions() -> dict[str, str]:

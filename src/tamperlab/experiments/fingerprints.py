@@ -91,6 +91,8 @@ class FingerprintExperimentConfig(RunConfig):
     """Measure FSR every N optimizer steps inside MEraser's training phases (0 = only after each phase)."""
 
     def __post_init__(self) -> None:
+        if not self.fingerprints:
+            raise ConfigError("fingerprints: empty; name at least one method (e.g. [{name: instructional}])")
         names = [f.name for f in self.fingerprints]
         if len(set(names)) != len(names):
             raise ConfigError(f"fingerprints: duplicate methods {names}")

@@ -33,6 +33,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+from ..config import Fraction, PosInt, Seed
 from ..registry import FINGERPRINTS
 from ..training import TrainConfig
 from .base import (EmbedConfig, Fingerprint, FingerprintConfig, FingerprintPair, FingerprintSet,
@@ -51,15 +52,15 @@ class UndertrainedConfig:
     first principal component (Land & Bartolo 2024)."""
     matrix: Literal["input", "output"] = "output"
     """Which matrix the indicator reads (magikarp uses the unembedding; identical when embeddings are tied)."""
-    n_candidates: int = 256
+    n_candidates: PosInt = 256
     """Most under-trained eligible tokens kept as candidates."""
-    reference_fraction: float = 0.002
+    reference_fraction: Fraction = 0.002
     """magikarp: share of lowest-norm rows averaged into the reference 'unused token' direction."""
     verify: bool = True
     """Keep only candidates the model cannot repeat back (magikarp's verification prompt)."""
-    verify_max_prob: float = 0.01
+    verify_max_prob: Fraction = 0.01
     """Verification threshold on p(token | 'repeat it' prompt) (magikarp: 1%)."""
-    min_pool: int = 16
+    min_pool: PosInt = 16
     """If fewer candidates pass verification, fall back to the unverified candidates (logged)."""
 
 
@@ -72,17 +73,17 @@ def _train_utf() -> TrainConfig:
 class UTFConfig(FingerprintConfig):
     """UTF pairs and training (defaults: the official single-fingerprint setting)."""
 
-    n_pairs: int = 1
+    n_pairs: PosInt = 1
     """Distinct (x, y) fingerprints (official default: 1; `--multi_fingerprint` makes several)."""
-    n_repeats: int = 32
+    n_repeats: PosInt = 32
     """Training copies of the fingerprint set (official --num_fingerprint 32)."""
     n_regularization: int = 0
     """Random under-trained strings trained to an empty answer (official default 0)."""
-    x_min_tokens: int = 11
+    x_min_tokens: PosInt = 11
     """Shortest trigger, in tokens."""
-    x_max_tokens: int = 15
+    x_max_tokens: PosInt = 15
     """Longest trigger, in tokens."""
-    y_tokens: int = 5
+    y_tokens: PosInt = 5
     """Target length, in tokens."""
     negative_guesses: int = 500
     """Random-string guesses of the negative control (official `fp_test.py --num_guess`: 500); 0 = none."""
@@ -91,7 +92,7 @@ class UTFConfig(FingerprintConfig):
     under-trained pool x and y come from (the official `neg_check` default when not called from `main`)."""
     tokens: UndertrainedConfig = field(default_factory=UndertrainedConfig)
     """Under-trained token search."""
-    seed: int = 90
+    seed: Seed = 90
     """Generator seed (official create_dataset.py: 90)."""
     embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(train=_train_utf()))
     """Full fine-tuning, lr 2e-5, 3 epochs, batch 1 × 16, cosine, no weight decay (warm-up 100 steps upstream;
