@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Sequence
 
 from ..data.core import Example
 from ..errors import ConfigError
+from .objectives import global_token_ce
 from ..training import (CycledLoader, PadCollator, TokenizedDataset, TrainConfig, build_trainer, concat_batches,
                         run_training)
 
@@ -98,7 +99,7 @@ class Defense:
         """Default: SFT on the retain (alignment ∪ helpful) batch."""
         device = inputs["input_ids"].device
         retain = trainer.retain_batch(inputs, device)
-        loss = model(**retain).loss
+        loss = global_token_ce(model, retain)
         trainer.backward(loss)
         return loss
 

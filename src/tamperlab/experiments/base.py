@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 from ..config import apply_overrides, from_dict, load_yaml, to_dict
 from ..errors import ConfigError
 from ..registry import EXPERIMENTS
-from ..runs import RunDir
+from .. import distributed
+from ..runs import RunDir, RunLock
 
 log = logging.getLogger("tamperlab")
 
@@ -97,13 +98,20 @@ def execute(exp: Experiment, resume: bool = False, force: bool = False) -> RunDi
     """Run an experiment into its run directory and write its report."""
     kind = getattr(exp, "kind", None) or next(e.name for e in EXPERIMENTS if e.obj is type(exp))
     cfg_dict = {"experiment": kind, **to_dict(exp.cfg)}
-    run = RunDir.create(Path(exp.cfg.output_dir) / exp.cfg.name, cfg_dict, resume=resume, force=force)
-    seed_everything(exp.cfg.seed)
-    log.info("run %s → %s", kind, run.path)
-    exp.run(run)
-    paths = exp.report(run)
-    for p in paths:
-        log.info("report: %s", p)
+    path = Path(exp.cfg.output_dir) / exp.cfg.name
+    # The lock is taken before the directory is touched: a second process (or --force) must not write or delete
+    # a live run. Multi-process launches: only the main process locks, creates, writes and reports; all ranks
+    # compute (tamperlab.distributed).
+    with RunLock(path):
+        run = RunDir.create(path, cfg_dict, resume=resume, force=force)
+        seed_everything(exp.cfg.seed)
+        log.info("run %s → %s", kind, run.path)
+        exp.run(run)
+        distributed.barrier()
+        if distributed.is_main_process():
+            for p in exp.report(run):
+                log.info("report: %s", p)
+        distributed.barrier()
     return run
 
 
