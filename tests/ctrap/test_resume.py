@@ -62,3 +62,41 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
     assert hs1 == hs2
     for k in t1:
         assert t1[k] == pytest.approx(t2[k], rel=1e-5, abs=1e-6), k
+    # train_loss covers the whole stage, not only the steps after the resume
+    assert align["train_loss"] == pytest.approx(clean.load_stage("align-ctrap")["train_loss"], rel=1e-6)
+
+
+def test_resume_skips_checkpoint_cut_by_a_kill(tmp_path, monkeypatch):
+    """A kill while checkpoint-4 was being written (folder there, trainer_state.json missing or cut) must not
+    make the run unresumable: the newest complete checkpoint is used and the broken one removed."""
+    from tamperlab.training import last_checkpoint
+
+    clean = execute(load_recipe(recipe(tmp_path, "clean")))
+    original = CTRAPDefense.step
+    calls = {"n": 0}
+
+    def killed_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(CTRAPDefense, "step", killed_step)
+    with pytest.raises(KeyboardInterrupt):
+        execute(load_recipe(recipe(tmp_path, "killed")))
+    monkeypatch.setattr(CTRAPDefense, "step", original)
+    ckdir = tmp_path / "killed" / "checkpoints" / "align-ctrap"
+    good = ckdir / "checkpoint-2"
+    # what a SIGKILL during the save of step 3 leaves: weights written, trainer state cut mid-file
+    broken = ckdir / "checkpoint-3"
+    broken.mkdir()
+    (broken / "adapter_model.safetensors").write_bytes((good / "adapter_model.safetensors").read_bytes()[:100])
+    (broken / "trainer_state.json").write_text('{"global_step": 3, "log_hist')
+    (ckdir / "checkpoint-4").mkdir()  # a save that got no further than the folder
+    (tmp_path / "killed" / "stages" / ".align-ctrap.json.abc123.tmp").write_text("{")  # a cut atomic write
+    assert last_checkpoint(ckdir) == str(good)
+    assert not broken.exists() and not (ckdir / "checkpoint-4").exists()
+    resumed = execute(load_recipe(recipe(tmp_path, "killed")), resume=True)
+    assert not list((tmp_path / "killed").rglob(".*.tmp"))
+    a, b = clean.load_stage("align-ctrap"), resumed.load_stage("align-ctrap")
+    assert b["resumed_from"].endswith("checkpoint-2") and b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)
