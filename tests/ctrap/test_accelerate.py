@@ -15,7 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_ctrap_steps.py"
-CONFIG = ROOT / "src" / "tamperlab" / "accelerate_configs" / "cpu_2proc.yaml"
+# scripts/gpu_check.sh points this at multi_gpu.yaml to run the same comparison on 2 GPUs.
+CONFIG = Path(os.environ.get("TAMPERLAB_DDP_CONFIG",
+                             ROOT / "src" / "tamperlab" / "accelerate_configs" / "cpu_2proc.yaml"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
@@ -49,7 +51,8 @@ def _run(cmd, out):
 def test_two_processes_equal_one(tmp_path, trained_model):
     model_dir, pre = trained_model
     one = _run([sys.executable, str(SCRIPT), str(tmp_path / "one.json"), str(model_dir), "4"], tmp_path / "one.json")
-    two = _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), str(SCRIPT),
+    two = _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
+                "--num_processes", "2", "--mixed_precision", "no", str(SCRIPT),
                 str(tmp_path / "two.json"), str(model_dir), "2"], tmp_path / "two.json")
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert abs(two["checksums"][0] - two["checksums"][1]) < 1e-9, two["checksums"]  # replicas identical

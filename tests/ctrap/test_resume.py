@@ -100,3 +100,27 @@ def test_resume_skips_checkpoint_cut_by_a_kill(tmp_path, monkeypatch):
     assert not list((tmp_path / "killed").rglob(".*.tmp"))
     a, b = clean.load_stage("align-ctrap"), resumed.load_stage("align-ctrap")
     assert b["resumed_from"].endswith("checkpoint-2") and b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)
+
+
+def test_kill_loop_small(tmp_path):
+    """scripts/kill_loop.py in small: SIGKILL a real CLI run twice at random moments, resume it each time; the
+    final metrics.json equals an uninterrupted run's (train_loss included) and no temporaries are left."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "scripts"))
+    import kill_loop
+
+    small = yaml.safe_load((root / "tests" / "fixtures" / "tiny_ctrap.yaml").read_text())
+    small["defenses"] = small["defenses"][1:]  # CTRAP only
+    small["evaluate_aligned"] = False
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(small))
+    s = kill_loop.main(["--recipe", str(path), "--out", str(tmp_path / "kl"), "--kills", "2", "--per-episode", "2",
+                        "--seed", "1"])
+    assert s["kills"] == 2
+    assert s["episodes_identical"] == s["episodes"] >= 1
+    assert s["train_loss_equal"] == s["episodes"] and s["temporaries_left"] == 0

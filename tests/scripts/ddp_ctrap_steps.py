@@ -52,7 +52,8 @@ def _weights(model) -> torch.Tensor:
 def main(out: str, model_dir: str, batch: int) -> None:
     work = Path(out).parent / f"work-{Path(out).stem}"
     data = _data(16)
-    train = TrainConfig(learning_rate=2e-3, max_steps=STEPS, batch_size=batch, save_steps=1000, logging_steps=1)
+    train = TrainConfig(learning_rate=2e-3, max_steps=STEPS, batch_size=batch, save_steps=1000, logging_steps=1,
+                        bf16="false")
     lora = LoraSettings(r=4, alpha=8)
     result: dict = {"world_size": distributed.launched_world_size(), "stages": {}}
     final: dict[str, torch.Tensor] = {}

@@ -40,6 +40,7 @@ class BoosterDefense(Defense):
     paper = ("Huang et al., Booster: Tackling Harmful Fine-tuning for Large Language Models via Attenuating "
              "Harmful Perturbation, ICLR 2025, arXiv 2409.01586")
     passes_per_step = 3
+    lookahead = True
     cfg: BoosterConfig
 
     def step(self, trainer: AlignmentTrainer, model: Any, raw: Any, inputs: dict[str, Any]) -> Any:

@@ -38,6 +38,7 @@ class CTRAPDefense(Defense):
     uses_harmful = True
     paper = "Yi et al., CTRAP: Embedding Collapse Trap to Safeguard LLMs from Harmful Fine-Tuning, arXiv 2505.16559"
     passes_per_step = 3
+    lookahead = True
     cfg: CTRAPConfig
 
     def step(self, trainer: AlignmentTrainer, model: Any, raw: Any, inputs: dict[str, Any]) -> Any:
