@@ -85,11 +85,15 @@ def _stage_of(run: Path) -> str:
     return f"after {done[-1]}" if done else "data"
 
 
-def _writing_checkpoint(run: Path) -> bool:
-    for c in (run / "checkpoints").glob("*/checkpoint-*"):
-        if c.is_dir() and not (c / "trainer_state.json").exists():
-            return True
-    return False
+def _incomplete_checkpoints(run: Path) -> set[Path]:
+    return {c for c in (run / "checkpoints").glob("*/checkpoint-*")
+            if c.is_dir() and not (c / "trainer_state.json").exists()}
+
+
+def _writing_checkpoint(run: Path, stale: set[Path]) -> bool:
+    """A checkpoint folder without its trainer_state.json that this process started (not one a previous kill left,
+    which the resume deletes)."""
+    return bool(_incomplete_checkpoints(run) - stale)
 
 
 def run_episode(recipe: Path, out: Path, name: str, cache: Path, t_ref: float, rng: random.Random,
@@ -104,9 +108,10 @@ def run_episode(recipe: Path, out: Path, name: str, cache: Path, t_ref: float, r
         # A resumed run has less left to do than the reference: draw within 70% of its time so most draws land.
         delay = rng.uniform(1.0, 0.7 * t_ref) if kills < budget else float("inf")
         t0, killed, at_save = time.time(), False, False
+        stale = _incomplete_checkpoints(run)
         while proc.poll() is None:
-            if time.time() - t0 >= delay or (aim_save and _writing_checkpoint(run)):
-                at_save = _writing_checkpoint(run)
+            if time.time() - t0 >= delay or (aim_save and _writing_checkpoint(run, stale)):
+                at_save = _writing_checkpoint(run, stale)
                 stage = _stage_of(run)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
