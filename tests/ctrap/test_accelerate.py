@@ -71,3 +71,36 @@ def test_two_processes_equal_one(tmp_path, trained_model):
         assert diff < 1e-4, stage
     # the stages actually trained: the attack moved the CTRAP adapter
     assert max(abs(x - y) for x, y in zip(one["adapters"]["ctrap"], one["adapters"]["attack"])) > 1e-4
+
+
+def test_auxiliary_loader_shards_equal_the_single_process_batch(tokenizer):
+    """CycledLoader: the rows ranks 0 and 1 draw at batch b are, together, the rows 1 process draws at batch 2b,
+    for every step k (through epoch boundaries); the rank is read at the first batch, not at construction."""
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    from ddp_ctrap_steps import _data
+
+    from tamperlab.training import CycledLoader, PadCollator, TokenizedDataset
+
+    ds = TokenizedDataset(tokenizer, list(_data(10).helpful))
+    coll = PadCollator(tokenizer.pad_token_id)
+
+    def rows(loader, k):
+        b = loader.batch(k)
+        return sorted(tuple(r[m.bool()].tolist()) for r, m in zip(b["input_ids"], b["attention_mask"]))
+
+    one = CycledLoader(ds, 4, coll, seed=3)
+    ranks = [CycledLoader(ds, 2, coll, seed=3) for _ in range(2)]
+    assert one._shard is None  # nothing read at construction
+    for r, loader in enumerate(ranks):
+        loader._shard = (r, 2)  # what rank r of 2 reads at its first batch
+    for k in range(7):
+        assert rows(one, k) == sorted(rows(ranks[0], k) + rows(ranks[1], k)), k
+        assert not set(rows(ranks[0], k)) & set(rows(ranks[1], k))
+
+
+def test_shard_and_gather_single_process_is_the_function():
+    from tamperlab.distributed import shard_and_gather
+
+    assert shard_and_gather(list(range(5)), lambda xs: [x * x for x in xs]) == [0, 1, 4, 9, 16]
