@@ -102,6 +102,7 @@ def test_resume_skips_checkpoint_cut_by_a_kill(tmp_path, monkeypatch):
     assert b["resumed_from"].endswith("checkpoint-2") and b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)
 
 
+@pytest.mark.slow  # four full CLI runs as subprocesses: ≈3.5 min on the loaded 2-core machine
 def test_kill_loop_small(tmp_path):
     """scripts/kill_loop.py in small: SIGKILL a real CLI run twice at random moments, resume it each time; the
     final metrics.json equals an uninterrupted run's (train_loss included) and no temporaries are left."""
