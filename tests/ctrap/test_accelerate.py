@@ -104,3 +104,26 @@ def test_shard_and_gather_single_process_is_the_function():
     from tamperlab.distributed import shard_and_gather
 
     assert shard_and_gather(list(range(5)), lambda xs: [x * x for x in xs]) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.slow  # a full 2-process CLI run: ≈1.5 min on the loaded 2-core machine
+def test_readme_command_on_a_fresh_directory(tmp_path):
+    """`accelerate launch --config_file cpu_2proc.yaml -m tamperlab.cli run RECIPE` on a fresh directory: rank 0
+    creates and writes the run, rank 1 waits and computes its shards — one run_start (world size 2), every stage
+    once, one metrics.json and report, files 0644."""
+    recipe = ROOT / "tests" / "fixtures" / "tiny_ctrap.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG), "-m", "tamperlab.cli",
+           "run", str(recipe), "--output-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run = tmp_path / "tiny_ctrap"
+    events = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    starts = [e for e in events if e["event"] == "run_start"]
+    assert len(starts) == 1 and starts[0]["world_size"] == 2
+    stages = [e["stage"] for e in events if e["event"] == "stage_done"]
+    assert len(stages) == len(set(stages)) == 7  # data, 2 × (align, eval-aligned, attack)
+    assert sum(e["event"] == "metrics_written" for e in events) == 1
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m["results"]) == {"sft", "ctrap"}
+    for f in ("config.yaml", "metrics.json", "report.md", "log.jsonl"):
+        assert (run / f).stat().st_mode & 0o777 == 0o644, f
