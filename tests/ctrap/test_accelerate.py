@@ -125,5 +125,7 @@ def test_readme_command_on_a_fresh_directory(tmp_path):
     assert sum(e["event"] == "metrics_written" for e in events) == 1
     m = json.loads((run / "metrics.json").read_text())
     assert set(m["results"]) == {"sft", "ctrap"}
+    mask = os.umask(0)
+    os.umask(mask)
     for f in ("config.yaml", "metrics.json", "report.md", "log.jsonl"):
-        assert (run / f).stat().st_mode & 0o777 == 0o644, f
+        assert (run / f).stat().st_mode & 0o777 == 0o666 & ~mask, f  # 0644 under the usual umask
