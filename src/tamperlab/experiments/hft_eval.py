@@ -17,7 +17,6 @@ from typing import Annotated, Any, Sequence
 
 from ..data.core import DataSplit, Example, format_example, format_prompt
 from ..defenses.base import relabel_all, trap_token_id
-from ..distributed import shard_and_gather
 from ..generation import GenerationConfig, generate
 from ..config import PosInt, Registered, from_dict
 from ..errors import ConfigError
@@ -138,21 +137,6 @@ def save_samples(run: RunDir, key: str, samples: Sequence[dict[str, Any]]) -> No
                       "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
 
 
-class ShardedJudge:
-    """A judge whose `judge` is shared across the ranks of a multi-process launch: each rank rates its shard of
-    the (question, answer) pairs and every rank receives all verdicts. Single process: the judge itself."""
-
-    def __init__(self, judge: Judge):
-        self.inner = judge
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def judge(self, questions: Sequence[str], answers: Sequence[str]) -> list:
-        return shard_and_gather(list(zip(questions, answers)),
-                                lambda pairs: self.inner.judge([q for q, _ in pairs], [a for _, a in pairs]))
-
-
 @dataclass
 class Evaluator:
     model_tok: tuple[Any, Any]
@@ -160,10 +144,6 @@ class Evaluator:
     cfg: EvalConfig
     fmt: str = "auto"
     max_length: int = 256
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.judge, ShardedJudge):  # generation is sharded in generate(); judging here
-            self.judge = ShardedJudge(self.judge)  # type: ignore[assignment]
 
     @property
     def tok(self) -> Any:
