@@ -98,7 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .eaas.server import serve_recipe  # the EaaS subsystem
 
-    return serve_recipe(args.recipe, host=args.host, port=args.port, overrides=args.set)
+    return serve_recipe(args.recipe, host=args.host, port=args.port, overrides=args.set, workers=args.workers)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("recipe")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=None,
+                   help="server processes behind the port (default: the recipe's server.workers, 1)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_serve)
     return p

@@ -43,12 +43,24 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], cfg: Generation
     """Generate continuations of already-formatted prompt strings.
 
     Returns one string per prompt, or a list of `num_return_sequences` strings per prompt when that is > 1.
+    Under a multi-process launch every rank must call this with the same prompts: each generates its shard and
+    all receive every answer (tamperlab.distributed.shard_and_gather). Sampling draws from each rank's own
+    seeded stream, so sampled answers depend on the number of processes; greedy ones do not (up to batch
+    padding).
     """
-    import torch
+    from .distributed import is_main_process, shard_and_gather
 
     cfg = cfg or GenerationConfig()
     if not prompts:
         return []
+    return shard_and_gather(list(prompts), lambda shard: _generate_local(
+        model, tokenizer, shard, cfg, desc, progress and is_main_process()))
+
+
+def _generate_local(model: Any, tokenizer: Any, prompts: Sequence[str], cfg: GenerationConfig, desc: str,
+                    progress: bool) -> list[Any]:
+    import torch
+
     n_ret = cfg.num_return_sequences if cfg.do_sample else 1
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(enc[i]))

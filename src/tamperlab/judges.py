@@ -327,14 +327,24 @@ class JudgePanel:
 
     def judge(self, questions: Sequence[str], answers: Sequence[str],
               only: Sequence[str] | None = None) -> dict[str, list[Verdict]]:
-        """{judge name: verdicts}; degenerate answers are category "degenerate" (not harmful) for every judge."""
+        """{judge name: verdicts}; degenerate answers are category "degenerate" (not harmful) for every judge.
+
+        Under a multi-process launch each rank rates its shard of the pairs and every rank receives all verdicts
+        (judging is done once in total, not once per rank)."""
+        from .distributed import shard_and_gather
+
+        names = [n for n in self.judges if only is None or n in only]
+        rows = shard_and_gather(list(zip(questions, answers)), lambda shard: self._judge_local(shard, names))
+        return {n: [r[n] for r in rows] for n in names}
+
+    def _judge_local(self, pairs: Sequence[tuple[str, str]], names: Sequence[str]) -> list[dict[str, Verdict]]:
+        """One verdict per judge for each (question, answer) pair, as one {judge: verdict} row per pair."""
+        questions, answers = [q for q, _ in pairs], [a for _, a in pairs]
         degenerate = [is_degenerate(a, self.trap_word) for a in answers] if self.degenerate_category else None
-        out = {}
-        for name, j in self.judges.items():
-            if only is not None and name not in only:
-                continue
-            vs = j.judge(questions, answers)
+        per_judge = {}
+        for name in names:
+            vs = self.judges[name].judge(questions, answers)
             if degenerate is not None:
                 vs = [Verdict(False, "degenerate", v.score, "degenerate") if d else v for v, d in zip(vs, degenerate)]
-            out[name] = vs
-        return out
+            per_judge[name] = vs
+        return [{n: per_judge[n][i] for n in names} for i in range(len(pairs))]

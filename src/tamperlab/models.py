@@ -370,7 +370,11 @@ def load_adapter(model: Any, adapter_dir: str | Path, trainable: bool = True) ->
 
 def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
     """Save weights (or the LoRA adapter, for a peft model) as safetensors, atomically via a temp folder."""
+    from .distributed import is_main_process
+
     out = Path(out_dir)
+    if not is_main_process():  # multi-process launch: the main process writes, the other ranks hold the same weights
+        return out
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 from ..config import RunName, Seed, apply_overrides, check_size, from_dict, load_yaml, parse_yaml, resolve_path, to_dict
 from ..errors import ConfigError, TamperlabError
 from ..registry import EXPERIMENTS
-from ..runs import RunDir
+from .. import distributed
+from ..runs import RunDir, RunLock
 
 log = logging.getLogger("tamperlab")
 
@@ -137,13 +138,20 @@ def execute(exp: Experiment, resume: bool = False, force: bool = False) -> RunDi
     kind = getattr(exp, "kind", None) or next(e.name for e in EXPERIMENTS if e.obj is type(exp))
     check_output_location(exp.cfg)
     cfg_dict = {"experiment": kind, **to_dict(exp.cfg)}
-    run = RunDir.create(Path(exp.cfg.output_dir) / exp.cfg.name, cfg_dict, resume=resume, force=force)
-    seed_everything(exp.cfg.seed)
-    log.info("run %s → %s", kind, run.path)
-    exp.run(run)
-    paths = exp.report(run)
-    for p in paths:
-        log.info("report: %s", p)
+    path = Path(exp.cfg.output_dir) / exp.cfg.name
+    # The lock is taken before the directory is touched: a second process (or --force) must not write or delete
+    # a live run. Multi-process launches: only the main process locks, creates, writes and reports; all ranks
+    # compute (tamperlab.distributed).
+    with RunLock(path):
+        run = RunDir.create(path, cfg_dict, resume=resume, force=force)
+        seed_everything(exp.cfg.seed)
+        log.info("run %s → %s", kind, run.path)
+        exp.run(run)
+        distributed.barrier()
+        if distributed.is_main_process():
+            for p in exp.report(run):
+                log.info("report: %s", p)
+        distributed.barrier()
     return run
 
 

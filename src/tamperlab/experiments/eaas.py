@@ -239,7 +239,7 @@ class EaaSExperiment(Experiment):
             keys = resolve_key_secrets(cfg.server, state_dir)
             if "stealer" not in keys:
                 raise ConfigError("server.keys must include a key named 'stealer' (the demo's customer)")
-            qlog = QueryLog(state_dir / cfg.server.query_log, log_texts=cfg.server.log_texts)
+            qlog = QueryLog(state_dir / cfg.server.query_log, retention=cfg.server.retention)
             app = create_app(service, cfg.server, keys, qlog)
             res: dict[str, Any] = {"watermark": sc.watermark, "role": sc.role,
                                    "triggers": list(getattr(wm, "triggers", []))}
