@@ -294,8 +294,12 @@ def _eaas_results() -> dict:
            "embmarker_api": {"gen_topic": stats.rate_record(32, n)},
            "embmarker_copy_before_spa": {"gen_topic": stats.rate_record(30, n)},
            "embmarker_copy_after_spa": {"gen_topic": stats.rate_record(28, n)}}
+    # copy after SPA: 3 test texts it gets wrong that the copy before SPA got right, 1 the other way round
+    before_ok = [1] * 30 + [0] * 10
+    after_ok = [0] * 3 + [1] * 27 + [1] + [0] * 9
+    flags = {"embmarker_copy_before_spa": {"gen_topic": before_ok}, "embmarker_copy_after_spa": {"gen_topic": after_ok}}
     return {"scenarios": {"embmarker": sc}, "utility_clean_provider": {"gen_topic": 34 / n},
-            "utility_intervals": ivs, "data_is_generated": True}
+            "utility_intervals": ivs, "utility_flags": flags, "data_is_generated": True}
 
 
 def test_spa_records_are_wilson_on_hand_counts():
@@ -319,6 +323,9 @@ def test_eaas_paired_tests_hand_computed():
     # exact McNemar p = 2·(1/2)^8; among the clean ones 1 vs 0: p = 1
     assert row["TPR: fraction − KDE"] == f"+0.800 (p={2 / 2 ** 8:.2g})"
     assert row["FPR: fraction − KDE"] == "+0.100 (p=1) n.s."
+    # accuracy after vs before SPA on the same 40 test texts: b = 1, c = 3 →
+    # exact p = 2·P(Binom(4, ½) ≤ 1) = 10/16
+    assert row["acc gen_topic: after − before SPA"] == f"-0.050 (p={10 / 16:.2g}) n.s."
     s = r["scenarios"]["embmarker"]
     db = np.subtract(s["verify_copy_before_spa"]["scores_backdoor"], s["verify_copy_after_spa"]["scores_backdoor"])
     dn = np.subtract(s["verify_copy_before_spa"]["scores_benign"], s["verify_copy_after_spa"]["scores_benign"])
@@ -335,7 +342,8 @@ def test_eaas_report_new_and_old_metrics_show_the_same_intervals(tmp_path):
     from tamperlab.experiments.eaas import EaaSConfig, EaaSExperiment
 
     res = _eaas_results()
-    old = strip(res, {"intervals", "utility_intervals", "flags", "texts_sha", "deleted", "delta_interval",
+    old = strip(res, {"intervals", "utility_intervals", "utility_flags", "flags", "texts_sha", "deleted",
+                      "delta_interval",
                       "delta_l2_interval", "scores_backdoor", "scores_benign"})
     cfg = {"experiment": "eaas", "data": {"task": "gen_topic", "n_test": 40}}
     exp = EaaSExperiment(EaaSConfig())

@@ -25,7 +25,7 @@ from ..registry import EXPERIMENTS
 from ..runs import RunDir
 from ..report.cells import Comparison
 from ..stats import Interval, bits, bootstrap_diff, digest, holm, mcnemar_test, rate_record, stored_interval
-from ..eaas.downstream import DownstreamConfig, classify_accuracy
+from ..eaas.downstream import DownstreamConfig, classify_correct
 from ..eaas.server import ServerConfig
 from ..eaas.service import ProviderConfig
 from ..eaas.spa import SPAConfig
@@ -206,21 +206,29 @@ class EaaSExperiment(Experiment):
         y_tr, y_te = np.array(train.labels), np.array(test.labels)
         n_test = {cfg.data.task: len(test.labels), **{t: len(v[1].labels) for t, v in extras.items()}}
         acc_intervals: dict[str, dict[str, Any]] = {}
-        results["utility_intervals"] = acc_intervals
+        acc_flags: dict[str, dict[str, list[int]]] = {}
+        results.update(utility_intervals=acc_intervals, utility_flags=acc_flags, utility_texts_sha={
+            cfg.data.task: digest(test.texts), **{t: digest(v[1].texts) for t, v in extras.items()}})
 
         def utility(encode_train: Any, encode_test: Any, key: str) -> dict[str, float]:
             """Downstream accuracy of one embedding source on the main task and the extra tasks (its Wilson
-            intervals go to results["utility_intervals"][key]; accuracy = correct / n, so k is exact)."""
-            def compute() -> dict[str, float]:
-                acc = {cfg.data.task: classify_accuracy(encode_train(train.texts, "main_train"), y_tr,
-                                                        encode_test(test.texts, "main_test"), y_te,
-                                                        cfg.downstream, cfg.seed)}
+            intervals go to results["utility_intervals"][key], its per-test-text 0/1 correctness to
+            results["utility_flags"][key]; accuracy = correct / n, so k is exact)."""
+            def compute() -> dict[str, dict[str, Any]]:
+                def one(x_tr: Any, labels_tr: Any, x_te: Any, labels_te: Any) -> dict[str, Any]:
+                    ok = classify_correct(x_tr, np.asarray(labels_tr), x_te, np.asarray(labels_te),
+                                          cfg.downstream, cfg.seed)
+                    return {"acc": float(ok.mean()), "correct": bits(ok)}
+                out = {cfg.data.task: one(encode_train(train.texts, "main_train"), y_tr,
+                                          encode_test(test.texts, "main_test"), y_te)}
                 for name, (etr, ete) in extras.items():
-                    acc[name] = classify_accuracy(encode_train(etr.texts, f"{name}_train"), np.array(etr.labels),
-                                                  encode_test(ete.texts, f"{name}_test"), np.array(ete.labels),
-                                                  cfg.downstream, cfg.seed)
-                return acc
-            acc = run.cached(f"utility_{key}", compute)
+                    out[name] = one(encode_train(etr.texts, f"{name}_train"), etr.labels,
+                                    encode_test(ete.texts, f"{name}_test"), ete.labels)
+                return out
+            cached = run.cached(f"utility_{key}", compute)
+            # stage caches written before the flags were kept hold the bare accuracy
+            acc = {t: v["acc"] if isinstance(v, dict) else v for t, v in cached.items()}
+            acc_flags[key] = {t: v["correct"] for t, v in cached.items() if isinstance(v, dict)}
             acc_intervals[key] = {t: rate_record(int(round(v * n_test[t])), n_test[t]) for t, v in acc.items()}
             return acc
 
@@ -370,8 +378,9 @@ class EaaSExperiment(Experiment):
                      "copy lost against the copy trained on the full stolen set, verified on the same D_b / D_n "
                      "sentences — two-sample bootstrap of the per-sentence differences. `TPR / FPR: <rule> − KDE`: "
                      "the deletion that fed the copy against the paper's KDE rule on the same texts, exact McNemar "
-                     "on the per-text deleted flags among triggered / clean texts. p is Holm-adjusted within each "
-                     "column; **n.s.** = not significant at 5 %.")
+                     "on the per-text deleted flags among triggered / clean texts. `acc <task>: after − before "
+                     "SPA`: the copy's downstream accuracy, exact McNemar on the per-text correctness on the same test texts. "
+                     "p is Holm-adjusted within each column; **n.s.** = not significant at 5 %.")
             rep.table(paired)
         rep.heading("Utility (downstream MLP accuracy)")
         rep.table(utility_rows(r, n_test), digits=3)
@@ -587,7 +596,9 @@ def paired_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
       of Δ (the watermark evidence), a two-sample bootstrap of the per-sentence differences (before − after) on
       D_b against those on D_n;
     * the deletion that fed the copy vs the paper's KDE rule, on the same texts: exact McNemar on the per-text
-      deleted flags, among the triggered texts (TPR) and among the clean ones (FPR).
+      deleted flags, among the triggered texts (TPR) and among the clean ones (FPR);
+    * the copy's downstream accuracy after vs before SPA, per task, on the same test texts: exact McNemar on the
+      per-text correctness flags.
 
     Empty for results written before the per-sentence / per-text values were stored."""
     cols: dict[str, list[Comparison]] = {}
@@ -606,6 +617,12 @@ def paired_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
             for col, m in ((f"TPR: {d['removal']} − KDE", triggered), (f"FPR: {d['removal']} − KDE", ~triggered)):
                 if m.any():
                     cols.setdefault(col, []).append(Comparison(name, "kde", col, mcnemar_test(rule[m], kde[m], 1.0)))
+        flags = r.get("utility_flags", {})
+        before, after = flags.get(f"{name}_copy_before_spa", {}), flags.get(f"{name}_copy_after_spa", {})
+        for task, ok_after in after.items():
+            if len(before.get(task, [])) == len(ok_after) > 0:
+                col = f"acc {task}: after − before SPA"
+                cols.setdefault(col, []).append(Comparison(name, name, col, mcnemar_test(ok_after, before[task], 1.0)))
     rows: dict[str, dict[str, Any]] = {}
     for col, comps in cols.items():
         for c, p in zip(comps, holm([c.test.p for c in comps])):
