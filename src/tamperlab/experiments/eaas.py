@@ -379,7 +379,8 @@ class EaaSExperiment(Experiment):
                      "sentences — two-sample bootstrap of the per-sentence differences. `TPR / FPR: <rule> − KDE`: "
                      "the deletion that fed the copy against the paper's KDE rule on the same texts, exact McNemar "
                      "on the per-text deleted flags among triggered / clean texts. `acc <task>: after − before "
-                     "SPA`: the copy's downstream accuracy, exact McNemar on the per-text correctness on the same test texts. "
+                     "SPA`: the copy's downstream accuracy, exact McNemar on the per-text correctness on the same "
+                     "test texts. "
                      "p is Holm-adjusted within each column; **n.s.** = not significant at 5 %.")
             rep.table(paired)
         rep.heading("Utility (downstream MLP accuracy)")
