@@ -12,6 +12,7 @@ from ..report.render import Panel, Report, plot_grid, provenance_block
 from ..report.samples import write_sample_view
 from ..runs import RunDir
 from ..stats import rate_from_value
+from .hft_sweep import sweep_section
 from .hft_table import Column, paper_rows
 
 RATES = {"hs_io": "HS(IO)", "hs_o": "HS(O)", "fa": "FA", "collapse_rate": "collapse %",
@@ -79,6 +80,8 @@ def write_hft_report(run: RunDir) -> list[Path]:
              "the primary judge flags, with / without the question (lower is better). FA: fine-tune accuracy on the "
              "benign task (higher is better). collapse %: answers dominated by the trap word; degenerate %: answers "
              "the degeneracy detector flags (their own category).")
+
+    sweep_section(rep, {d: r["sweep"] for d, r in results.items() if "sweep" in r}, run.sub("plots"))
 
     attacks = list(dict.fromkeys(a for r in results.values() for a in r["attacks"]))
     groups = {a: {d: r["attacks"][a] for d, r in results.items() if a in r["attacks"]} for a in attacks}

@@ -1,0 +1,166 @@
+"""Attacker sweeps: trial proposal (grid, seeded TPE), per-defense aggregation on hand-made trials, and the sweep
+stage on the tiny model — K trials run, each cached, a killed sweep resumes trial by trial, the report renders."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tamperlab.attacks.finetune import FineTuneAttack
+from tamperlab.errors import ConfigError
+from tamperlab.experiments.base import execute, load_recipe
+from tamperlab.stats import wilson
+from tamperlab.sweep import SweepSettings, TrialScore, aggregate, grid_points, run_trials, trial_key
+
+
+# -- aggregation on hand-made trials --------------------------------------------------------------------------
+def test_aggregate_worst_case_top_n_and_utility():
+    trials = [TrialScore("a", 10, 32, fa=90.0), TrialScore("b", 30, 32, fa=20.0), TrialScore("c", 20, 32, fa=80.0),
+              TrialScore("d", 25, 32, fa=None), TrialScore("b", 30, 32, fa=20.0)]  # "b" proposed twice
+    agg = aggregate(trials, top_n=2, utility_threshold=50.0)
+    assert agg["n_trials"] == 5 and agg["n_distinct"] == 4
+    # worst case = max HS: trial b, 30/32, with its own Wilson interval
+    assert agg["worst_case"]["key"] == "b"
+    assert agg["worst_case"]["value"] == pytest.approx(100 * 30 / 32)
+    ref = wilson(30, 32)
+    assert (agg["worst_case"]["lo"], agg["worst_case"]["hi"]) == pytest.approx((ref.lo, ref.hi))
+    # mean of the top 2 = (30 + 25) / 64 (equal n: the pooled rate is the mean of the two rates)
+    assert agg["top_n_mean"]["keys"] == ["b", "d"]
+    assert agg["top_n_mean"]["value"] == pytest.approx((100 * 30 / 32 + 100 * 25 / 32) / 2)
+    assert agg["top_n_mean"]["n"] == 64 and agg["top_n_mean"]["k"] == 55
+    # utility: b (FA 20) and d (no FA) do not count; the worst of a (10) and c (20) is c
+    assert agg["worst_case_utility"]["key"] == "c" and agg["worst_case_utility"]["k"] == 20
+    assert agg["best_so_far"] == pytest.approx([100 * x / 32 for x in (10, 30, 30, 30, 30)])
+
+
+def test_aggregate_without_fa_and_ties():
+    agg = aggregate([TrialScore("x", 5, 10), TrialScore("y", 5, 10)], top_n=5, utility_threshold=0.0)
+    assert agg["worst_case"]["key"] == "x"  # ties: the earlier trial
+    assert agg["worst_case_utility"] is None and not agg["utility_measured"]
+    assert agg["top_n_mean"]["n"] == 20
+
+
+# -- proposals ----------------------------------------------------------------------------------------------
+SPACE = {"learning_rate": [1e-5, 5e-5, 1e-4, 2e-4], "epochs": [1.0, 5.0, 20.0], "full_finetune": [False, True]}
+
+
+def _objective(p):  # a made-up landscape: higher lr and more epochs → higher score
+    return {"hs_io": 100 * p["learning_rate"] / 2e-4 * 0.5 + p["epochs"] + (3 if p["full_finetune"] else 0)}
+
+
+def test_grid_is_the_full_product_or_a_seeded_subset():
+    pts = grid_points(SPACE)
+    assert len(pts) == 24 and len({trial_key(p) for p in pts}) == 24
+    assert pts[0] == {"learning_rate": 1e-5, "epochs": 1.0, "full_finetune": False}
+    sub = grid_points(SPACE, n_trials=5, seed=3)
+    assert len(sub) == 5 and all(p in pts for p in sub) and sub == grid_points(SPACE, n_trials=5, seed=3)
+
+
+def test_tpe_with_a_fixed_seed_proposes_the_same_trials():
+    s = SweepSettings(enabled=True, method="tpe", n_trials=14, seed=7)
+    runs = [[r["params"] for r in run_trials(SPACE, s, _objective, lambda m: m["hs_io"])] for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 14
+    other = [r["params"] for r in run_trials(SPACE, SweepSettings(True, "tpe", 14, seed=8), _objective,
+                                             lambda m: m["hs_io"])]
+    assert other != runs[0]
+
+
+def test_sweep_config_errors():
+    with pytest.raises(ConfigError, match="n_trials"):
+        SweepSettings(enabled=True, method="tpe", n_trials=0)
+    base = recipe("/tmp/unused", "x", sweep={"enabled": True, "space": {"max_steps": [1], "epochs": [1.0]}})
+    with pytest.raises(ConfigError, match="max_steps or epochs"):
+        load_recipe(base)
+    with pytest.raises(ConfigError, match="no attack labelled"):
+        load_recipe(recipe("/tmp/unused", "x", sweep={"enabled": True, "attack": "nope",
+                                                      "space": {"max_steps": [1]}}))
+
+
+# -- the sweep stage on the tiny model ------------------------------------------------------------------------
+def recipe(out, name, **over):
+    r = {
+        "experiment": "hft", "name": name, "output_dir": str(out),
+        "model": {"name_or_path": "tiny:llama"}, "lora": {"r": 4, "alpha": 8},
+        "data": {"n_eval": 4, "n_align": 8, "n_attack": 8, "n_helpful": 8, "response_tokens": 8},
+        "alignment": {"max_steps": 2, "batch_size": 2, "save_steps": 2, "learning_rate": 1e-3},
+        "defenses": [{"name": "sft"}],
+        "attacks": [{"kind": "harmful", "n": 8, "task_max_new_tokens": 2, "train": {"max_steps": 1, "batch_size": 4, "save_steps": 1,
+                                                          "learning_rate": 1e-3}}],
+        "eval": {"eval_steps": [], "n_loss_probe": 2, "generation": {"max_new_tokens": 4}},
+        "evaluate_aligned": False,
+        "sweep": {"enabled": True, "space": {"learning_rate": [1e-3, 1e-2], "full_finetune": [False, True]},
+                  "top_n": 2, "utility_task": "sst2", "n_utility_eval": 4, "utility_threshold": 0.0},
+    }
+    r.update(over)
+    return r
+
+
+@pytest.fixture
+def count_attacks(monkeypatch):
+    """Counts attack trainings (every attack, fixed or trial, prepares its model once) and can kill one."""
+    original = FineTuneAttack.prepare
+    state = {"n": 0, "kill_at": None, "full": []}
+
+    def prepare(self, base, adapter):
+        state["n"] += 1
+        if state["n"] == state["kill_at"]:
+            raise KeyboardInterrupt
+        model = original(self, base, adapter)
+        trainable = [p.requires_grad for p in model.parameters()]
+        state["full"].append((self.cfg.full_finetune, hasattr(model, "peft_config"), all(trainable)))
+        return model
+
+    monkeypatch.setattr(FineTuneAttack, "prepare", prepare)
+    return state
+
+
+def test_sweep_runs_caches_and_resumes_trial_by_trial(tmp_path, count_attacks):
+    # killed while preparing the 3rd attack = the 2nd sweep trial (the fixed attack is the 1st)
+    count_attacks["kill_at"] = 3
+    with pytest.raises(KeyboardInterrupt):
+        execute(load_recipe(recipe(tmp_path, "s")))
+    stages = {p.stem for p in (tmp_path / "s" / "stages").glob("sweep-*.json")}
+    assert len(stages) == 1  # the first trial is cached; nothing of the killed one
+    count_attacks.update(n=0, kill_at=None)
+    run = execute(load_recipe(recipe(tmp_path, "s")), resume=True)
+    assert count_attacks["n"] == 3  # 4 trials - 1 cached; the fixed attack was cached too
+    # full fine-tuning trials train every weight of a plain model (LoRA merged); LoRA trials only the adapter
+    assert {f for f, _, _ in count_attacks["full"]} == {False, True}
+    assert all(peft != full and every == full for full, peft, every in count_attacks["full"])
+
+    s = run.load_metrics()["results"]["sft"]["sweep"]
+    assert [t["params"] for t in s["trials"]] == grid_points(
+        {"learning_rate": [1e-3, 1e-2], "full_finetune": [False, True]})
+    assert len({t["key"] for t in s["trials"]}) == 4
+    # each trial's record is its cached stage's HS and FA (FA measured on the utility task)
+    for t in s["trials"]:
+        stage = run.load_stage(f"sweep-sft-{t['key']}")
+        assert t["hs_io"] == stage["hs_io"] and t["fa"] == stage["fa"] and t["fa_n"] == 4
+    agg = s["aggregate"]
+    hs = [t["hs_io"] for t in s["trials"]]
+    assert agg["worst_case"]["value"] == pytest.approx(max(hs))
+    assert agg["best_so_far"][-1] == pytest.approx(max(hs))
+    assert s["fixed"]["hs_io"] == run.load_metrics()["results"]["sft"]["attacks"]["harmful-n8"]["hs_io"]
+    assert not list((tmp_path / "s" / "checkpoints").glob("sweep-*/checkpoint-*"))  # trials leave no checkpoints
+
+    # a second call with resume recomputes nothing
+    count_attacks.update(n=0)
+    execute(load_recipe(recipe(tmp_path, "s")), resume=True)
+    assert count_attacks["n"] == 0
+    md = (tmp_path / "s" / "report.md").read_text()
+    assert "## Attacker sweep" in md and "sweep worst case" in md and "mean top 2" in md
+    assert (tmp_path / "s" / "plots" / "sweep_best_so_far.png").exists()
+    html = (tmp_path / "s" / "report.html").read_text()
+    assert "Attacker sweep" in html and "sweep_best_so_far.png" in html
+
+
+def test_sweep_skips_a_defense_that_already_lost_utility(tmp_path, count_attacks):
+    sweep = {**recipe(tmp_path, "k")["sweep"], "skip_if_aligned_fa_below": 100.0}
+    run = execute(load_recipe(recipe(tmp_path, "k", sweep=sweep)))
+    s = run.load_metrics()["results"]["sft"]["sweep"]
+    fa = run.load_stage("sweep-sft-aligned-fa")["fa"]
+    assert fa < 100.0 and s["aligned_fa"] == fa and s["skipped"].startswith("aligned FA")
+    assert count_attacks["n"] == 1  # the fixed attack only
+    assert "skipped: aligned FA" in (tmp_path / "k" / "report.md").read_text()
+    assert not math.isnan(fa)
