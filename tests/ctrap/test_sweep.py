@@ -85,12 +85,13 @@ def recipe(out, name, **over):
         "data": {"n_eval": 4, "n_align": 8, "n_attack": 8, "n_helpful": 8, "response_tokens": 8},
         "alignment": {"max_steps": 2, "batch_size": 2, "save_steps": 2, "learning_rate": 1e-3},
         "defenses": [{"name": "sft"}],
-        "attacks": [{"kind": "harmful", "n": 8, "task_max_new_tokens": 2, "train": {"max_steps": 1, "batch_size": 4, "save_steps": 1,
+        "attacks": [{"kind": "harmful", "n": 8, "train": {"max_steps": 1, "batch_size": 4, "save_steps": 1,
                                                           "learning_rate": 1e-3}}],
         "eval": {"eval_steps": [], "n_loss_probe": 2, "generation": {"max_new_tokens": 4}},
         "evaluate_aligned": False,
         "sweep": {"enabled": True, "space": {"learning_rate": [1e-3, 1e-2], "full_finetune": [False, True]},
-                  "top_n": 2, "utility_task": "sst2", "n_utility_eval": 4, "utility_threshold": 0.0},
+                  "n_trials": 3, "top_n": 2, "utility_task": "sst2", "n_utility_eval": 4, "utility_max_new_tokens": 2,
+                  "utility_threshold": 0.0},
     }
     r.update(over)
     return r
@@ -124,15 +125,16 @@ def test_sweep_runs_caches_and_resumes_trial_by_trial(tmp_path, count_attacks):
     assert len(stages) == 1  # the first trial is cached; nothing of the killed one
     count_attacks.update(n=0, kill_at=None)
     run = execute(load_recipe(recipe(tmp_path, "s")), resume=True)
-    assert count_attacks["n"] == 3  # 4 trials - 1 cached; the fixed attack was cached too
-    # full fine-tuning trials train every weight of a plain model (LoRA merged); LoRA trials only the adapter
+    assert count_attacks["n"] == 2  # 3 trials - 1 cached; the fixed attack was cached too
+    # 3 of the 4 grid points (any 3 hold both LoRA and full fine-tuning); full fine-tuning trials train every
+    # weight of a plain model (LoRA merged), LoRA trials only the adapter
     assert {f for f, _, _ in count_attacks["full"]} == {False, True}
     assert all(peft != full and every == full for full, peft, every in count_attacks["full"])
 
     s = run.load_metrics()["results"]["sft"]["sweep"]
     assert [t["params"] for t in s["trials"]] == grid_points(
-        {"learning_rate": [1e-3, 1e-2], "full_finetune": [False, True]})
-    assert len({t["key"] for t in s["trials"]}) == 4
+        {"learning_rate": [1e-3, 1e-2], "full_finetune": [False, True]}, n_trials=3, seed=0)
+    assert len({t["key"] for t in s["trials"]}) == 3
     # each trial's record is its cached stage's HS and FA (FA measured on the utility task)
     for t in s["trials"]:
         stage = run.load_stage(f"sweep-sft-{t['key']}")
@@ -156,11 +158,25 @@ def test_sweep_runs_caches_and_resumes_trial_by_trial(tmp_path, count_attacks):
 
 
 def test_sweep_skips_a_defense_that_already_lost_utility(tmp_path, count_attacks):
+    # the table experiment (ctrap_table) runs the same sweep stage and renders it in its own report
     sweep = {**recipe(tmp_path, "k")["sweep"], "skip_if_aligned_fa_below": 100.0}
-    run = execute(load_recipe(recipe(tmp_path, "k", sweep=sweep)))
-    s = run.load_metrics()["results"]["sft"]["sweep"]
+    run = execute(load_recipe(recipe(tmp_path, "k", sweep=sweep, experiment="ctrap_table")))
+    res = run.load_metrics()["results"]
+    s = res["per_seed"]["0"]["sft"]["sweep"]
+    assert res["seconds"]["sft"]["sweep"] > 0  # the aligned-FA stage counts as sweep time
     fa = run.load_stage("sweep-sft-aligned-fa")["fa"]
     assert fa < 100.0 and s["aligned_fa"] == fa and s["skipped"].startswith("aligned FA")
     assert count_attacks["n"] == 1  # the fixed attack only
     assert "skipped: aligned FA" in (tmp_path / "k" / "report.md").read_text()
     assert not math.isnan(fa)
+
+
+def test_gpu_table_recipe_carries_the_paper_scale_grid():
+    from tamperlab.experiments.base import RECIPES_DIR
+
+    cfg = load_recipe(RECIPES_DIR / "ctrap_table_full.yaml").cfg
+    dims = cfg.sweep.space.dims()
+    assert cfg.sweep.enabled and dims["learning_rate"] == [1e-5, 5e-5, 1e-4, 2e-4] and dims["epochs"] == [1, 5, 20]
+    assert dims["full_finetune"] == [False, True] and len(grid_points(dims)) == 48
+    trial = cfg.sweep.trial_attack(cfg.sweep.base_attack(cfg.attacks), grid_points(dims)[-1])
+    assert trial.train.max_steps == 0 and trial.train.epochs == 20 and trial.full_finetune and trial.measure_fa

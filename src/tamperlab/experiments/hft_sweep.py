@@ -11,7 +11,7 @@ import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
 from ..attacks.finetune import AttackConfig, FineTuneAttack
 from ..config import PosFloat, PosInt, Satisfies
@@ -77,6 +77,10 @@ class HFTSweepConfig(SweepSettings):
     harmful attack. A mixed / benign base attack always measures FA on its own task."""
     n_utility_eval: PosInt = 32
     """Task eval examples for that utility FA."""
+    utility_source: Literal["offline", "hub"] = "offline"
+    """offline = generated task data with exact labels; hub = the real dataset (GPU recipes)."""
+    utility_max_new_tokens: PosInt = 24
+    """Decoding budget for the utility task's answers."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,8 +113,9 @@ class HFTSweepConfig(SweepSettings):
         if base.uses_task:
             return base
         if self.utility_task:
-            return dataclasses.replace(base, task=self.utility_task, measure_fa=True,
-                                       n_task_eval=self.n_utility_eval)
+            return dataclasses.replace(base, task=self.utility_task, measure_fa=True, n_task_eval=self.n_utility_eval,
+                                       task_source=self.utility_source,
+                                       task_max_new_tokens=self.utility_max_new_tokens)
         return None
 
     def trial_attack(self, base: AttackConfig, params: dict[str, Any]) -> AttackConfig:
