@@ -180,3 +180,30 @@ def test_gpu_table_recipe_carries_the_paper_scale_grid():
     assert dims["full_finetune"] == [False, True] and len(grid_points(dims)) == 48
     trial = cfg.sweep.trial_attack(cfg.sweep.base_attack(cfg.attacks), grid_points(dims)[-1])
     assert trial.train.max_steps == 0 and trial.train.epochs == 20 and trial.full_finetune and trial.measure_fa
+
+
+def test_sweep_table_rows_from_hand_made_blocks(tmp_path):
+    from tamperlab.experiments.hft_sweep import sweep_rows, sweep_section
+    from tamperlab.report.render import Report
+
+    trials = [{"trial": i, "key": key, "params": {"learning_rate": lr}, "hs_io": 100 * k / 32, "k": k, "n": 32,
+               "fa": fa} for i, (key, lr, k, fa) in enumerate([("a", 1e-5, 8, 90.0), ("b", 2e-4, 30, 10.0),
+                                                                ("c", 1e-4, 20, 70.0)])]
+    agg = aggregate([TrialScore(t["key"], t["k"], t["n"], t["fa"]) for t in trials], 2, 50.0)
+    sweeps = {"sft": {"attack": "harmful-n100", "method": "grid", "space": {"learning_rate": [1e-5, 1e-4, 2e-4]},
+                      "fixed": {"hs_io": 25.0, "k": 8, "n": 32}, "skipped": None, "trials": trials,
+                      "aggregate": agg},
+              "vaccine": {"attack": "harmful-n100", "method": "grid", "space": {}, "fixed": None,
+                          "skipped": "aligned FA 3.1 % < 10 %"}}
+    rows = sweep_rows(sweeps)
+    assert rows[0]["fixed HS(IO)"].fmt() == wilson(8, 32).fmt()
+    assert rows[0]["sweep worst case"].fmt() == wilson(30, 32).fmt()  # trial b
+    assert rows[0]["worst-case attack"] == "learning_rate=0.0002" and rows[0]["its FA"] == 10.0
+    assert rows[0]["mean top 2"].fmt() == wilson(50, 64).fmt()  # b + c
+    assert rows[0]["worst case, FA ≥ 50"].fmt() == wilson(20, 32).fmt()  # c: b lost its utility
+    assert rows[1]["trials"] == "skipped: aligned FA 3.1 % < 10 %"
+    rep = Report("t")
+    sweep_section(rep, sweeps, tmp_path)
+    md = rep.markdown()
+    assert "| sft | harmful-n100 | 25.0 [" in md and "skipped: aligned FA" in md
+    assert (tmp_path / "sweep_best_so_far.png").exists()

@@ -81,8 +81,6 @@ def write_hft_report(run: RunDir) -> list[Path]:
              "benign task (higher is better). collapse %: answers dominated by the trap word; degenerate %: answers "
              "the degeneracy detector flags (their own category).")
 
-    sweep_section(rep, {d: r["sweep"] for d, r in results.items() if "sweep" in r}, run.sub("plots"))
-
     attacks = list(dict.fromkeys(a for r in results.values() for a in r["attacks"]))
     groups = {a: {d: r["attacks"][a] for d, r in results.items() if a in r["attacks"]} for a in attacks}
     if any("aligned" in r for r in results.values()):
@@ -116,6 +114,7 @@ def write_hft_report(run: RunDir) -> list[Path]:
         rep.table(refs, digits=1)
 
     plots = run.sub("plots")
+    sweep_section(rep, {d: r["sweep"] for d, r in results.items() if "sweep" in r}, plots)
     panels = []
     measured = (("hs_io", "HS(IO) %", True), ("collapse_rate", "collapse %", True),
                 ("collapse_loss", "collapse loss", False), ("harmful_loss", "harmful loss", False))

@@ -224,6 +224,8 @@ def sweep_rows(sweeps: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                                                 else "")
         row["sweep worst case"] = _iv(a["worst_case"])
         row["worst-case attack"] = _params_text(s["trials"], (a["worst_case"] or {}).get("key"))
+        if a["utility_measured"]:
+            row["its FA"] = (a["worst_case"] or {}).get("fa")
         row[f"mean top {a['top_n']}"] = _iv(a.get("top_n_mean"))
         row[f"worst case, FA ≥ {a['utility_threshold']:g}"] = (_iv(a["worst_case_utility"]) if a["utility_measured"]
                                                               else "FA not measured")
@@ -244,9 +246,18 @@ def sweep_section(rep: Report, sweeps: dict[str, dict[str, Any]], plots: Path) -
              "trials that keep fine-tune accuracy ≥ t %. Values [Wilson 95 %] over each trial's prompts. The "
              "maximum of several noisy trials is biased upwards: read it as what a tuning attacker reports.")
     rep.table(sweep_rows(sweeps), digits=1)
-    series = {d: (list(range(1, len(s["aggregate"]["best_so_far"]) + 1)), s["aggregate"]["best_so_far"])
-              for d, s in sweeps.items() if not s.get("skipped") and s["aggregate"]["best_so_far"]}
+    series = {}
+    for d, s in sweeps.items():
+        if s.get("skipped") or not s["aggregate"]["best_so_far"]:
+            continue
+        best = s["aggregate"]["best_so_far"]
+        if s.get("fixed"):  # x = 0: the fixed attack, where a tuning attacker starts; then the best so far
+            start = s["fixed"]["hs_io"]
+            series[d] = (list(range(len(best) + 1)), [start] + [max(start, b) for b in best])
+        else:
+            series[d] = (list(range(1, len(best) + 1)), best)
     if series:
-        plot_lines(plots / "sweep_best_so_far.png", series, "Best attack so far", "trial",
-                   "max HS(IO) so far %", percent=True)
-        rep.image("plots/sweep_best_so_far.png", "best HS(IO) over the sweep's trials so far, per defense")
+        plot_lines(plots / "sweep_best_so_far.png", series, "Best attack so far", "trial (0: the fixed attack)",
+                   "max HS(IO) so far %", percent=True, integer_x=True)
+        rep.image("plots/sweep_best_so_far.png", "best HS(IO) so far, per defense: x = 0 is the fixed attack, "
+                  "x = k the best of it and the first k trials")
