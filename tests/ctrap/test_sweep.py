@@ -207,3 +207,27 @@ def test_sweep_table_rows_from_hand_made_blocks(tmp_path):
     md = rep.markdown()
     assert "| sft | harmful-n100 | 25.0 [" in md and "skipped: aligned FA" in md
     assert (tmp_path / "sweep_best_so_far.png").exists()
+
+
+def test_tpe_resumes_from_cached_trials():
+    """A TPE sweep killed after 5 trials and resumed with those trials cached proposes the same points again (the
+    cached results are told back in order) and evaluates only the new ones."""
+    s = SweepSettings(enabled=True, method="tpe", n_trials=10, seed=3)
+    full = [r["params"] for r in run_trials(SPACE, s, _objective, lambda m: m["hs_io"])]
+    cache, computed = {}, []
+
+    def cached_eval(p, limit=None):
+        k = trial_key(p)
+        if k not in cache:
+            if limit is not None and len(computed) == limit:
+                raise KeyboardInterrupt
+            computed.append(k)
+            cache[k] = _objective(p)
+        return cache[k]
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(SPACE, s, lambda p: cached_eval(p, limit=5), lambda m: m["hs_io"])
+    first = len(computed)
+    resumed = [r["params"] for r in run_trials(SPACE, s, cached_eval, lambda m: m["hs_io"])]
+    assert resumed == full
+    assert len(computed) == len({trial_key(p) for p in full}) and first == 5

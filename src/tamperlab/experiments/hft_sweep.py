@@ -85,7 +85,8 @@ class HFTSweepConfig(SweepSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.enabled and not self.space.dims():
-            raise ConfigError("sweep.space: no dimension has values; list at least one (e.g. learning_rate)")
+            raise ConfigError("sweep.space: no dimension has values; list at least one (e.g. learning_rate); with "
+                              "--set, give sweep.space.* before sweep.enabled=true (each --set is validated)")
 
     def validate(self, attacks: Sequence[AttackConfig]) -> None:
         """Cross-section checks against the recipe's attacks (at load time, before any compute)."""
