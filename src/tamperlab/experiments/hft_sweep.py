@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
 from ..attacks.finetune import AttackConfig, FineTuneAttack
 from ..config import PosFloat, PosInt, Satisfies
+from ..distributed import is_main_process
 from ..errors import ConfigError
 from ..models import load_adapter
 from ..report.render import Report, plot_lines
@@ -141,7 +142,9 @@ def summary(m: dict[str, Any]) -> dict[str, Any]:
 
 def _drop_checkpoints(folder: Path) -> None:
     """A finished trial is cached as a stage; its Trainer checkpoints (a full model each for full fine-tuning)
-    are only a resume point, so they are removed."""
+    are only a resume point, so they are removed — by the main process only, which owns the run's files."""
+    if not is_main_process():
+        return
     for ckpt in folder.glob("checkpoint-*"):
         shutil.rmtree(ckpt, ignore_errors=True)
 
