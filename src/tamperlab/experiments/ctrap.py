@@ -25,6 +25,7 @@ from ..runs import RunDir
 from ..training import StepHook, TrainConfig, build_trainer, run_training, steps_for
 from .base import Experiment, RunConfig
 from .hft_eval import EvalConfig, Evaluator, TrajectoryRecorder, fa_fields, make_panel, save_samples
+from .hft_sweep import HFTSweepConfig, run_sweep
 
 log = logging.getLogger("tamperlab")
 
@@ -83,6 +84,8 @@ class HFTConfig(RunConfig):
     """Judge, decoding and trajectory settings."""
     evaluate_aligned: bool = True
     """Also measure each aligned model before any attack."""
+    sweep: HFTSweepConfig = field(default_factory=HFTSweepConfig)
+    """Attacker sweep around one of `attacks` (off by default; docs/methods/measurement.md, "Attacker sweeps")."""
 
     def __post_init__(self) -> None:
         if not self.defenses:
@@ -93,6 +96,7 @@ class HFTConfig(RunConfig):
         labels = [a.label for a in self.attacks]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"attacks: duplicate labels {labels}; give each a distinct `name`")
+        self.sweep.validate(self.attacks)
 
 
 def _data_to_json(d: HarmfulData) -> dict[str, Any]:
@@ -158,13 +162,15 @@ class HFTExperiment(Experiment):
         return run.cached(f"eval-aligned-{spec.key}", do)
 
     def attack(self, run: RunDir, spec: DefenseSpec, adapter: Path, atk: AttackConfig,
-               data: HarmfulData) -> dict[str, Any]:
-        key = f"attack-{spec.key}-{atk.label}"
+               data: HarmfulData, key: str | None = None) -> dict[str, Any]:
+        """One attack on one aligned adapter, cached as stage `key` (default `attack-<defense>-<attack>`; attacker
+        sweeps pass one key per trial)."""
+        key = key or f"attack-{spec.key}-{atk.label}"
 
         def do() -> dict[str, Any]:
             base, tok = self._base()
-            model = load_adapter(base, adapter, trainable=True)
             attack = FineTuneAttack(atk)
+            model = attack.prepare(base, adapter)
             train_set = attack.dataset(data.attack_harmful, self.cfg.seed)
             ev = self.evaluator((model, tok))
             ckpt = run.sub("checkpoints", key)
@@ -206,6 +212,8 @@ class HFTExperiment(Experiment):
             if self.cfg.evaluate_aligned:
                 row["aligned"] = self.eval_aligned(run, spec, adapter, data)
             row["attacks"] = {atk.label: self.attack(run, spec, adapter, atk, data) for atk in self.cfg.attacks}
+            if self.cfg.sweep.enabled:
+                row["sweep"] = run_sweep(self, run, spec, adapter, data, row["attacks"])
             results[spec.key] = row
         return run.save_metrics(
             results,

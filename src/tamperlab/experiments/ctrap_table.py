@@ -24,6 +24,7 @@ from ..training import TrainConfig
 from .base import seed_everything
 from .ctrap import DefenseSpec, HFTConfig, HFTExperiment
 from .hft_eval import make_panel
+from .hft_sweep import run_sweep
 from .hft_table import stage_seconds, summarize
 
 log = logging.getLogger("tamperlab")
@@ -110,6 +111,8 @@ class HFTTableExperiment(HFTExperiment):
                 for atk in self.cfg.attacks:
                     seed_everything(seed)
                     row["attacks"][atk.label] = exp.attack(run, cell, adapter, atk, data)
+                if self.cfg.sweep.enabled:
+                    row["sweep"] = run_sweep(exp, run, cell, adapter, data, row["attacks"])
                 rows[spec.key] = row
             per_seed[str(seed)] = rows
         defenses = [d.key for d in self.cfg.defenses]

@@ -12,6 +12,7 @@ from ..report.render import Panel, Report, plot_grid, provenance_block
 from ..report.samples import write_sample_view
 from ..runs import RunDir
 from ..stats import rate_from_value
+from .hft_sweep import sweep_section
 from .hft_table import Column, paper_rows
 
 RATES = {"hs_io": "HS(IO)", "hs_o": "HS(O)", "fa": "FA", "collapse_rate": "collapse %",
@@ -113,6 +114,7 @@ def write_hft_report(run: RunDir) -> list[Path]:
         rep.table(refs, digits=1)
 
     plots = run.sub("plots")
+    sweep_section(rep, {d: r["sweep"] for d, r in results.items() if "sweep" in r}, plots)
     panels = []
     measured = (("hs_io", "HS(IO) %", True), ("collapse_rate", "collapse %", True),
                 ("collapse_loss", "collapse loss", False), ("harmful_loss", "harmful loss", False))

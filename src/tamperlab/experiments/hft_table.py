@@ -22,6 +22,7 @@ from ..report.render import Panel, Report, plot_bars, plot_grid, provenance_bloc
 from ..report.samples import write_sample_view
 from ..runs import RunDir
 from ..stats import Interval, wilson
+from .hft_sweep import sweep_section
 
 METRIC_NAMES = {"hs_io": "HS(IO)", "hs_o": "HS(O)", "fa": "FA", "collapse_rate": "collapse %"}
 # Which metrics each kind of attack is reported with, in table order (the paper's: HS for harmful settings,
@@ -173,7 +174,7 @@ def stage_seconds(log: Sequence[dict[str, Any]], cell_keys: dict[str, str]) -> d
         if rec.get("event") != "stage_done":
             continue
         stage = str(rec.get("stage", ""))
-        for part in ("align", "eval-aligned", "attack"):
+        for part in ("align", "eval-aligned", "attack", "sweep"):
             prefix = f"{part}-"
             if not stage.startswith(prefix):
                 continue
@@ -181,7 +182,7 @@ def stage_seconds(log: Sequence[dict[str, Any]], cell_keys: dict[str, str]) -> d
             key = next((k for k in keys if rest == k or rest.startswith(k + "-")), None)
             if key is not None:
                 slot = out.setdefault(cell_keys[key], {"align": 0.0, "eval-aligned": 0.0, "attack": 0.0})
-                slot[part] += float(rec.get("seconds", 0.0))
+                slot[part] = slot.get(part, 0.0) + float(rec.get("seconds", 0.0))
             break
     return out
 
@@ -358,6 +359,9 @@ def write_table_report(run: RunDir) -> list[Path]:
              "(higher is better). collapse %: answers dominated by the trap word. Avg: per seed, the mean over the "
              "columns.")
 
+    sweep_section(rep, {(d if len(per_seed) == 1 else f"{d} (seed {s})"): r["sweep"]
+                        for s, rows in per_seed.items() for d, r in rows.items() if "sweep" in r}, plots)
+
     refs = paper_rows(per_seed, defenses, groups.get("harmful", []), attacks, cfg, judge)
     if refs:
         rep.heading("Paper vs measured")
@@ -371,7 +375,8 @@ def write_table_report(run: RunDir) -> list[Path]:
     if timing:
         rep.heading("Wall time (seconds, summed over seeds)")
         rep.table([{"Method": d, "alignment": round(t["align"], 1), "eval aligned": round(t["eval-aligned"], 1),
-                    "attacks + eval": round(t["attack"], 1)} for d, t in timing.items()])
+                    "attacks + eval": round(t["attack"], 1),
+                    **({"sweep trials": round(t["sweep"], 1)} if "sweep" in t else {})} for d, t in timing.items()])
         rep.text(f"Whole run: {metrics.get('wall_seconds', math.nan):.0f} s in the last invocation (cached stages "
                  "of earlier invocations cost nothing then). Stage times come from the run log.")
 

@@ -130,11 +130,17 @@ def _draw_lines(ax: Any, series: Series, bands: Bands | None) -> None:
 
 
 def plot_lines(path: Path, series: Series, title: str, xlabel: str, ylabel: str,
-               ylim: tuple[float, float] | None = None, bands: Bands | None = None, percent: bool = False) -> Path:
-    """One line per series (gaps for missing values), optional shaded 95 % bands; percent → fixed 0–100 axis."""
+               ylim: tuple[float, float] | None = None, bands: Bands | None = None, percent: bool = False,
+               integer_x: bool = False) -> Path:
+    """One line per series (gaps for missing values), optional shaded 95 % bands; percent → fixed 0–100 axis;
+    integer_x → whole-number x ticks only (trial numbers, counts)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     _draw_lines(ax, series, bands)
+    if integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     _style_axis(ax, ylabel, ylim, percent)
