@@ -13,10 +13,11 @@ that share prompts. Thin wrappers over statsmodels / scipy (no hand-written stat
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -80,6 +81,47 @@ def proportion(flags: Sequence[bool | int], scale: float = 100.0) -> Interval:
 def rate_from_value(value: float, n: int, scale: float = 100.0) -> Interval:
     """Wilson interval for a stored rate whose per-prompt flags were not kept (k recovered as round(value·n))."""
     return wilson(int(round(value * n / scale)), n, scale)
+
+
+def rate_record(k: int, n: int, scale: float = 1.0) -> dict[str, Any]:
+    """A rate as metrics.json stores it: {value, lo, hi, n, k, method: "wilson"} (Wilson 95 %, ×scale). The one
+    record every system writes for its proportions, so every report reads them the same way (`stored_interval`)."""
+    return wilson(k, n, scale).to_dict()
+
+
+def mean_record(values: Sequence[float], scale: float = 1.0) -> dict[str, Any]:
+    """A mean over items (prompts, words, queries) as metrics.json stores it: BCa bootstrap 95 % interval."""
+    return bootstrap_mean(values, scale).to_dict()
+
+
+def diff_record(a: Sequence[float], b: Sequence[float], scale: float = 1.0) -> dict[str, Any]:
+    """mean(a) − mean(b) of two independent samples (e.g. Δcos of backdoor vs benign sentences) with its
+    two-sample percentile bootstrap 95 % interval, as a record like `mean_record`'s."""
+    t = bootstrap_diff(a, b, scale)
+    return Interval(t.diff, t.lo, t.hi, t.n, t.method).to_dict()
+
+
+def stored_interval(record: dict[str, Any] | None, value: float | None = None, k: int | None = None,
+                    n: int | None = None, scale: float = 1.0) -> Interval | float | None:
+    """A rate for a report: the interval metrics.json stored, else (results written before intervals were
+    stored) a Wilson interval from the stored count k — or from round(value·n) — and n; the bare value when
+    neither is known (no invented interval)."""
+    if record:
+        return Interval.from_dict(record)
+    if value is None or not n:
+        return value
+    return wilson(int(k) if k is not None else int(round(value * n / scale)), int(n), scale)
+
+
+def digest(items: Sequence[str]) -> str:
+    """Short hash of the items (prompts, triggers, queries) a row was measured on, in order: two rows are paired
+    only when theirs are equal."""
+    return hashlib.sha256("\x1f".join(items).encode()).hexdigest()[:12]
+
+
+def bits(flags: Iterable[Any]) -> list[int]:
+    """Per-item flags as 0/1 ints (compact in JSON, what the paired tests read)."""
+    return [int(bool(f)) for f in flags]
 
 
 def bootstrap_mean(values: Sequence[float], scale: float = 1.0, seed: int = SEED) -> Interval:
@@ -153,32 +195,45 @@ def mcnemar_test(a: Sequence[bool | int], b: Sequence[bool | int], scale: float 
     return PairedTest(scale * (x.mean() - y.mean()), p, n, "mcnemar-exact", b=table[0][1], c=table[1][0])
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], scale: float = 1.0, seed: int = SEED) -> PairedTest:
-    """Paired bootstrap of mean(a) − mean(b) over prompts (resampling prompt pairs); p is the two-sided
-    bootstrap p-value 2·min(P(Δ* ≤ 0), P(Δ* ≥ 0)) of the percentile distribution."""
+def _bootstrap_diff(x: np.ndarray, y: np.ndarray, paired: bool, scale: float, seed: int, method: str) -> PairedTest:
+    """mean(x) − mean(y) with a percentile bootstrap (pairs resampled together when `paired`); p is the two-sided
+    bootstrap p-value 2·min(P(Δ* ≤ 0), P(Δ* ≥ 0))."""
     from scipy.stats import bootstrap
 
-    _check_paired(a, b)
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    n = len(x)
-    if n < 2:
-        return PairedTest(scale * float(np.mean(x - y)) if n else math.nan, math.nan, n, "paired-bootstrap")
-    d = x - y
-    if np.ptp(d) == 0:
-        return PairedTest(scale * float(d[0]), 1.0 if d[0] == 0 else 0.0, n, "paired-bootstrap",
-                          scale * float(d[0]), scale * float(d[0]))
+    n = len(x) if paired else len(x) + len(y)
+    diff = float(np.mean(x) - np.mean(y)) if len(x) and len(y) else math.nan
+    if min(len(x), len(y)) < 2:
+        return PairedTest(scale * diff, math.nan, n, method)
+    if (np.ptp(x - y) == 0) if paired else (np.ptp(x) == 0 and np.ptp(y) == 0):
+        # no spread to resample: the difference is exact
+        return PairedTest(scale * diff, 1.0 if diff == 0 else 0.0, n, method, scale * diff, scale * diff)
 
     def stat(u: np.ndarray, v: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.mean(u, axis=axis) - np.mean(v, axis=axis)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = bootstrap((x, y), stat, paired=True, vectorized=True, n_resamples=N_RESAMPLES,
+        res = bootstrap((x, y), stat, paired=paired, vectorized=True, n_resamples=N_RESAMPLES,
                         confidence_level=1 - ALPHA, method="percentile", rng=np.random.default_rng(seed))
     dist = res.bootstrap_distribution
     p = float(min(1.0, 2 * min(np.mean(dist <= 0), np.mean(dist >= 0))))
-    return PairedTest(scale * float(d.mean()), p, n, "paired-bootstrap", scale * float(res.confidence_interval.low),
+    return PairedTest(scale * diff, p, n, method, scale * float(res.confidence_interval.low),
                       scale * float(res.confidence_interval.high))
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], scale: float = 1.0, seed: int = SEED) -> PairedTest:
+    """Paired bootstrap of mean(a) − mean(b) over prompts (resampling prompt pairs); p is the two-sided
+    bootstrap p-value 2·min(P(Δ* ≤ 0), P(Δ* ≥ 0)) of the percentile distribution."""
+    _check_paired(a, b)
+    return _bootstrap_diff(np.asarray(a, dtype=float), np.asarray(b, dtype=float), True, scale, seed,
+                           "paired-bootstrap")
+
+
+def bootstrap_diff(a: Sequence[float], b: Sequence[float], scale: float = 1.0, seed: int = SEED) -> PairedTest:
+    """Two independent samples: mean(a) − mean(b) with a two-sample percentile bootstrap (each sample resampled
+    on its own) and its two-sided bootstrap p-value."""
+    return _bootstrap_diff(np.asarray(a, dtype=float), np.asarray(b, dtype=float), False, scale, seed,
+                           "bootstrap-2sample")
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

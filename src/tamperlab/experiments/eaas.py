@@ -23,8 +23,9 @@ from ..config import OneOf, check_positive
 from ..errors import ConfigError
 from ..registry import EXPERIMENTS
 from ..runs import RunDir
-from ..stats import Interval, wilson
-from ..eaas.downstream import DownstreamConfig, classify_accuracy
+from ..report.cells import Comparison
+from ..stats import Interval, bits, bootstrap_diff, digest, holm, mcnemar_test, rate_record, stored_interval
+from ..eaas.downstream import DownstreamConfig, classify_correct
 from ..eaas.server import ServerConfig
 from ..eaas.service import ProviderConfig
 from ..eaas.spa import SPAConfig
@@ -203,19 +204,33 @@ class EaaSExperiment(Experiment):
         results: dict[str, Any] = {"scenarios": {}, "data_provenance": provenance,
                                    "data_is_generated": generated}
         y_tr, y_te = np.array(train.labels), np.array(test.labels)
+        n_test = {cfg.data.task: len(test.labels), **{t: len(v[1].labels) for t, v in extras.items()}}
+        acc_intervals: dict[str, dict[str, Any]] = {}
+        acc_flags: dict[str, dict[str, list[int]]] = {}
+        results.update(utility_intervals=acc_intervals, utility_flags=acc_flags, utility_texts_sha={
+            cfg.data.task: digest(test.texts), **{t: digest(v[1].texts) for t, v in extras.items()}})
 
         def utility(encode_train: Any, encode_test: Any, key: str) -> dict[str, float]:
-            """Downstream accuracy of one embedding source on the main task and the extra tasks."""
-            def compute() -> dict[str, float]:
-                acc = {cfg.data.task: classify_accuracy(encode_train(train.texts, "main_train"), y_tr,
-                                                        encode_test(test.texts, "main_test"), y_te,
-                                                        cfg.downstream, cfg.seed)}
+            """Downstream accuracy of one embedding source on the main task and the extra tasks (its Wilson
+            intervals go to results["utility_intervals"][key], its per-test-text 0/1 correctness to
+            results["utility_flags"][key]; accuracy = correct / n, so k is exact)."""
+            def compute() -> dict[str, dict[str, Any]]:
+                def one(x_tr: Any, labels_tr: Any, x_te: Any, labels_te: Any) -> dict[str, Any]:
+                    ok = classify_correct(x_tr, np.asarray(labels_tr), x_te, np.asarray(labels_te),
+                                          cfg.downstream, cfg.seed)
+                    return {"acc": float(ok.mean()), "correct": bits(ok)}
+                out = {cfg.data.task: one(encode_train(train.texts, "main_train"), y_tr,
+                                          encode_test(test.texts, "main_test"), y_te)}
                 for name, (etr, ete) in extras.items():
-                    acc[name] = classify_accuracy(encode_train(etr.texts, f"{name}_train"), np.array(etr.labels),
-                                                  encode_test(ete.texts, f"{name}_test"), np.array(ete.labels),
-                                                  cfg.downstream, cfg.seed)
-                return acc
-            return run.cached(f"utility_{key}", compute)
+                    out[name] = one(encode_train(etr.texts, f"{name}_train"), etr.labels,
+                                    encode_test(ete.texts, f"{name}_test"), ete.labels)
+                return out
+            cached = run.cached(f"utility_{key}", compute)
+            # stage caches written before the flags were kept hold the bare accuracy
+            acc = {t: v["acc"] if isinstance(v, dict) else v for t, v in cached.items()}
+            acc_flags[key] = {t: v["correct"] for t, v in cached.items() if isinstance(v, dict)}
+            acc_intervals[key] = {t: rate_record(int(round(v * n_test[t])), n_test[t]) for t, v in acc.items()}
+            return acc
 
         clean_enc = lambda texts, tag: emb.encode(texts)  # noqa: E731
         results["utility_clean_provider"] = utility(clean_enc, clean_enc, "clean_provider")
@@ -266,11 +281,14 @@ class EaaSExperiment(Experiment):
                 det["threshold"] = thr
                 det["score"] = cfg.spa.score
                 det["removal"] = cfg.spa.removal
+                det.update(spa_records(counts, deleted, train.texts))
                 # The paper's detection rule (KDE threshold) is always reported, whatever deletion feeds the copy.
                 kde_mask, kde_thr = S.select_for_deletion(scores, replace(cfg.spa, removal="kde"))
                 kde = S.detection_report(scores, counts, kde_mask)
                 det["kde"] = {"threshold": kde_thr, **{k: kde[k] for k in ("tpr", "fpr", "tpr_k1", "tpr_k2plus",
-                                                                         "n_deleted", "precision")}}
+                                                                         "n_deleted", "precision")},
+                              "intervals": spa_records(counts, kde_mask, train.texts)["intervals"],
+                              "deleted": bits(kde_mask)}
                 res["spa"] = det
                 np.savez(run.sub("arrays") / f"{sc.name}_spa_scores.npz", label=counts > 0, deleted=deleted,
                          **scores)
@@ -343,7 +361,9 @@ class EaaSExperiment(Experiment):
         rep.heading("Summary")
         rep.text("Rates (SPA TPR / FPR, accuracies) are fractions with their Wilson 95 % interval: TPR over the "
                  "triggered samples, FPR over the clean ones, accuracy over the test split (n from the recipe: "
-                 + ", ".join(f"{k} {v}" for k, v in n_test.items()) + "). p-values are KS tests (no interval).")
+                 + ", ".join(f"{k} {v}" for k, v in n_test.items()) + "). Δ (copy): the watermark evidence with its "
+                 "95 % two-sample bootstrap interval over the D_b / D_n sentences. p-values are KS tests "
+                 "(no interval).")
         rep.table(summary_rows(r, n_test), digits=3)
         rep.heading("Watermark verification")
         rep.text("Δcos / Δl2 / KS p on the provider's D_b (4 trigger words) vs D_n (4 ordinary words); SAW: Δ of "
@@ -351,6 +371,18 @@ class EaaSExperiment(Experiment):
         rep.table(verification_rows(r))
         rep.heading("SPA detection of watermarked samples")
         rep.table(spa_rows(r), digits=3)
+        paired = paired_rows(r)
+        if paired:
+            rep.heading("Paired tests on the same sentences / texts")
+            rep.text("`Δ before − after SPA`: how much watermark evidence (Δcos; SAW: Δ proj_u) the SPA-purified "
+                     "copy lost against the copy trained on the full stolen set, verified on the same D_b / D_n "
+                     "sentences — two-sample bootstrap of the per-sentence differences. `TPR / FPR: <rule> − KDE`: "
+                     "the deletion that fed the copy against the paper's KDE rule on the same texts, exact McNemar "
+                     "on the per-text deleted flags among triggered / clean texts. `acc <task>: after − before "
+                     "SPA`: the copy's downstream accuracy, exact McNemar on the per-text correctness on the same "
+                     "test texts. "
+                     "p is Holm-adjusted within each column; **n.s.** = not significant at 5 %.")
+            rep.table(paired)
         rep.heading("Utility (downstream MLP accuracy)")
         rep.table(utility_rows(r, n_test), digits=3)
         rep.heading("Provider query-log audit")
@@ -439,11 +471,27 @@ STAND_INS = [
 ]
 
 
-def rate(value: float | None, n: int | None) -> Interval | float | None:
-    """A stored fraction with its Wilson 95 % interval (k = round(value·n)); the bare value when n is unknown."""
-    if value is None or not n:
-        return value
-    return wilson(int(round(value * n)), int(n), scale=1.0)
+def rate(value: float | None, n: int | None, record: dict[str, Any] | None = None) -> Interval | float | None:
+    """A stored fraction with its Wilson 95 % interval: the stored record, else (older metrics.json) from
+    k = round(value·n); the bare value when n is unknown."""
+    return stored_interval(record, value, n=n)
+
+
+def spa_records(counts: np.ndarray, deleted: np.ndarray, texts: list[str]) -> dict[str, Any]:
+    """Rate records of one SPA deletion (TPR over triggered texts, FPR over clean ones, TPR by trigger count,
+    precision over deleted ones) and its per-text 0/1 flags with the texts' digest, for paired tests between two
+    deletions of the same texts."""
+    counts, deleted = np.asarray(counts), np.asarray(deleted, bool)
+    label = counts > 0
+
+    def share(mask: np.ndarray, of: np.ndarray) -> dict[str, Any]:
+        return rate_record(int((mask & of).sum()), int(of.sum()))
+
+    return {"intervals": {"tpr": share(deleted, label), "fpr": share(deleted, ~label),
+                          "tpr_k1": share(deleted, counts == 1), "tpr_k2plus": share(deleted, counts >= 2),
+                          "precision": share(label, deleted)},
+            "flags": {"trigger_counts": [int(c) for c in counts], "deleted": bits(deleted)},
+            "texts_sha": digest(texts)}
 
 
 def split_sizes(config: dict[str, Any], r: dict[str, Any]) -> dict[str, int]:
@@ -463,16 +511,20 @@ def summary_rows(r: dict[str, Any], n_test: dict[str, int] | None = None) -> lis
         for ph, lab in (("before_spa", "copy p"), ("after_spa", "copy p after SPA")):
             v = s.get(f"verify_copy_{ph}")
             row[lab] = v["p_value"] if v else None
-            row[f"{lab.replace(' p', '')} Δ"] = v["delta"] if v else None
+            row[f"{lab.replace(' p', '')} Δ"] = rate(v["delta"], None, v.get("delta_interval")) if v else None
         d = s["spa"]
-        row.update({"SPA TPR": rate(d["tpr"], d.get("n_triggered")),
-                    "SPA FPR": rate(d["fpr"], d["n"] - d["n_triggered"] if "n_triggered" in d else None),
+        ivs = d.get("intervals", {})
+        row.update({"SPA TPR": rate(d["tpr"], d.get("n_triggered"), ivs.get("tpr")),
+                    "SPA FPR": rate(d["fpr"], d["n"] - d["n_triggered"] if "n_triggered" in d else None,
+                                    ivs.get("fpr")),
                     "AUROC(pca)": d["auroc_pca"]})
         main = next(iter(s["utility_api"]))
-        row["acc API"] = rate(s["utility_api"][main], n_test.get(main))
+        acc_ivs = r.get("utility_intervals", {})
+        row["acc API"] = rate(s["utility_api"][main], n_test.get(main), acc_ivs.get(f"{name}_api", {}).get(main))
         for ph in ("before_spa", "after_spa"):
             u = s.get(f"utility_copy_{ph}")
-            row[f"acc copy {ph.replace('_spa', '')}"] = rate(u[main], n_test.get(main)) if u else None
+            row[f"acc copy {ph.replace('_spa', '')}"] = rate(
+                u[main], n_test.get(main), acc_ivs.get(f"{name}_copy_{ph}", {}).get(main)) if u else None
         rows.append(row)
     return rows
 
@@ -483,7 +535,8 @@ def verification_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     def add(scn: str, what: str, v: dict[str, Any] | None) -> None:
         if v:
             rows.append({"scenario": scn, "embeddings": what, "statistic": v.get("statistic", "cos"),
-                         "Δ": v.get("delta"), "Δl2": v.get("delta_l2"), "p": v.get("p_value"),
+                         "Δ": rate(v.get("delta"), None, v.get("delta_interval")),
+                         "Δl2": rate(v.get("delta_l2"), None, v.get("delta_l2_interval")), "p": v.get("p_value"),
                          "detected": v.get("detected")})
 
     for name, s in r["scenarios"].items():
@@ -503,32 +556,80 @@ def spa_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         d = s["spa"]
         kde = d.get("kde", {})
         n_pos, n_neg, n1, n2 = d["n_triggered"], d["n"] - d["n_triggered"], d.get("n_k1"), d.get("n_k2plus")
+        ki, di = kde.get("intervals", {}), d.get("intervals", {})
         rows.append({"scenario": name, "n": d["n"], "triggered": n_pos,
                      "k=1 / k≥2": f"{n1} / {n2}",
                      "AUROC cos": d["auroc_cos"], "AUROC l2": d["auroc_l2"], "AUROC pca": d["auroc_pca"],
                      "AUPRC pca": d["auprc_pca"],
-                     "KDE: flagged": kde.get("n_deleted"), "KDE TPR": rate(kde.get("tpr"), n_pos),
-                     "KDE TPR k=1": rate(kde.get("tpr_k1"), n1), "KDE TPR k≥2": rate(kde.get("tpr_k2plus"), n2),
-                     "KDE FPR": rate(kde.get("fpr"), n_neg),
-                     f"deleted ({d['removal']})": d["n_deleted"], "TPR": rate(d["tpr"], n_pos),
-                     "TPR k=1": rate(d.get("tpr_k1"), n1), "TPR k≥2": rate(d.get("tpr_k2plus"), n2),
-                     "FPR": rate(d["fpr"], n_neg)})
+                     "KDE: flagged": kde.get("n_deleted"), "KDE TPR": rate(kde.get("tpr"), n_pos, ki.get("tpr")),
+                     "KDE TPR k=1": rate(kde.get("tpr_k1"), n1, ki.get("tpr_k1")),
+                     "KDE TPR k≥2": rate(kde.get("tpr_k2plus"), n2, ki.get("tpr_k2plus")),
+                     "KDE FPR": rate(kde.get("fpr"), n_neg, ki.get("fpr")),
+                     f"deleted ({d['removal']})": d["n_deleted"], "TPR": rate(d["tpr"], n_pos, di.get("tpr")),
+                     "TPR k=1": rate(d.get("tpr_k1"), n1, di.get("tpr_k1")),
+                     "TPR k≥2": rate(d.get("tpr_k2plus"), n2, di.get("tpr_k2plus")),
+                     "FPR": rate(d["fpr"], n_neg, di.get("fpr"))})
     return rows
 
 
 def utility_rows(r: dict[str, Any], n_test: dict[str, int] | None = None) -> list[dict[str, Any]]:
     n_test = n_test or {}
 
-    def acc(u: dict[str, float]) -> dict[str, Any]:
-        return {t: rate(v, n_test.get(t)) for t, v in u.items()}
+    stored = r.get("utility_intervals", {})
 
-    rows = [{"embeddings": "clean provider", **acc(r["utility_clean_provider"])}]
+    def acc(u: dict[str, float], key: str) -> dict[str, Any]:
+        return {t: rate(v, n_test.get(t), stored.get(key, {}).get(t)) for t, v in u.items()}
+
+    rows = [{"embeddings": "clean provider", **acc(r["utility_clean_provider"], "clean_provider")}]
     for name, s in r["scenarios"].items():
-        rows.append({"embeddings": f"{name} API", **acc(s["utility_api"])})
+        rows.append({"embeddings": f"{name} API", **acc(s["utility_api"], f"{name}_api")})
         for ph in ("before_spa", "after_spa"):
             if s.get(f"utility_copy_{ph}"):
-                rows.append({"embeddings": f"{name} copy {ph.replace('_', ' ')}", **acc(s[f"utility_copy_{ph}"])})
+                rows.append({"embeddings": f"{name} copy {ph.replace('_', ' ')}",
+                             **acc(s[f"utility_copy_{ph}"], f"{name}_copy_{ph}")})
     return rows
+
+
+def paired_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Paired comparisons on the same items, one row per scenario, p Holm-adjusted within each column:
+
+    * a copy before vs after SPA, verified on the same D_b / D_n sentences (same verify size and seed): the change
+      of Δ (the watermark evidence), a two-sample bootstrap of the per-sentence differences (before − after) on
+      D_b against those on D_n;
+    * the deletion that fed the copy vs the paper's KDE rule, on the same texts: exact McNemar on the per-text
+      deleted flags, among the triggered texts (TPR) and among the clean ones (FPR);
+    * the copy's downstream accuracy after vs before SPA, per task, on the same test texts: exact McNemar on the
+      per-text correctness flags.
+
+    Empty for results written before the per-sentence / per-text values were stored."""
+    cols: dict[str, list[Comparison]] = {}
+    for name, s in r["scenarios"].items():
+        b, a = s.get("verify_copy_before_spa") or {}, s.get("verify_copy_after_spa") or {}
+        if all(len(b.get(k) or []) == len(a.get(k) or []) > 1 for k in ("scores_backdoor", "scores_benign")):
+            db = np.subtract(b["scores_backdoor"], a["scores_backdoor"])
+            dn = np.subtract(b["scores_benign"], a["scores_benign"])
+            cols.setdefault("Δ before − after SPA", []).append(
+                Comparison(name, name, "Δ before − after SPA", bootstrap_diff(db, dn)))
+        d = s["spa"]
+        flags, kde_deleted = d.get("flags"), d.get("kde", {}).get("deleted")
+        if flags and kde_deleted is not None and d.get("removal") != "kde":
+            triggered = np.asarray(flags["trigger_counts"]) > 0
+            rule, kde = np.asarray(flags["deleted"], bool), np.asarray(kde_deleted, bool)
+            for col, m in ((f"TPR: {d['removal']} − KDE", triggered), (f"FPR: {d['removal']} − KDE", ~triggered)):
+                if m.any():
+                    cols.setdefault(col, []).append(Comparison(name, "kde", col, mcnemar_test(rule[m], kde[m], 1.0)))
+        flags = r.get("utility_flags", {})
+        before, after = flags.get(f"{name}_copy_before_spa", {}), flags.get(f"{name}_copy_after_spa", {})
+        for task, ok_after in after.items():
+            if len(before.get(task, [])) == len(ok_after) > 0:
+                col = f"acc {task}: after − before SPA"
+                cols.setdefault(col, []).append(Comparison(name, name, col, mcnemar_test(ok_after, before[task], 1.0)))
+    rows: dict[str, dict[str, Any]] = {}
+    for col, comps in cols.items():
+        for c, p in zip(comps, holm([c.test.p for c in comps])):
+            c.p_holm = p
+            rows.setdefault(c.a, {"scenario": c.a})[col] = c.fmt(4 if col.startswith("Δ") else 3)
+    return list(rows.values())
 
 
 def _score_hist(path: Path, data: Any, name: str) -> Path:

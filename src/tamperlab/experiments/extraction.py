@@ -27,7 +27,9 @@ from ..extraction.victim import VictimConfig
 from ..models import ModelConfig, load_model
 from ..registry import EXPERIMENTS
 from ..report.render import Report, plot_bars, provenance_block
-from ..stats import Interval, bootstrap_mean, wilson
+from ..report.cells import Comparison
+from ..stats import (Interval, holm, mcnemar_test, mean_record, paired_bootstrap, rate_record,
+                     stored_interval)
 from ..runs import RunDir
 from ..training import StepHook
 from .base import Experiment, RunConfig
@@ -351,6 +353,7 @@ class ExtractionExperiment(Experiment):
                 r["eval_exact"] = r["query"] in d2_set
             write_jsonl(run.sub("extracted") / f"{key}.jsonl", rows)
             m["summary"] = summary_row(m)
+            m["intervals"] = evaluation_intervals(m)
             m["n_extracted_rows"] = len(rows)
             m["sampling"] = {k2: v for k2, v in run.load_stage(f"samples_{key}").items() if k2 != "samples"}
             evaluations[key] = m
@@ -372,7 +375,9 @@ class ExtractionExperiment(Experiment):
         if cfg.defense.enabled:
             for key in ("no_backdoor", "backdoor_sft", "garbled"):
                 if key in publishers:
-                    defense[key] = self._detect(run, key, publishers[key])
+                    d = self._detect(run, key, publishers[key])
+                    defense[key] = {**d, "interval": rate_record(int(round(d["detection_rate"] * d["n_samples"])),
+                                                                 d["n_samples"])}
 
         training = {k: run.load_stage(k)["stats"] for k in sorted(p.stem for p in (run.path / "stages").glob("*.json"))
                     if k.startswith(("publisher_", "victim_"))}
@@ -441,6 +446,15 @@ class ExtractionExperiment(Experiment):
                          "share of D2 queries", (0, 1),
                          errors={f"recall@{t}": (ends(v, "lo"), ends(v, "hi")) for t, v in recall.items()})
         rep.image(str(plot.relative_to(run.path)), "recall")
+        paired = paired_rows(res.get("evaluations", {}))
+        if paired:
+            rep.heading("Paired tests against the no-backdoor baseline")
+            rep.text("Each model against `no backdoor → victim FT` on the same D2 queries and the same opener words: "
+                     "recall@τ columns = difference in the share of D2 queries recovered, exact McNemar test on the "
+                     "per-query recovered flags; mean match = difference of the per-word mean match ratio, paired "
+                     "bootstrap over opener words. p is Holm-adjusted within each column; **n.s.** = not "
+                     "significant at 5 %.")
+            rep.table(paired)
         if "grpo_delta" in res:
             rep.heading("GRPO on top of SFT: delta")
             rep.table([{"metric": k, "delta": v} for k, v in res["grpo_delta"].items()])
@@ -463,8 +477,8 @@ class ExtractionExperiment(Experiment):
         if res.get("defense"):
             rep.heading("Detection defense")
             rep.table([{"release": LABELS.get(k, k).split(" → ")[0],
-                        "detection rate": (wilson(int(round(v["detection_rate"] * v["n_samples"])), v["n_samples"],
-                                                  scale=1.0) if v.get("n_samples") else v["detection_rate"]),
+                        "detection rate": stored_interval(v.get("interval"), v["detection_rate"],
+                                                          n=v.get("n_samples")),
                         "flagged": v["flagged"]} for k, v in res["defense"].items()])
             rep.text("Detection rate: share of probe samples that follow the extraction request, Wilson 95 % "
                      "interval over the samples (samples of one probe are not independent: a lower bound on the "
@@ -482,34 +496,94 @@ class ExtractionExperiment(Experiment):
         return rep.write(run.path)
 
 
+def evaluation_intervals(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """95 % intervals of one evaluation's headline numbers (keys as in its summary row), as `stats` records:
+    Wilson for opener P / R (over predicted words / real openers) and recall@τ (over distinct D2 queries, from the
+    per-query flags), BCa bootstrap over opener words for the match / BLEU means (known-opener setting) and over
+    D2 queries for the coverage. Computed from what the evaluation keeps, so it also serves older results."""
+    out: dict[str, dict[str, Any]] = {}
+    ident = ev.get("identification", {})
+    tp, fp, fn = ident.get("tp"), ident.get("fp"), ident.get("fn")
+    if tp is not None and fp is not None and tp + fp:
+        out["opener_precision"] = rate_record(tp, tp + fp)
+    if tp is not None and fn is not None and tp + fn:
+        out["opener_recall"] = rate_record(tp, tp + fn)
+    per_word = ev.get("known_openers", {}).get("per_word") or []
+    for f in ("mean_match", "max_match", "mean_bleu"):
+        vals = [w[f] for w in per_word if f in w]
+        if vals and len(vals) == len(per_word):
+            out[f] = mean_record(vals)
+    for setting, prefix in (("pipeline", "pipeline_"), ("known_openers", "known_")):
+        flags = ev.get(setting, {}).get("per_query") or {}
+        for k, f in flags.items():
+            if k.startswith("recall@") and f:
+                out[prefix + k] = rate_record(sum(f), len(f))
+        if flags.get("coverage"):
+            out[prefix + "coverage"] = mean_record(flags["coverage"])
+    return out
+
+
 def result_row(key: str, s: dict[str, Any], ev: dict[str, Any] | None) -> dict[str, Any]:
-    """One results-table row: the summary's numbers wrapped with their 95 % intervals where the evaluation kept
-    what they are computed from (identification counts, per-word means, number of D2 queries)."""
+    """One results-table row: the summary's numbers with their stored 95 % intervals; for results written before
+    intervals were stored, computed from what the evaluation kept (identification counts, per-word means, the
+    number of D2 queries) — a bare value where nothing is known."""
     ev = ev or {}
     ident = ev.get("identification", {})
-    known, pipe = ev.get("known_openers", {}), ev.get("pipeline", {})
-    per_word = known.get("per_word") or []
-
-    def prop(value: float | None, k: int | None, n: int | None) -> Any:
-        return wilson(k, n, scale=1.0) if value is not None and k is not None and n else value
-
-    def mean_over_words(value: float | None, field: str) -> Any:
-        vals = [w[field] for w in per_word if field in w]
-        return bootstrap_mean(vals) if value is not None and len(vals) == len(per_word) and vals else value
-
+    ivs = {**evaluation_intervals(ev), **(ev.get("intervals") or {})}
     tp, fp, fn = ident.get("tp"), ident.get("fp"), ident.get("fn")
-    nq = pipe.get("n_queries")
+    nq = ev.get("pipeline", {}).get("n_queries")
+
+    def cell(k: str, count: int | None = None, n: int | None = None) -> Any:
+        return stored_interval(ivs.get(k) if s.get(k) is not None else None, s.get(k), count, n)
+
     row = {"model": LABELS.get(key, key),
-           "opener P": prop(s["opener_precision"], tp, (tp + fp) if tp is not None and fp is not None else None),
-           "opener R": prop(s["opener_recall"], tp, (tp + fn) if tp is not None and fn is not None else None),
-           "mean match": mean_over_words(s["mean_match"], "mean_match"),
-           "max match": mean_over_words(s["max_match"], "max_match"),
-           "mean BLEU": mean_over_words(s["mean_bleu"], "mean_bleu")}
+           "opener P": cell("opener_precision", tp, (tp + fp) if tp is not None and fp is not None else None),
+           "opener R": cell("opener_recall", tp, (tp + fn) if tp is not None and fn is not None else None),
+           "mean match": cell("mean_match"), "max match": cell("max_match"), "mean BLEU": cell("mean_bleu")}
     for t in ("1", "0.9", "0.75", "0.5"):
-        v = s.get(f"pipeline_recall@{t}")
-        row[f"recall@{t}"] = prop(v, int(round(v * nq)) if v is not None and nq else None, nq)
-    row["coverage"] = s["pipeline_coverage"]
+        row[f"recall@{t}"] = cell(f"pipeline_recall@{t}", n=nq)
+    row["coverage"] = cell("pipeline_coverage")
     return row
+
+
+BASELINE = "no_backdoor"
+"""The arm every other is compared with in the paired tests (same D2 queries, same opener words)."""
+
+
+def paired_rows(evaluations: dict[str, Any], digits: int = 3) -> list[dict[str, Any]]:
+    """Every arm against the no-backdoor baseline: exact McNemar on the per-query recovered flags for each recall@τ
+    (only when both were scored on the same D2 queries: equal digests), paired bootstrap of the per-word mean
+    match over the opener words both evaluated; Holm within each column. Empty for results without flags."""
+    base = evaluations.get(BASELINE)
+    if not base:
+        return []
+    bq = base.get("pipeline", {})
+    bw = {w["word"]: w["mean_match"] for w in base.get("known_openers", {}).get("per_word") or []}
+    cols: dict[str, list[Comparison]] = {}
+    for key, ev in evaluations.items():
+        if key == BASELINE:
+            continue
+        q = ev.get("pipeline", {})
+        if q.get("queries_sha") and q.get("queries_sha") == bq.get("queries_sha"):
+            for k, f in (q.get("per_query") or {}).items():
+                g = (bq.get("per_query") or {}).get(k)
+                if k.startswith("recall@") and g is not None and len(f) == len(g):
+                    cols.setdefault(k, []).append(Comparison(key, BASELINE, k, mcnemar_test(f, g, scale=1.0)))
+        aw = {w["word"]: w["mean_match"] for w in ev.get("known_openers", {}).get("per_word") or []}
+        common = [w for w in aw if w in bw]
+        if len(common) >= 2:
+            cols.setdefault("mean match", []).append(Comparison(
+                key, BASELINE, "mean match", paired_bootstrap([aw[w] for w in common], [bw[w] for w in common])))
+    rows: dict[str, dict[str, Any]] = {}
+    for col, comps in cols.items():
+        for c, p in zip(comps, holm([c.test.p for c in comps])):
+            c.p_holm = p
+            rows.setdefault(c.a, {"model": LABELS.get(c.a, c.a)})[f"{col} Δ vs baseline"] = c.fmt(digits)
+    for key, r in rows.items():
+        ev = evaluations[key]
+        r["n (queries / words)"] = f"{ev.get('pipeline', {}).get('n_queries', '–')} / " \
+                                   f"{len(ev.get('known_openers', {}).get('per_word') or [])}"
+    return list(rows.values())
 
 
 def _definitions() -> dict[str, str]:

@@ -9,7 +9,6 @@ JSONL (`samples/<stage>.jsonl`, one row per prompt).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from ..judges import CATEGORIES, JudgePanel
 from ..metrics.hft import accuracy, answer_stats, is_collapsed, mean_loss, trap_token_rate
 from ..registry import JUDGES, TASKS
 from ..runs import RunDir, atomic_write_json, atomic_write_text
-from ..stats import cohen_kappa, proportion
+from ..stats import bits, cohen_kappa, digest, proportion
 from ..training import PadCollator, TokenizedDataset
 
 
@@ -78,13 +77,10 @@ def make_panel(cfg: EvalConfig) -> JudgePanel:
     return JudgePanel(cfg.judges, cfg.judge_params, cfg.degenerate_category, cfg.trap_text.split()[-1].lower())
 
 
-def prompts_digest(prompts: Sequence[str]) -> str:
-    """Short hash of the evaluated prompts in order: two cells are paired only when theirs are equal."""
-    return hashlib.sha256("\x1f".join(prompts).encode()).hexdigest()[:12]
-
-
-def _bits(flags: Sequence[bool]) -> list[int]:
-    return [int(bool(f)) for f in flags]
+prompts_digest = digest
+"""Short hash of the evaluated prompts in order: two cells are paired only when theirs are equal (the digest
+every system's results use, `stats.digest`)."""
+_bits = bits
 
 
 def judge_answers(panel: JudgePanel, questions: Sequence[str], answers: Sequence[str],

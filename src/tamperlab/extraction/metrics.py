@@ -41,6 +41,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
+from ..stats import digest
 from .samples import REFUSAL_PREFIX, extract_word, group_by_opener
 from .trie import QueryIndex, dice, lcp_matrix
 
@@ -206,7 +207,7 @@ def query_recall(predictions: Mapping[str, Sequence[str]], real_queries: Sequenc
     out: dict[str, Any] = {"n_queries": n, "n_scored_samples": len(pool)}
     if n == 0:
         return {**out, **{f"recall@{t:g}": 0.0 for t in thresholds}, "n_exact": 0, "coverage": 0.0,
-                "fully_recovered_ratio": 0.0, "exact_queries": []}
+                "fully_recovered_ratio": 0.0, "exact_queries": [], "per_query": {}, "queries_sha": digest([])}
     import numpy as np
 
     qlen = np.array([len(q) for q in qids], dtype=np.float64)
@@ -219,9 +220,16 @@ def query_recall(predictions: Mapping[str, Sequence[str]], real_queries: Sequenc
             best[a:a + rows] = (2.0 * lcps / (qlen[a:a + rows, None] + slen[None, :])).max(axis=1)
             cover[a:a + rows] = lcps.max(axis=1) / qlen[a:a + rows]
     exact = cover >= 1.0 - 1e-12  # the whole path to the leaf (EOS included) was walked: a verbatim copy
+    flags: dict[str, Any] = {}
     for t in thresholds:
-        hit = int(exact.sum()) if t >= 1.0 else int((best >= t - 1e-9).sum())
-        out[f"recall@{t:g}"] = hit / n
+        recovered = exact if t >= 1.0 else best >= t - 1e-9
+        out[f"recall@{t:g}"] = int(recovered.sum()) / n
+        flags[f"recall@{t:g}"] = [int(x) for x in recovered]
+    # Per distinct query, in first-occurrence order of `real_queries` (the same for every model evaluated on the
+    # same D2): recovered 0/1 flags per τ and covered share — what paired tests and bootstrap intervals need.
+    flags["coverage"] = [round(float(c), 6) for c in cover]
+    out["per_query"] = flags
+    out["queries_sha"] = digest([seqs[q] for q in qids])
     out["n_exact"] = int(exact.sum())
     out["fully_recovered_ratio"] = out["n_exact"] / n
     out["coverage"] = float(cover.mean())

@@ -11,38 +11,43 @@ from typing import Any
 
 from ..report.render import Report, plot_bars, plot_lines, provenance_block
 from ..runs import RunDir
-from ..stats import Interval, mcnemar_test, wilson
+from ..stats import Interval, mcnemar_test, stored_interval
 
 OFFICIAL = "official"
 
 
 def _fsr(ev: dict[str, Any], variant: str = OFFICIAL) -> Interval | None:
-    """FSR = hits / triggers with its Wilson 95 % interval (as a fraction)."""
+    """FSR = hits / triggers with its Wilson 95 % interval (as a fraction): the stored record, else (older
+    metrics.json) computed from the stored counts."""
     v = ev.get("fsr", {}).get(variant)
-    return None if v is None else wilson(v["hits"], v["n"], scale=1.0)
+    return None if v is None else stored_interval(v.get("interval"), v["fsr"], v["hits"], v["n"])  # type: ignore
 
 
 def _control(ev: dict[str, Any], variant: str = OFFICIAL) -> Interval | None:
     v = (ev.get("fsr", {}).get(variant) or {}).get("control")
-    return None if not v else wilson(v["hits"], v["n"], scale=1.0)
+    return None if not v else stored_interval(v.get("interval"), v["rate"], v["hits"], v["n"])  # type: ignore
 
 
 def _acc(utility: dict[str, Any]) -> Interval | float | None:
-    acc, n = utility.get("acc"), utility.get("acc_n")
-    return wilson(int(round(acc * n)), n, scale=1.0) if acc is not None and n else acc
+    return stored_interval(utility.get("acc_interval"), utility.get("acc"), n=utility.get("acc_n"))
 
 
-def _hits(ev: dict[str, Any], variant: str = OFFICIAL) -> list[bool] | None:
+def _hits(ev: dict[str, Any], variant: str = OFFICIAL) -> tuple[list[int], str | None] | None:
+    """Per-trigger 0/1 hits (stored flags, else the pairs' `hit`) and the triggers' digest (None if not stored)."""
     v = ev.get("fsr", {}).get(variant)
-    return None if v is None else [bool(p["hit"]) for p in v["pairs"]]
+    if v is None:
+        return None
+    flags = v.get("flags") or [int(bool(p["hit"])) for p in v["pairs"]]
+    return flags, v.get("prompts_sha") or None
 
 
 def _vs(before: dict[str, Any], after: dict[str, Any]) -> str:
-    """Exact McNemar p of the official FSR before vs after, on the same triggers (n.s. = not significant)."""
+    """Exact McNemar p of the official FSR before vs after, on the same triggers (n.s. = not significant).
+    Paired only when the trigger digests agree (or, for older metrics.json without them, the counts do)."""
     a, b = _hits(before), _hits(after)
-    if not a or not b or len(a) != len(b):
+    if not a or not b or len(a[0]) != len(b[0]) or not a[0] or (a[1] and b[1] and a[1] != b[1]):
         return "–"
-    t = mcnemar_test(b, a, scale=1.0)
+    t = mcnemar_test(b[0], a[0], scale=1.0)
     return f"p={t.p:.2g}" + ("" if t.significant else " n.s.")
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Sequence
 
-from ..stats import Interval, PairedTest, cohen_kappa, holm, mcnemar_test, mean_sd, wilson
+from ..stats import N_RESAMPLES, Interval, PairedTest, cohen_kappa, holm, mcnemar_test, mean_sd, wilson
 
 
 def cell_interval(cell: dict[str, Any] | None, metric: str) -> Interval | None:
@@ -87,7 +87,10 @@ class Comparison:
     def fmt(self, digits: int = 1) -> str:
         if math.isnan(self.test.p):
             return "–"
-        s = f"{self.test.diff:+.{digits}f} (p={self.p_holm:.2g})"
+        # a bootstrap p of 0 means no resample crossed 0: below the resolution, not zero
+        p = f"p<{1 / N_RESAMPLES:.2g}" if self.p_holm == 0 and "bootstrap" in self.test.method else \
+            f"p={self.p_holm:.2g}"
+        s = f"{self.test.diff:+.{digits}f} ({p})"
         return s if self.significant else s + " n.s."
 
 
