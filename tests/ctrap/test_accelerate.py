@@ -1,5 +1,5 @@
 """Scale path: 2 processes (`accelerate launch`, DDP over gloo) give the results of 1 process at the same global
-batch — per-step losses of SFT alignment, CTRAP alignment and the fine-tuning attack, and the final adapters —
+batch — per-step losses of SFT, NPO and CTRAP alignment and the fine-tuning attack, and the final adapters —
 on a small model whose loss is not flat (trained first for a few dozen steps), with responses of different lengths
 so that the ranks hold different numbers of label tokens."""
 
@@ -56,7 +56,9 @@ def test_two_processes_equal_one(tmp_path, trained_model):
                 str(tmp_path / "two.json"), str(model_dir), "2"], tmp_path / "two.json")
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert abs(two["checksums"][0] - two["checksums"][1]) < 1e-9, two["checksums"]  # replicas identical
-    for stage in ("sft", "ctrap", "attack"):
+    stages = list(one["stages"])
+    assert stages == list(two["stages"]) and {"sft", "npo", "ctrap", "attack"} <= set(stages)
+    for stage in stages:
         a, b = one["stages"][stage], two["stages"][stage]
         assert a["steps"] == b["steps"] == 3 and b["trainer_world_size"] == 2
         assert len(a["losses"]) == len(b["losses"]) == 3
@@ -64,7 +66,7 @@ def test_two_processes_equal_one(tmp_path, trained_model):
         print(f"{stage}: losses 1 proc {a['losses']}  2 proc {b['losses']}  max |diff| {diff:.2e}")
         assert diff < 1e-4, (stage, a["losses"], b["losses"])
         assert a["losses"][0] < 9.0  # the trained model: far from the flat ln(vocab) ≈ 10.8 of a random init
-    for stage in ("sft", "ctrap", "attack"):
+    for stage in stages:
         wa, wb = one["adapters"][stage], two["adapters"][stage]
         diff = max(abs(x - y) for x, y in zip(wa, wb))
         print(f"{stage}: adapter max |diff| {diff:.2e}")

@@ -9,6 +9,7 @@ checksum of them (replicas must stay identical)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,11 +20,16 @@ from transformers import set_seed
 from tamperlab import distributed
 from tamperlab.data.core import Example
 from tamperlab.defenses.base import AlignmentData, Defense
+from tamperlab.defenses.booster import BoosterConfig, BoosterDefense
 from tamperlab.defenses.ctrap import CTRAPConfig, CTRAPDefense
+from tamperlab.defenses.npo import NPOConfig, NPODefense
+from tamperlab.defenses.vaccine import VaccineConfig, VaccineDefense
 from tamperlab.models import LoraSettings, ModelConfig, apply_lora, load_model
 from tamperlab.training import TrainConfig, build_trainer, run_training
 
 STEPS = 3
+# Defenses compared (the attack continues the last one's adapter); TAMPERLAB_DDP_DEFENSES selects a subset.
+DEFENSES = os.environ.get("TAMPERLAB_DDP_DEFENSES", "sft,npo,ctrap").split(",")
 
 
 def _data(n: int) -> AlignmentData:
@@ -57,9 +63,13 @@ def main(out: str, model_dir: str, batch: int) -> None:
     lora = LoraSettings(r=4, alpha=8)
     result: dict = {"world_size": distributed.launched_world_size(), "stages": {}}
     final: dict[str, torch.Tensor] = {}
-    for name, defense in (("sft", Defense()),
-                          ("ctrap", CTRAPDefense(CTRAPConfig(alpha=0.5, lam=0.5, helpful_batch_size=batch,
-                                                             harmful_batch_size=batch)))):
+    defenses = {"sft": Defense(),
+                "ctrap": CTRAPDefense(CTRAPConfig(alpha=0.5, lam=0.5, harmful_batch_size=batch)),
+                "npo": NPODefense(NPOConfig(rho=0.5, harmful_batch_size=batch)),
+                "booster": BoosterDefense(BoosterConfig(harmful_batch_size=batch)),
+                "vaccine": VaccineDefense(VaccineConfig())}
+    for name in DEFENSES:
+        defense = defenses[name]
         defense.cfg.helpful_batch_size = batch
         model, tok = load_model(ModelConfig(name_or_path=model_dir), seed=0)
         set_seed(0)  # as `execute` seeds before any stage: the LoRA init must not depend on the launch

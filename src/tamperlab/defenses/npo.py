@@ -18,7 +18,7 @@ from ..registry import DEFENSES
 from ..training import concat_batches
 from ..config import PosInt
 from .base import AlignmentTrainer, Defense, DefenseConfig
-from .objectives import log_terms, sequence_logps, token_ce
+from .objectives import global_logits_ce, global_row_mean, log_terms, sequence_logps
 from .reference import FrozenReference
 
 Tensor = Any
@@ -37,10 +37,11 @@ class NPOConfig(DefenseConfig):
 
 
 def npo_loss(policy_logps: Tensor, ref_logps: Tensor) -> Tensor:
-    """−mean log σ(−(log p̄_θ − log p̄_ref)): falls as the policy assigns less probability than the reference."""
+    """−mean log σ(−(log p̄_θ − log p̄_ref)): falls as the policy assigns less probability than the reference.
+    The mean is over the rows of the global batch (all ranks), so 2 processes take the 1-process step."""
     import torch.nn.functional as F
 
-    return -F.logsigmoid(-(policy_logps - ref_logps)).mean()
+    return global_row_mean(-F.logsigmoid(-(policy_logps - ref_logps)))
 
 
 @DEFENSES.register("npo", config=NPOConfig)
@@ -74,7 +75,7 @@ class NPODefense(Defense):
         both = concat_batches(retain, harmful, trainer.processing_class.pad_token_id)
         logits = model(input_ids=both["input_ids"], attention_mask=both["attention_mask"]).logits
         n = retain["input_ids"].shape[0]
-        align = token_ce(logits[:n], both["labels"][:n])
+        align = global_logits_ce(logits[:n], both["labels"][:n])
         policy_logps = sequence_logps(logits[n:], both["labels"][n:])
         unlearn = npo_loss(policy_logps, ref_logps)
         loss = align + self.cfg.rho * unlearn

@@ -33,15 +33,31 @@ def global_token_ce(model: Any, batch: dict[str, Tensor]) -> Tensor:
     whole batch computes it; the mean of the returned values over ranks is that global mean (what the Trainer
     logs). Single process: `model(**batch).loss`. With gradient accumulation each micro-batch is normalised by
     its own (global) token count."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+    return global_logits_ce(out.logits, batch["labels"])
+
+
+def global_logits_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """`global_token_ce` from logits already computed (defenses that run several batches in one forward)."""
     import torch.nn.functional as F
 
+    lg, lb = shifted(logits, labels)
+    total = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100, reduction="sum")
+    return global_mean_of_sum(total, (lb != -100).sum())
+
+
+def global_row_mean(values: Tensor) -> Tensor:
+    """Mean of per-row values over the rows of the *global* batch, scaled as `global_token_ce` so that DDP's
+    gradient averaging gives the single-process gradient (per-sequence objectives such as NPO's)."""
+    return global_mean_of_sum(values.sum(), values.new_tensor(values.shape[0]))
+
+
+def global_mean_of_sum(local_sum: Tensor, local_count: Tensor) -> Tensor:
+    """local_sum × world_size / Σ_ranks local_count: the rank's share of a global mean (single process: the mean)."""
     from ..distributed import all_reduce_sum, world_size
 
-    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
-    lg, lb = shifted(out.logits, batch["labels"])
-    total = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100, reduction="sum")
-    n = all_reduce_sum((lb != -100).sum().to(total.dtype).detach())
-    return total * world_size() / n.clamp_min(1)
+    n = all_reduce_sum(local_count.to(local_sum.dtype).detach().clone())
+    return local_sum * world_size() / n.clamp_min(1)
 
 
 def sequence_logps(logits: Tensor, labels: Tensor) -> Tensor:
