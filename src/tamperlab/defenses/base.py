@@ -95,6 +95,10 @@ class Defense:
     """Adds gradients taken on the full parameters to `.grad` after the main backward (CTRAP, Booster): needs
     DDP or one process — FSDP shards the parameters and DeepSpeed keeps gradients in its own buffers."""
 
+    per_rank_terms: ClassVar[str] = ""
+    """Non-empty for a defense whose objective has terms computed over each rank's shard (not decomposable into a
+    global mean): it says which, and a multi-process run logs it, since N processes then differ from one."""
+
     def __init__(self, cfg: DefenseConfig | None = None, tokenizer: Any = None):
         self.cfg = cfg or self.config_cls()
         self.tokenizer = tokenizer
@@ -130,6 +134,9 @@ class Defense:
             raise ConfigError(f"{type(self).__name__} composes look-ahead gradients on full parameters and "
                               f"cannot run under {kind}: launch it with DDP (accelerate_configs/multi_gpu.yaml) "
                               "or one process")
+        if self.per_rank_terms and trainer.args.world_size > 1:
+            log.warning("%s on %d processes: %s — the run is not equal to a 1-process run at the same global batch",
+                        type(self).__name__, trainer.args.world_size, self.per_rank_terms)
         return trainer
 
     def align(self, model: Any, tok: Any, data: AlignmentData, train: TrainConfig, out_dir: str | Path,

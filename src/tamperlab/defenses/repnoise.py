@@ -131,6 +131,8 @@ class RepNoiseDefense(Defense):
     paper = ("Rosati et al., Representation Noising: A Defence Mechanism Against Harmful Finetuning, "
              "NeurIPS 2024, arXiv 2405.14577")
     passes_per_step = 2
+    per_rank_terms = ("the MMD noise term compares representations within each rank's batch (pairwise kernels) "
+                      "and the lens / harmless losses are per-rank means, as the official code under DDP")
     cfg: RepNoiseConfig
 
     def terms(self, model: Any, raw: Any, harmless: dict[str, Tensor], harmful: dict[str, Tensor],
