@@ -10,6 +10,7 @@ Model specs accepted by `ModelConfig.name_or_path`:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -170,7 +171,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     if spec == EMBEDDED_LLM:
         path: str | Path = embedded_model_dir()
     elif spec.startswith("tiny:"):
-        path = embedded_tokenizer_dir()
+        return _tiny_tokenizer()
     else:
         path = spec
     try:
@@ -178,6 +179,15 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     except (OSError, ValueError) as e:
         raise _load_error(spec, e) from None
     return _prepare_tokenizer(tok)
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer() -> Any:
+    """The SmolLM2 tokenizer of every `tiny:*` model, loaded once per process (tests and smoke runs load a tiny
+    model per stage; nothing in tamperlab mutates a tokenizer beyond a restored padding side)."""
+    from transformers import AutoTokenizer
+
+    return _prepare_tokenizer(AutoTokenizer.from_pretrained(embedded_tokenizer_dir()))
 
 
 def _load_error(spec: str, e: Exception) -> ResourceError:

@@ -90,7 +90,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "max_steps": to(SMOKE_STEPS), "batch_size": cap(2), "grad_accum": cap(2), "save_steps": to(SMOKE_STEPS),
         "logging_steps": to(1)},
     "tamperlab.models.ModelConfig": {
-        "name_or_path": _tiny_family, "revision": to(None), "trust_remote_code": to(False), "max_length": cap(64)},
+        "name_or_path": _tiny_family, "revision": to(None), "trust_remote_code": to(False), "max_length": cap(64),
+        "tiny_layers": cap(2), "tiny_hidden": cap(32)},
     "tamperlab.models.LoraSettings": {"r": cap(8)},
     "tamperlab.generation.GenerationConfig": {"max_new_tokens": cap(4), "num_return_sequences": cap(2)},
     # harmful fine-tuning (CTRAP and the table)

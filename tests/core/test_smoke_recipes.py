@@ -82,12 +82,15 @@ def test_apply_shrinks_every_stage_and_leaves_the_recipe_alone(name):
     assert to_dict(exp.cfg) == before  # a copy: the loaded recipe is unchanged
     after = to_dict(cfg)
     assert cfg.smoke is True and cfg.name == before["name"] + "-smoke" and cfg.smoke_substitutions
+    assert all(v <= 2 for v in _walk(after, "max_steps") if isinstance(v, int))
+    if name == "eaas_full":  # sentence embedders, no causal LM: the copier trains one epoch on a handful of texts
+        assert cfg.stealer.epochs == 1 and cfg.stealer.n_layers == 1 and cfg.data.n_train <= 24
+        return
     models = list(_walk(after, "name_or_path"))
-    assert all(m.startswith("tiny:") for m in models)
+    assert models and all(m.startswith("tiny:") for m in models)
     sections = list(_train_sections(after))
     # Fingerprint / removal params carry their component's default TrainConfig once filled in: every one counts.
     assert sections and all(s["max_steps"] == smoke.SMOKE_STEPS and s["batch_size"] <= 2 for s in sections)
-    assert all(v <= 2 for v in _walk(after, "max_steps") if isinstance(v, int))
     assert smoke.apply(cfg).name == cfg.name  # idempotent name
 
 
