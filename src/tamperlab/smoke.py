@@ -62,6 +62,15 @@ def _sweep_ends(v: list[Any], _o: Any) -> list[Any]:
     return [a for a in v if id(a) in keep]
 
 
+def _one_target_each(v: list[Any], o: Any) -> list[Any]:
+    """Fingerprints × removals → every removal on one fingerprint, round robin: each removal's and each
+    fingerprint's code path still runs, in a third of the cells."""
+    names = [f.name for f in o.fingerprints]
+    for i, r in enumerate(v):
+        r.targets = (r.targets or names[i % len(names):] + names[: i % len(names)])[:1]
+    return v
+
+
 def _label_first(v: str, o: Any) -> str:
     return v or o.label  # freeze the size-derived label (harmful-n100) before n shrinks
 
@@ -117,7 +126,8 @@ RULES: dict[str, dict[str, Rule]] = {
     "tamperlab.extraction.sampler.SamplerConfig": {"max_new_tokens": cap(4)},
     "tamperlab.extraction.defense.DetectionConfig": {"samples_per_probe": cap(2)},
     # fingerprints and MEraser
-    "tamperlab.experiments.fingerprints.FingerprintExperimentConfig": {"monitor_every": _monitor},
+    "tamperlab.experiments.fingerprints.FingerprintExperimentConfig": {"monitor_every": _monitor,
+                                                                       "removals": _one_target_each},
     "tamperlab.fingerprints.cleandata.CleanDataConfig": {"n_train": cap(12), "n_heldout": cap(4),
                                                          "response_tokens": cap(8)},
     "tamperlab.fingerprints.utility.UtilityConfig": {
@@ -297,8 +307,11 @@ def substitutions(before: Any, after: Any) -> list[str]:
     judges = sorted({f"{j}" for j in _values(to_dict(before), "judge") if isinstance(j, str) and j in JUDGE_STAND_INS})
     if judges:
         out.append("judge: " + ", ".join(judges) + " → a tiny random model of the same interface (verdicts are noise)")
-    out.append(f"training: every stage {SMOKE_STEPS} optimizer steps at batch ≤ 2; attack sweeps → their first and "
-               "last setting")
+    out.append(f"training: every stage {SMOKE_STEPS} optimizer steps at batch ≤ 2")
+    if len(getattr(before, "attacks", [])) != len(getattr(after, "attacks", [])):
+        out.append(f"attacks: sweeps → their first and last setting ({len(after.attacks)} of {len(before.attacks)})")
+    if getattr(after, "removals", None):
+        out.append("removals: each applied to one fingerprint, round robin (the table has empty cells)")
     out.append("data: hub datasets → packaged schema fixtures (data/fixtures/, placeholder rows); sizes, evaluation "
                "sets and generation lengths → a handful")
     return out
