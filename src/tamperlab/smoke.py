@@ -39,6 +39,11 @@ def cap(k: int) -> Rule:
     return lambda v, _o: v if v is None else min(v, k)
 
 
+def limit(k: int) -> Rule:
+    """At most k, also where 0 means "no limit" (the whole vocabulary, no cap)."""
+    return lambda v, _o: k if v == 0 else min(v, k)
+
+
 def to(value: Any) -> Rule:
     return lambda _v, _o: value
 
@@ -117,7 +122,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "tamperlab.experiments.extraction.ExtractionConfig": {"init_from": _init_from},
     "tamperlab.extraction.data.ExtractionDataConfig": {"n_d1": cap(8), "n_d2": cap(8), "response_tokens": cap(8)},
     "tamperlab.extraction.samples.BackdoorSampleConfig": {
-        "n_negative_words": cap(2), "negatives_per_word": cap(1), "max_positives_per_word": cap(2)},
+        "n_negative_words": cap(2), "negatives_per_word": cap(1), "max_positives_per_word": limit(2)},
     "tamperlab.extraction.backdoor.GRPOStageConfig": {
         "max_steps": to(SMOKE_STEPS), "num_generations": cap(2), "batch_size": cap(2), "grad_accum": to(1),
         "max_completion_length": cap(8), "n_negative_prompts": cap(2), "save_steps": to(SMOKE_STEPS),
@@ -143,7 +148,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "tamperlab.fingerprints.removal.MergeConfig": {"donor_examples": cap(4), "max_length": cap(64)},
     "tamperlab.fingerprints.removal.PruneConfig": {"n_calibration": cap(2), "calibration_length": cap(16)},
     "tamperlab.fingerprints.removal.TokenForcingConfig": {
-        "n_probe_tokens": cap(8), "probe_undertrained": cap(8), "max_new_tokens": cap(4)},
+        "n_probe_tokens": limit(8), "probe_undertrained": cap(8), "max_new_tokens": cap(4)},
     # EaaS watermarks and SPA
     "tamperlab.experiments.eaas.DataConfig": {"n_train": cap(24), "n_test": cap(8), "n_extra_train": cap(8),
                                               "n_extra_test": cap(8)},
@@ -306,7 +311,8 @@ def substitutions(before: Any, after: Any) -> list[str]:
         out.append("model: " + ", ".join(models) + " (random init, SmolLM2 tokenizer)")
     judges = sorted({f"{j}" for j in _values(to_dict(before), "judge") if isinstance(j, str) and j in JUDGE_STAND_INS})
     if judges:
-        out.append("judge: " + ", ".join(judges) + " → a tiny random model of the same interface (verdicts are noise)")
+        out.append("judge: " + ", ".join(judges) + " → a tiny random model of the same interface "
+                   "(verdicts are noise)")
     out.append(f"training: every stage {SMOKE_STEPS} optimizer steps at batch ≤ 2")
     if len(getattr(before, "attacks", [])) != len(getattr(after, "attacks", [])):
         out.append(f"attacks: sweeps → their first and last setting ({len(after.attacks)} of {len(before.attacks)})")
