@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import TamperlabError
 
@@ -48,9 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .experiments.base import load_recipe
 
     exp = load_recipe(args.recipe, args.set)
-    if args.name:
-        exp.cfg.name = args.name
-    if args.output_dir:
+    if args.name is not None:
+        exp.cfg.name = args.name  # validated with the output location by execute(), before anything is written
+    if args.output_dir is not None:
         exp.cfg.output_dir = args.output_dir
     run = _execute(exp, args.smoke, resume=args.resume, force=args.force)
     print(f"done: {run.path}  (report: {run.path / 'report.md'})")
@@ -64,6 +65,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .experiments.base import RECIPES_DIR
     from .registry import ALL_REGISTRIES
 
+    if args.stage and args.stage not in ALL_REGISTRIES:
+        raise TamperlabError(f"unknown stage {args.stage!r}; choose one of {', '.join(ALL_REGISTRIES)}")
     table = Table(title="registered components")
     table.add_column("stage")
     table.add_column("name")
@@ -83,7 +86,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .experiments.base import experiment_for_run
 
     exp, run = experiment_for_run(args.run_dir)
-    for p in exp.report(run):
+    try:
+        paths = exp.report(run)
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        # metrics.json parsed (experiment_for_run checks that) but lacks what this experiment's report reads.
+        raise TamperlabError(f"{run.path}: metrics.json does not hold this experiment's results "
+                             f"({type(e).__name__}: {e}); was the run finished with this version?") from None
+    for p in paths:
         print(p)
     return 0
 
@@ -95,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if recipe is None:
         raise TamperlabError(f"unknown demo {args.system!r}; choose one of {', '.join(DEMOS)}")
     exp = load_recipe(recipe, args.set)
-    if args.output_dir:
+    if args.output_dir is not None:
         exp.cfg.output_dir = args.output_dir
     run = _execute(exp, args.smoke, resume=not args.fresh, force=args.fresh)
     print(f"demo done: {run.path / 'report.md'}")
@@ -105,20 +114,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .eaas.server import serve_recipe  # the EaaS subsystem
 
-    return serve_recipe(args.recipe, host=args.host, port=args.port, overrides=args.set)
+    return serve_recipe(args.recipe, host=args.host, port=args.port, overrides=args.set, workers=args.workers)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage stays available with --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+SET_HELP = ("override a recipe field (value parsed as YAML; integers index lists), e.g. --set seed=1, "
+            "--set alignment.max_steps=120 or --set attacks.0.train.max_steps=20 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tamperlab", description=__doc__)
+    p = _Parser(prog="tamperlab", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a recipe (YAML path or packaged recipe name)")
     r.add_argument("recipe")
     r.add_argument("--resume", action="store_true", help="continue a killed run from its cached stages/checkpoints")
     r.add_argument("--force", action="store_true", help="delete an existing run directory and start over")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set attack.steps=20 (repeatable)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     r.add_argument("--name", help="run name (default: the recipe's)")
     r.add_argument("--output-dir", help="parent folder of run directories (default: the recipe's)")
     r.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
@@ -135,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run a system's offline demo on the embedded models")
     d.add_argument("system", nargs="?", default="ctrap", help=f"one of {', '.join(DEMOS)} (default ctrap)")
     d.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier demo run")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     d.add_argument("--output-dir")
     d.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     d.set_defaults(fn=cmd_demo)
@@ -144,23 +163,65 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("recipe")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=None,
+                   help="server processes behind the port (default: the recipe's server.workers, 1)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_serve)
     return p
 
 
+def os_error_message(e: OSError) -> str:
+    """One line for a file-system failure, with what to do about the common ones."""
+    name = f" {e.filename}" if e.filename else ""
+    what = e.strerror or str(e) or type(e).__name__
+    hint = {
+        errno.ENOSPC: "free some space or point --output-dir / TAMPERLAB_CACHE elsewhere",
+        errno.EDQUOT: "free some space or point --output-dir / TAMPERLAB_CACHE elsewhere",
+        errno.EACCES: "check the permissions, or choose another --output-dir / TAMPERLAB_CACHE",
+        errno.EPERM: "check the permissions, or choose another --output-dir / TAMPERLAB_CACHE",
+        errno.EROFS: "the file system is read-only: choose another --output-dir / TAMPERLAB_CACHE",
+        errno.ENOTDIR: "a path component is a file, not a directory",
+        errno.EEXIST: "a file is in the way of a directory",
+        errno.EISDIR: "a directory is where a file was expected",
+    }.get(e.errno or -1)
+    cache = os.environ.get("TAMPERLAB_CACHE")
+    if cache and e.filename and str(e.filename).startswith(cache):
+        hint = f"the cache TAMPERLAB_CACHE={cache} is not usable" + (f"; {hint}" if hint else "")
+    return f"{what}:{name}" + (f" ({hint})" if hint else "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     _setup_logging(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return int(args.fn(args) or 0)
     except TamperlabError as e:
-        print(f"tamperlab: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         print("tamperlab: interrupted; continue with --resume", file=sys.stderr)
         return 130
+    # Class-level safety net: bad input that reached library code still ends in one line, exit 2 (-v: traceback).
+    except OSError as e:
+        return _fail(os_error_message(e), 2, args.verbose)
+    except UnicodeError as e:
+        return _fail(f"a file or value is not valid text ({e})", 2, args.verbose)
+    except RecursionError:
+        return _fail("input nested too deeply (recursion limit)", 2, args.verbose)
+    except MemoryError:
+        return _fail("out of memory (is a size in the recipe far too large?)", 2, args.verbose)
+
+
+def _fail(message: str, code: int, verbose: bool = False) -> int:
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    print("tamperlab: error: " + " ".join(message.split()), file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 from tqdm.auto import tqdm
+
+from .config import PosFloat, PosInt, Range, Seed
 
 log = logging.getLogger("tamperlab")
 
@@ -20,19 +22,19 @@ log = logging.getLogger("tamperlab")
 class GenerationConfig:
     """Decoding settings (greedy by default, as the HFT-defense evaluations)."""
 
-    max_new_tokens: int = 64
+    max_new_tokens: PosInt = 64
     """New tokens per answer (paper: 512 for HS; smaller on CPU)."""
-    batch_size: int = 32
+    batch_size: PosInt = 32
     """Prompts per `generate` call."""
     do_sample: bool = False
     """Sample instead of greedy decoding."""
-    temperature: float = 1.0
+    temperature: PosFloat = 1.0
     """Sampling temperature (do_sample only)."""
-    top_p: float = 1.0
+    top_p: Annotated[float, Range(0, 1, open_lo=True)] = 1.0
     """Nucleus sampling mass (do_sample only)."""
-    num_return_sequences: int = 1
+    num_return_sequences: PosInt = 1
     """Samples per prompt (do_sample only)."""
-    seed: int = 0
+    seed: Seed = 0
     """Sampling seed."""
 
 
@@ -41,12 +43,24 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], cfg: Generation
     """Generate continuations of already-formatted prompt strings.
 
     Returns one string per prompt, or a list of `num_return_sequences` strings per prompt when that is > 1.
+    Under a multi-process launch every rank must call this with the same prompts: each generates its shard and
+    all receive every answer (tamperlab.distributed.shard_and_gather). Sampling draws from each rank's own
+    seeded stream, so sampled answers depend on the number of processes; greedy ones do not (up to batch
+    padding).
     """
-    import torch
+    from .distributed import is_main_process, shard_and_gather
 
     cfg = cfg or GenerationConfig()
     if not prompts:
         return []
+    return shard_and_gather(list(prompts), lambda shard: _generate_local(
+        model, tokenizer, shard, cfg, desc, progress and is_main_process()))
+
+
+def _generate_local(model: Any, tokenizer: Any, prompts: Sequence[str], cfg: GenerationConfig, desc: str,
+                    progress: bool) -> list[Any]:
+    import torch
+
     n_ret = cfg.num_return_sequences if cfg.do_sample else 1
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(enc[i]))

@@ -14,12 +14,20 @@ import functools
 import importlib.util
 import logging
 import os
+import pickle
 import shutil
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from .config import Device, PosInt, Range, Satisfies
 from .errors import ConfigError, ResourceError
+
+# peft (PeftModel.__init__) reads transformers' deprecated `is_gradient_checkpointing` alias on every adapter it
+# wraps, which prints the same FutureWarning for every LoRA load; nothing in our code uses the alias.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 log = logging.getLogger("tamperlab")
 
@@ -33,14 +41,18 @@ class LoraSettings:
 
     enabled: bool = True
     """Train a LoRA adapter instead of all weights."""
-    r: int = 32
+    r: Annotated[int, Range(1, 4096)] = 32
     """LoRA rank (official code: 32; 64 for Qwen)."""
-    alpha: int = 4
+    alpha: PosInt = 4
     """LoRA alpha (official code: 4)."""
-    dropout: float = 0.0
+    dropout: Annotated[float, Range(0, 0.99)] = 0.0
     """LoRA dropout."""
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
     """Module names to adapt."""
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.target_modules:
+            raise ConfigError("lora.target_modules: empty; name the modules to adapt or set enabled: false")
 
 
 @dataclass
@@ -51,7 +63,7 @@ class ModelConfig:
     """Hub id, local directory, `embedded:smollm2-135m-instruct`, or `tiny:llama` (random init, for tests)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype: auto = bf16 on a CUDA GPU that supports it, else fp32."""
-    device: str = "auto"
+    device: Device = "auto"
     """auto = cuda if available, else cpu."""
     revision: str | None = None
     """Hub revision (branch, tag or commit)."""
@@ -60,16 +72,77 @@ class ModelConfig:
     prompt_format: Literal["auto", "chat", "alpaca"] = "auto"
     """How prompts are rendered: the tokenizer's chat template, or the Alpaca template of the official
     HFT-defense code (for base models). auto = chat if the tokenizer has a template."""
-    max_length: int = 256
+    max_length: PosInt = 256
     """Token limit of a training example (prompt + response), as model_max_length in the official code."""
-    tiny_layers: int = 2
+    tiny_layers: Annotated[int, Range(1, 64)] = 2
     """`tiny:*` models only: number of layers."""
-    tiny_hidden: int = 64
+    tiny_hidden: Annotated[int, Range(8, 8192), Satisfies(lambda h: None if h % 8 == 0 else
+                                                          f"must be a multiple of 8 (4 heads, even head size), got {h}")] = 64
     """`tiny:*` models only: hidden size."""
+    allow_pickle: bool = False
+    """Allow a local directory or hub repository that has only pickle weights (pytorch_model.bin, *.pt): loading
+    a pickle can run arbitrary code, so this is off unless you trust the source. Otherwise only safetensors load."""
+
+    def __post_init__(self) -> None:
+        check_model_spec(self)
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _looks_like_path(spec: str) -> bool:
+    # A hub id is `name` or `org/name`; anything else that does not exist locally is a missing path.
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1
+
+
+def check_model_spec(cfg: "ModelConfig") -> None:
+    """Load-time checks of `model.name_or_path` that need no download: known embedded/tiny names, local paths
+    exist, and a local checkpoint has safetensors weights (or `allow_pickle`)."""
+    spec = cfg.name_or_path
+    if not spec.strip():
+        raise ConfigError("model.name_or_path: empty")
+    if spec.startswith("embedded:") and spec != EMBEDDED_LLM:
+        raise ConfigError(f"model.name_or_path: unknown embedded model {spec!r} (known: {EMBEDDED_LLM})")
+    if spec.startswith("tiny:") and spec.split(":", 1)[1] not in TINY_FAMILIES:
+        raise ConfigError(f"model.name_or_path: unknown tiny model {spec!r} "
+                          f"(known: {', '.join('tiny:' + k for k in TINY_FAMILIES)})")
+    if spec.startswith(("embedded:", "tiny:")):
+        return
+    path = Path(spec).expanduser()
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as e:  # name too long for the file system, ...
+        raise ConfigError(f"model.name_or_path: not a usable path or hub id ({type(e).__name__})") from None
+    if exists:
+        if not path.is_dir():
+            raise ConfigError(f"model.name_or_path: {spec} is a file; pass the checkpoint's directory")
+        check_weight_files(path, cfg.allow_pickle)
+    elif _looks_like_path(spec):
+        raise ConfigError(f"model.name_or_path: no such directory {spec}")
+
+
+def check_weight_files(folder: Path, allow_pickle: bool) -> None:
+    """Refuse a checkpoint directory whose only weights are pickles (loading one can execute code)."""
+    try:
+        names = [p.name for p in folder.iterdir() if p.is_file()]
+    except OSError as e:
+        raise ResourceError(f"cannot read model directory {folder}: {e.strerror or e}") from None
+    if any(n.endswith(".safetensors") for n in names) or allow_pickle:
+        return
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ConfigError(
+            f"model.name_or_path: {folder} has only pickle weights ({', '.join(pickles[:3])}); loading a pickle can "
+            "run arbitrary code. Convert it to safetensors, or set model.allow_pickle: true if you trust its source")
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TAMPERLAB_CACHE", Path.home() / ".cache" / "tamperlab"))
+    """`$TAMPERLAB_CACHE` (default ~/.cache/tamperlab): converted models, tokenizer, generated data packs."""
+    path = Path(os.environ.get("TAMPERLAB_CACHE") or Path.home() / ".cache" / "tamperlab")
+    if path.exists() and not path.is_dir():
+        raise ResourceError(f"the cache TAMPERLAB_CACHE={path} is a file, not a directory; point TAMPERLAB_CACHE "
+                            "at a writable directory")
+    return path
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -190,6 +263,11 @@ def _tiny_tokenizer() -> Any:
     return _prepare_tokenizer(AutoTokenizer.from_pretrained(embedded_tokenizer_dir()))
 
 
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def _load_error(spec: str, e: Exception) -> ResourceError:
     if spec.startswith(("embedded:", "tiny:")):
         return ResourceError(f"cannot load {spec}: {e}")
@@ -263,11 +341,20 @@ def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
         model = _tiny_model(cfg, tok).to(dtype)
     else:
         path = embedded_model_dir() if spec == EMBEDDED_LLM else spec
+        if Path(path).is_dir():
+            check_weight_files(Path(path), cfg.allow_pickle)
         try:
+            # safetensors only, unless the recipe trusts pickles: a hub repo without them fails with a clear error.
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+                path, dtype=dtype, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                use_safetensors=None if cfg.allow_pickle else True)
         except (OSError, ValueError) as e:
             raise _load_error(spec, e) from None
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as e:
+            raise ResourceError(f"cannot unpickle the weights of {spec} ({type(e).__name__}: "
+                                f"{_first_line(e) or 'truncated or not a checkpoint'})") from None
+        except RuntimeError as e:  # torch.load's weights_only refusal, size mismatches, corrupt tensors
+            raise ResourceError(f"cannot load the weights of {spec} (RuntimeError: {_first_line(e)})") from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     model.to(device)
@@ -303,7 +390,11 @@ def load_adapter(model: Any, adapter_dir: str | Path, trainable: bool = True) ->
 
 def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
     """Save weights (or the LoRA adapter, for a peft model) as safetensors, atomically via a temp folder."""
+    from .distributed import is_main_process
+
     out = Path(out_dir)
+    if not is_main_process():  # multi-process launch: the main process writes, the other ranks hold the same weights
+        return out
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

@@ -1,8 +1,12 @@
 """Run directories: `runs/<name>/` with resolved config, log.jsonl, metrics.json, stage caches and checkpoints.
 
-Every write is atomic (temp file + rename), so a killed run never leaves a half-written JSON. Expensive stages are
-cached under `stages/<key>.json` and skipped on `--resume`; training stages also resume from their last
-Trainer checkpoint.
+Every write is atomic (temp file + rename), so a killed run never leaves a half-written JSON; a resume removes
+the temporaries a kill left behind. Expensive stages are cached under `stages/<key>.json` and skipped on `--resume`;
+training stages also resume from their last complete Trainer checkpoint. A run lock (`<output_dir>/.<name>.lock`)
+keeps a second process from writing a live run (and `--force` from deleting it).
+
+Under a multi-process launch only the main process writes (run directory, config, log, stages, metrics); the other
+ranks wait at a barrier and read what it wrote (see tamperlab.distributed).
 """
 
 from __future__ import annotations
@@ -20,16 +24,35 @@ from typing import Any, Callable
 
 import yaml
 
+from . import distributed
 from .errors import TamperlabError
 
 log = logging.getLogger("tamperlab")
 
 
+def _file_mode() -> int:
+    """0666 minus the umask (0644 usually): what open() would give; mkstemp's own 0600 would hide results from
+    the other users of a shared machine."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+TEMP_GLOBS = (".*.tmp", "*.tmp")
+"""Names of the temporaries atomic writes use (files `.NAME.XXXX.tmp`, model folders `NAME.tmp`)."""
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temp file + rename. Under a multi-process launch only the main process writes (the other
+    ranks hold the same content and read it after a barrier)."""
+    if not distributed.is_main_process():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -99,6 +122,52 @@ def provenance() -> dict[str, Any]:
     return info
 
 
+def remove_temporaries(root: str | Path) -> list[Path]:
+    """Delete the temporaries a killed process left under root (they are never read); returns what went."""
+    gone = []
+    for pattern in TEMP_GLOBS:
+        for p in sorted(Path(root).rglob(pattern)):
+            if not p.exists():  # inside a folder removed a moment ago
+                continue
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            gone.append(p)
+    return gone
+
+
+class RunBusyError(TamperlabError):
+    """Another live process holds the run's lock."""
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on one run (`<output_dir>/.<name>.lock`, beside the run directory so that
+    `--force` cannot delete it). The OS releases it when the holder dies, so a SIGKILLed run never blocks its own
+    `--resume`. Only the main process locks: the other ranks of a launch belong to the same run."""
+
+    def __init__(self, path: str | Path):
+        from filelock import FileLock
+
+        path = Path(path)
+        self.path = path.parent / f".{path.name}.lock"
+        self._lock = FileLock(str(self.path), timeout=0)
+
+    def __enter__(self) -> "RunLock":
+        from filelock import Timeout
+
+        if not distributed.is_main_process():
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RunBusyError(f"run {self.path.parent / self.path.name[1:-5]} is in use by another live process "
+                               f"(lock {self.path}); wait for it to finish or choose another run name") from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._lock.is_locked:
+            self._lock.release()
+
+
 class RunDir:
     """One experiment's output folder."""
 
@@ -109,7 +178,15 @@ class RunDir:
     # -- creation -------------------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, config: dict[str, Any], resume: bool = False, force: bool = False) -> "RunDir":
-        path = Path(path)
+        """Make (or, with resume, reopen; with force, replace) the run directory. Under a multi-process launch the
+        main process does it and the others wait; an error on the main process is raised on every rank."""
+        distributed.run_collectively(lambda: cls._create_files(Path(path), config, resume, force))
+        run = cls(path)
+        run.log("run_start", resume=resume, world_size=distributed.launched_world_size())
+        return run
+
+    @staticmethod
+    def _create_files(path: Path, config: dict[str, Any], resume: bool, force: bool) -> None:
         cfg_file = path / "config.yaml"
         if path.exists() and any(path.iterdir()):
             if force:
@@ -125,12 +202,11 @@ class RunDir:
                         f"--resume: the recipe differs from the one {path} was started with ({cfg_file}); "
                         "use a new run name or --force"
                     )
+            for p in remove_temporaries(path):
+                log.info("removed a temporary left by a killed run: %s", p)
         path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg_file, yaml.safe_dump(json.loads(json.dumps(config, default=_json_default)),
                                                    sort_keys=False))
-        run = cls(path)
-        run.log("run_start", resume=resume)
-        return run
 
     # -- files ----------------------------------------------------------------------------------------------
     def sub(self, *parts: str) -> Path:
@@ -143,6 +219,8 @@ class RunDir:
         return yaml.safe_load((self.path / "config.yaml").read_text())
 
     def log(self, event: str, **fields: Any) -> None:
+        if not distributed.is_main_process():
+            return
         rec = {"time": round(time.time(), 3), "event": event, **fields}
         with open(self.path / "log.jsonl", "a") as f:
             f.write(json.dumps(rec, default=_json_default) + "\n")
@@ -173,7 +251,11 @@ class RunDir:
         atomic_write_json(self.stage_path(key), value)
 
     def cached(self, key: str, fn: Callable[[], Any]) -> Any:
-        """Return the stored result of stage `key`, or compute it with `fn()` and store it atomically."""
+        """Return the stored result of stage `key`, or compute it with `fn()` and store it atomically.
+
+        Multi-process: every rank runs fn (it trains with DDP, generates sharded), the main process stores the
+        result and any files fn wrote, and a barrier follows, so all ranks see the same stages at the next check
+        (a stage found on one rank and missing on another would desynchronise the collectives)."""
         if self.has_stage(key):
             log.info("stage %s: cached, skipping", key)
             return self.load_stage(key)
@@ -181,6 +263,8 @@ class RunDir:
         value = fn()
         self.save_stage(key, value)
         self.log("stage_done", stage=key, seconds=round(time.time() - t0, 2))
+        log.info("stage %s: done in %.1f s", key, time.time() - t0)
+        distributed.barrier()
         return value
 
     # -- metrics --------------------------------------------------------------------------------------------

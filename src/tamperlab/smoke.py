@@ -92,9 +92,13 @@ def _tiny_family(v: str, _o: Any) -> str:
     return "tiny:" + model_family(v)
 
 
-def _judge_params(v: dict[str, Any], o: Any) -> dict[str, Any]:
-    make = JUDGE_STAND_INS.get(o.judge)
-    return {**v, "model": make()} if make else v
+def _judge_params(v: dict[str, dict[str, Any]], o: Any) -> dict[str, dict[str, Any]]:
+    """Per judge of the panel that loads a hub model: its stand-in's path in place of the model."""
+    out = dict(v)
+    for name in o.judges:
+        if name in JUDGE_STAND_INS:
+            out[name] = {**out.get(name, {}), "model": JUDGE_STAND_INS[name]()}
+    return out
 
 
 # Per config class (module.QualName, matched along the MRO), field → rule; applied in this order, before the walk
@@ -309,7 +313,8 @@ def substitutions(before: Any, after: Any) -> list[str]:
     models = sorted({f"{a} → {b}" for a, b in _pairs(to_dict(before), to_dict(after), "name_or_path") if a != b})
     if models:
         out.append("model: " + ", ".join(models) + " (random init, SmolLM2 tokenizer)")
-    judges = sorted({f"{j}" for j in _values(to_dict(before), "judge") if isinstance(j, str) and j in JUDGE_STAND_INS})
+    named = [j for v in _values(to_dict(before), "judges") for j in (v if isinstance(v, list) else [v])]
+    judges = sorted({j for j in named if isinstance(j, str) and j in JUDGE_STAND_INS})
     if judges:
         out.append("judge: " + ", ".join(judges) + " → a tiny random model of the same interface "
                    "(verdicts are noise)")

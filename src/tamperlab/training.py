@@ -12,9 +12,11 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Annotated, Any, Callable, Iterator, Sequence
 
+from .config import Fraction, OneOf, Optimizer, PosFloat, PosInt, Scheduler
 from .data.core import Example, tokenize_example
+from .errors import ConfigError
 
 log = logging.getLogger("tamperlab")
 
@@ -23,36 +25,42 @@ log = logging.getLogger("tamperlab")
 class TrainConfig:
     """Optimizer and schedule of one training stage."""
 
-    learning_rate: float = 5e-4
+    learning_rate: PosFloat = 5e-4
     """AdamW learning rate."""
     max_steps: int = 60
-    """Optimizer steps (takes precedence over epochs when > 0)."""
+    """Optimizer steps (takes precedence over epochs when > 0); 0 = train for `epochs` instead (negative values
+    are errors, not transformers' -1)."""
     epochs: float = 1.0
     """Epochs over the training data, used when max_steps is 0."""
-    batch_size: int = 8
+    batch_size: PosInt = 8
     """Per-device batch size of the main dataset."""
-    grad_accum: int = 1
+    grad_accum: PosInt = 1
     """Gradient accumulation steps."""
     weight_decay: float = 0.1
     """AdamW weight decay (official code: 0.1)."""
-    lr_scheduler: str = "constant"
+    lr_scheduler: Scheduler = "constant"
     """transformers scheduler name (official code: constant)."""
-    warmup_ratio: float = 0.0
+    warmup_ratio: Fraction = 0.0
     """Warm-up fraction (ignored by `constant`)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (HF default)."""
-    logging_steps: int = 5
+    logging_steps: PosInt = 5
     """Log the loss every N steps."""
-    save_steps: int = 20
+    save_steps: PosInt = 20
     """Checkpoint every N steps (resume point for killed runs)."""
-    bf16: str = "auto"
+    bf16: Annotated[str, OneOf(("auto", "true", "false"), "bf16 setting", case_insensitive=True)] = "auto"
     """auto = bf16 mixed precision on a CUDA GPU that supports it; "true"/"false" to force."""
     gradient_checkpointing: bool = False
     """Trade compute for memory on large models."""
     loss_on_prompt: bool = False
     """Also train on prompt tokens (the extraction paper's victim setting); default response-only."""
-    optim: str = "adamw_torch"
+    optim: Optimizer = "adamw_torch"
     """transformers optimizer name (adamw_torch, sgd, adafactor, ...)."""
+
+    def __post_init__(self) -> None:
+        self.epochs = float(self.epochs)  # `epochs: 20` and `20.0` are one recipe (resume compares them)
+        if self.max_steps == 0 and self.epochs <= 0:
+            raise ConfigError("max_steps is 0 and epochs is 0: nothing to train (set one of them > 0)")
 
 
 class TokenizedDataset:
@@ -114,27 +122,42 @@ class CycledLoader:
     """Endless stream of shuffled mini-batches of an auxiliary dataset (harmful / helpful batches drawn next to
     the main batch, as the official trainers do with try/next/except StopIteration).
 
-    Batch k is a pure function of (seed, rank, k): a killed run resumed from a checkpoint draws exactly the
-    batches the uninterrupted run would have drawn."""
+    Sharded like the Trainer's own data: global batch k is a slice of one seeded permutation, `batch_size` rows
+    per rank times the world size, and rank r takes the r-th block — so 2 processes × batch b draw exactly the rows
+    1 process × batch 2b draws. Batch k is a pure function of (seed, world size, rank, k): a killed run resumed
+    from a checkpoint draws exactly the batches the uninterrupted run would have drawn. The rank is read at the
+    first batch, when the Trainer has created the process group (at construction it may not exist yet)."""
 
     def __init__(self, dataset: TokenizedDataset, batch_size: int, collator: PadCollator, seed: int = 0):
-        import torch
-
         self.dataset, self.collator, self.seed = dataset, collator, seed
-        self.batch_size = min(batch_size, len(dataset))
-        self.rank = torch.distributed.get_rank() if torch.distributed.is_available() and \
-            torch.distributed.is_initialized() else 0
-        self.per_epoch = len(dataset) // self.batch_size
+        self.requested = batch_size
+        self._shard: tuple[int, int] | None = None
         self._perm_epoch, self._perm = -1, None
+
+    def _layout(self) -> tuple[int, int, int]:
+        """(rank, world size, rows per rank), fixed at the first batch."""
+        from . import distributed
+
+        if self._shard is None:
+            self._shard = (distributed.rank(), distributed.world_size())
+        rank, world = self._shard
+        return rank, world, max(1, min(self.requested, len(self.dataset) // world))
+
+    @property
+    def batch_size(self) -> int:
+        return self._layout()[2]
 
     def batch(self, k: int, device: Any = None) -> dict[str, Any]:
         import torch
 
-        epoch, j = divmod(k, self.per_epoch)
+        rank, world, b = self._layout()
+        per_epoch = max(1, len(self.dataset) // (b * world))
+        epoch, j = divmod(k, per_epoch)
         if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed + 7919 * epoch + 104729 * self.rank)
+            g = torch.Generator().manual_seed(self.seed + 7919 * epoch)
             self._perm, self._perm_epoch = torch.randperm(len(self.dataset), generator=g).tolist(), epoch
-        idx = self._perm[j * self.batch_size:(j + 1) * self.batch_size]
+        start = (j * world + rank) * b
+        idx = self._perm[start:start + b]
         out = self.collator([self.dataset[i] for i in idx])
         if device is not None:
             out = {k2: v.to(device) for k2, v in out.items()}
@@ -168,6 +191,8 @@ def training_arguments(cfg: TrainConfig, out_dir: str | Path, seed: int = 0, **o
     import dataclasses
 
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    if "activation_checkpointing" in fields:  # transformers >= 5.x name; the old one warns (FutureWarning)
+        kwargs["activation_checkpointing"] = kwargs.pop("gradient_checkpointing")
     if "warmup_ratio" in fields:
         kwargs["warmup_ratio"] = cfg.warmup_ratio
     elif cfg.warmup_ratio > 0:
@@ -176,27 +201,87 @@ def training_arguments(cfg: TrainConfig, out_dir: str | Path, seed: int = 0, **o
     return TrainingArguments(**{k: v for k, v in kwargs.items() if k in fields})
 
 
-def last_checkpoint(out_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    p = Path(out_dir)
-    return get_last_checkpoint(str(p)) if p.is_dir() else None
-
-
-def run_training(trainer: Any, out_dir: str | Path, resume: bool = True) -> dict[str, Any]:
-    """trainer.train(), resuming from the newest checkpoint in out_dir when there is one."""
-    ckpt = last_checkpoint(out_dir) if resume else None
-    if ckpt:
-        log.info("resuming training from %s", ckpt)
-    result = trainer.train(resume_from_checkpoint=ckpt)
-    return {"train_loss": float(result.training_loss), "steps": int(result.global_step),
-            "resumed_from": ckpt}
-
-
 def _trainer_callback_base() -> type:
     from transformers import TrainerCallback
 
     return TrainerCallback
+
+
+def checkpoint_complete(ckpt: str | Path) -> bool:
+    """A Trainer checkpoint is complete when its trainer_state.json — written last, after weights, optimizer,
+    scheduler and RNG states — parses. A process killed while saving leaves a folder without it (or with a cut
+    one)."""
+    import json
+
+    try:
+        state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
+
+
+def last_checkpoint(out_dir: str | Path) -> str | None:
+    """The newest *complete* checkpoint in out_dir. Incomplete ones (a kill during a save) are deleted by the main
+    process, so the Trainer's checkpoint rotation never counts them."""
+    import re
+    import shutil
+
+    from . import distributed
+
+    p = Path(out_dir)
+    if not p.is_dir():
+        return None
+    ckpts = sorted((c for c in p.glob("checkpoint-*") if c.is_dir() and re.fullmatch(r"checkpoint-\d+", c.name)),
+                   key=lambda c: int(c.name.split("-")[1]), reverse=True)
+    found = None
+    for c in ckpts:
+        if found is None and checkpoint_complete(c):
+            found = str(c)
+        elif found is None:
+            log.warning("skipping incomplete checkpoint %s (killed while saving?)", c)
+            if distributed.is_main_process():
+                shutil.rmtree(c, ignore_errors=True)
+    distributed.barrier()
+    return found
+
+
+class LogAtSaves(_trainer_callback_base()):  # type: ignore[misc]
+    """Log the running loss at every checkpoint and at the last step, so that the Trainer's log history (saved in
+    each checkpoint's trainer_state.json and restored on resume) covers every step: `train_loss` can then be
+    computed over the whole training, across any number of resumes."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if control.should_save or state.global_step >= state.max_steps:
+            control.should_log = True
+
+
+def loss_over_history(log_history: Sequence[dict[str, Any]], global_step: int) -> float | None:
+    """Step-weighted mean of the logged training losses (each log's `loss` is the mean since the previous log);
+    None when the logs do not cover steps 1..global_step."""
+    total, last = 0.0, 0
+    for rec in log_history:
+        if "loss" in rec and "step" in rec and rec["step"] > last:
+            total += float(rec["loss"]) * (rec["step"] - last)
+            last = rec["step"]
+    if global_step <= 0 or last != global_step:
+        return None
+    return total / global_step
+
+
+def run_training(trainer: Any, out_dir: str | Path, resume: bool = True) -> dict[str, Any]:
+    """trainer.train(), resuming from the newest complete checkpoint in out_dir when there is one.
+
+    `train_loss` is the mean loss over all steps of the stage, including those done before a resume (the
+    Trainer's own `training_loss` covers only the steps of the last session)."""
+    ckpt = last_checkpoint(out_dir) if resume else None
+    if ckpt:
+        log.info("resuming training from %s", ckpt)
+    if not any(isinstance(cb, LogAtSaves) for cb in trainer.callback_handler.callbacks):
+        trainer.add_callback(LogAtSaves())
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    loss = loss_over_history(trainer.state.log_history, int(result.global_step))
+    return {"train_loss": float(result.training_loss if loss is None else loss), "steps": int(result.global_step),
+            "resumed_from": ckpt}
 
 
 class StepHook(_trainer_callback_base()):  # type: ignore[misc]
@@ -233,8 +318,28 @@ def build_trainer(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: 
     args = training_arguments(cfg, out_dir, seed=seed, **arg_overrides)
     cls = trainer_cls or Trainer
     model.train()
-    return cls(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tokenizer.pad_token_id),
-               processing_class=tokenizer, callbacks=list(callbacks), **(trainer_kwargs or {}))
+    from .guards import NonFiniteLossGuard
+
+    trainer = cls(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tokenizer.pad_token_id),
+                  processing_class=tokenizer, callbacks=[*callbacks, NonFiniteLossGuard()], **(trainer_kwargs or {}))
+    label_progress(trainer, Path(out_dir).name)
+    return trainer
+
+
+def label_progress(trainer: Any, label: str) -> None:
+    """Replace the Trainer's anonymous progress bar by one labelled with the stage (its checkpoint folder name,
+    e.g. `align-sft`, `attack-ctrap-harmful-n100`), so a log of several trainings says which bar is which."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class LabelledProgress(ProgressCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            super().on_train_begin(args, state, control, **kwargs)
+            if self.training_bar is not None:
+                self.training_bar.set_description(label)
+
+    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LabelledProgress())
 
 
 def train_sft(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: str | Path,

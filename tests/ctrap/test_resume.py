@@ -62,3 +62,66 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
     assert hs1 == hs2
     for k in t1:
         assert t1[k] == pytest.approx(t2[k], rel=1e-5, abs=1e-6), k
+    # train_loss covers the whole stage, not only the steps after the resume
+    assert align["train_loss"] == pytest.approx(clean.load_stage("align-ctrap")["train_loss"], rel=1e-6)
+
+
+def test_resume_skips_checkpoint_cut_by_a_kill(tmp_path, monkeypatch):
+    """A kill while checkpoint-4 was being written (folder there, trainer_state.json missing or cut) must not
+    make the run unresumable: the newest complete checkpoint is used and the broken one removed."""
+    from tamperlab.training import last_checkpoint
+
+    clean = execute(load_recipe(recipe(tmp_path, "clean")))
+    original = CTRAPDefense.step
+    calls = {"n": 0}
+
+    def killed_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(CTRAPDefense, "step", killed_step)
+    with pytest.raises(KeyboardInterrupt):
+        execute(load_recipe(recipe(tmp_path, "killed")))
+    monkeypatch.setattr(CTRAPDefense, "step", original)
+    ckdir = tmp_path / "killed" / "checkpoints" / "align-ctrap"
+    good = ckdir / "checkpoint-2"
+    # what a SIGKILL during the save of step 3 leaves: weights written, trainer state cut mid-file
+    broken = ckdir / "checkpoint-3"
+    broken.mkdir()
+    (broken / "adapter_model.safetensors").write_bytes((good / "adapter_model.safetensors").read_bytes()[:100])
+    (broken / "trainer_state.json").write_text('{"global_step": 3, "log_hist')
+    (ckdir / "checkpoint-4").mkdir()  # a save that got no further than the folder
+    (tmp_path / "killed" / "stages" / ".align-ctrap.json.abc123.tmp").write_text("{")  # a cut atomic write
+    assert last_checkpoint(ckdir) == str(good)
+    assert not broken.exists() and not (ckdir / "checkpoint-4").exists()
+    resumed = execute(load_recipe(recipe(tmp_path, "killed")), resume=True)
+    assert not list((tmp_path / "killed").rglob(".*.tmp"))
+    a, b = clean.load_stage("align-ctrap"), resumed.load_stage("align-ctrap")
+    assert b["resumed_from"].endswith("checkpoint-2") and b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)
+
+
+@pytest.mark.slow  # four full CLI runs as subprocesses: ≈3.5 min on the loaded 2-core machine
+def test_kill_loop_small(tmp_path):
+    """scripts/kill_loop.py in small: SIGKILL a real CLI run twice at random moments, resume it each time; the
+    final metrics.json equals an uninterrupted run's (train_loss included) and no temporaries are left."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "scripts"))
+    import kill_loop
+
+    small = yaml.safe_load((root / "tests" / "fixtures" / "tiny_ctrap.yaml").read_text())
+    small["defenses"] = small["defenses"][1:]  # CTRAP only
+    small["evaluate_aligned"] = False
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(small))
+    s = kill_loop.main(["--recipe", str(path), "--out", str(tmp_path / "kl"), "--kills", "2", "--per-episode", "2",
+                        "--seed", "1"])
+    assert s["kills"] == 2
+    assert s["episodes_identical"] == s["episodes"] >= 1
+    assert s["train_loss_equal"] == s["episodes"] and s["temporaries_left"] == 0

@@ -77,7 +77,7 @@ def test_report_from_metrics_has_paper_tables_and_plots(tmp_path):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "| Method | n=100 | n=200 | Avg |" in md and "| Method | p=10% | p=20% | Avg |" in md
     assert "| Method | GSM8K |" in md and "± 1.0" in md and "stand-in" not in md
-    for png in ("hs_io-vs-n.png", "hs_o-vs-n.png", "hs_io-vs-p.png", "fa-mixed.png", "fa-benign.png"):
+    for png in ("hs-vs-n.png", "hs-vs-p.png", "fa-mixed.png", "fa-benign.png"):
         assert (tmp_path / "r" / "plots" / png).exists(), png
 
 
@@ -110,6 +110,13 @@ def test_table_run_all_cells_seeds_and_resume(tmp_path):
     # per-defense alignment override: vaccine trained with 4-row batches, sft with the shared 2
     assert (tmp_path / "t" / "models" / "vaccine.seed0" / "adapter_model.safetensors").exists()
     assert res["summary"]["vaccine"]["harmful-n8"]["hs_io"]["n"] == 2
+    # every cell: n, Wilson interval, per-prompt flags of both judges, FA with its own n; pooled over seeds
+    cell = res["per_seed"]["0"]["sft"]["attacks"]["benign-sst2"]
+    assert cell["n"] == 4 and cell["intervals"]["hs_io"]["n"] == 4 and cell["fa_n"] == 4
+    assert set(cell["per_prompt"]["judges"]) == {"embedded", "garak-mitigation"}
+    assert res["summary"]["sft"]["harmful-n8"]["hs_io"]["pooled"]["n"] == 8
+    rows = (tmp_path / "t" / "samples" / "samples-attack-sft.seed0-harmful-n8.jsonl").read_text().splitlines()
+    assert len(rows) == 4 and (tmp_path / "t" / "samples.html").exists()
     assert set(res["seconds"]) == {"sft", "vaccine"} and res["seconds"]["vaccine"]["align"] > 0
     report = (tmp_path / "t" / "report.md").read_text()
     assert "Full harmful fine-tuning" in report and "Benign fine-tuning" in report and "±" in report

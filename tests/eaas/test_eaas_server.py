@@ -30,7 +30,7 @@ def server(tmp_path, bow_embedder, corpus):
     cfg = ServerConfig(keys=[KeySpec("alice"), KeySpec("slow", requests_per_minute=60)], burst=3,
                        requests_per_minute=100000, texts_per_minute=1e9, max_batch=8, max_input_chars=200,
                        max_body_bytes=4000)
-    qlog = QueryLog(tmp_path / "q.sqlite", log_texts=True)
+    qlog = QueryLog(tmp_path / "q.sqlite", retention="full")
     app = create_app(service, cfg, {"alice": KEY, "slow": SLOW_KEY}, qlog)
     with ServerHandle(app, host="127.0.0.1", port=0) as h:
         with httpx.Client(base_url=h.url, timeout=30) as c:
@@ -96,12 +96,15 @@ def test_rate_limit_returns_429_with_retry_after(server):
     ({"input": "x" * 201, "model": MODEL}, 400, "input_too_long"),
     ({"input": [], "model": MODEL}, 400, "invalid_input"),
     ({"input": ["ok", ""], "model": MODEL}, 400, "invalid_input"),
-    ({"input": [[101, 102]], "model": MODEL}, 400, "invalid_input"),
+    ({"input": [[101, -2]], "model": MODEL}, 400, "invalid_input"),
+    ({"input": ["ok", 3], "model": MODEL}, 400, "invalid_input"),
     ({"input": {"a": 1}, "model": MODEL}, 400, "invalid_input"),
-    ({"input": "hi"}, 400, "missing_model"),
-    ({"model": MODEL}, 400, "missing_input"),
+    ({"input": "hi"}, 400, "missing_required_parameter"),
+    ({"model": MODEL}, 400, "missing_required_parameter"),
     ({"input": "hi", "model": "gpt-x"}, 404, "model_not_found"),
     ({"input": "hi", "model": MODEL, "encoding_format": "int8"}, 400, "invalid_encoding_format"),
+    ({"input": "hi", "model": MODEL, "user": 5}, 400, "invalid_user"),
+    ({"input": "hi", "model": MODEL, "dimensions": True}, 400, "invalid_dimensions"),
     ({"input": "hi", "model": MODEL, "dimensions": 7}, 400, "invalid_dimensions"),
     ({"input": "hi", "model": MODEL, "temperature": 1}, 400, "unknown_parameter"),
     ([1, 2, 3], 400, "invalid_body"),
@@ -134,8 +137,11 @@ def test_bad_json_and_oversized_bodies(server):
             yield b" " * 1000
     r = c.post("/v1/embeddings", content=chunks(), headers=h)
     assert r.status_code == 413
-    assert c.get("/v1/nothing").status_code == 404
-    assert c.get("/v1/embeddings").status_code == 405
+    assert c.get("/v1/nothing").status_code == 401  # /v1 needs a key before anything else, as OpenAI
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert c.get("/v1/nothing", headers=auth).status_code == 404
+    r = c.get("/v1/embeddings", headers=auth)
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_query_log_records_every_request(server):
@@ -169,7 +175,7 @@ def test_client_batches_and_raises_clear_errors(server):
         assert cl.requests_sent == 3
     assert np.allclose(got, service.embed(texts)[0], atol=1e-6)
     with EmbeddingClient(h.url, "sk-bad", MODEL) as cl:
-        with pytest.raises(TamperlabError, match="401: invalid API key"):
+        with pytest.raises(TamperlabError, match="401: Incorrect API key provided"):
             cl.embed(["x"], progress=False)
 
 

@@ -17,8 +17,45 @@ def test_auroc_and_auprc_known_values():
     assert S.auroc(np.array([5, 4, 3, 2, 1.0]), label) == 1.0
     assert S.auroc(np.array([1, 2, 3, 4, 5.0]), label) == 0.0
     assert S.auroc(np.array([5, 3, 4, 2, 1.0]), label) == pytest.approx(5 / 6)
-    # ranking: pos, neg, pos → AP = (1/1 + 2/3) / 2
-    assert S.auprc(np.array([3, 2, 1.0]), np.array([1, 0, 1], bool)) == pytest.approx((1 + 2 / 3) / 2)
+    # ranking pos, neg, pos. Paper's AUPRC (trapezoid over the PR points (R, P) = (0, 1), (.5, 1), (.5, .5),
+    # (1, 2/3)): 0.5·1 + 0.5·(0.5 + 2/3)/2 = 0.791667. Average precision: (1/1 + 2/3)/2 = 0.8333.
+    sc, lab = np.array([3, 2, 1.0]), np.array([1, 0, 1], bool)
+    assert S.auprc(sc, lab) == pytest.approx(0.5 + 0.5 * (0.5 + 2 / 3) / 2)
+    assert S.average_precision(sc, lab) == pytest.approx((1 + 2 / 3) / 2)
+    assert np.isnan(S.auroc(sc, np.ones(3, bool))) and np.isnan(S.auprc(sc, np.zeros(3, bool)))
+
+
+def test_metrics_with_tied_scores_equal_sklearn_and_ignore_input_order():
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+
+    # Ties across classes: AUROC counts a tied pair as half; AP and the PR curve treat a tie as one threshold.
+    score = np.array([0.9, 0.9, 0.9, 0.5, 0.5, 0.1, 0.1, 0.1])
+    label = np.array([1, 0, 0, 1, 0, 1, 0, 0], bool)
+    # hand: pairs (pos, neg) = 3·5 = 15; pos 0.9 beats 3 negs (0.5, 0.1, 0.1) ties 2 → 4; pos 0.5 beats 2, ties 1
+    # → 2.5; pos 0.1 ties 2 → 1. AUROC = 7.5/15 = 0.5
+    assert S.auroc(score, label) == pytest.approx(0.5) == roc_auc_score(label, score)
+    p, r, _ = precision_recall_curve(label, score)
+    assert S.auprc(score, label) == pytest.approx(auc(r, p))
+    assert S.average_precision(score, label) == pytest.approx(average_precision_score(label, score))
+    # hand AP: thresholds 0.9 (P 1/3, R 1/3), 0.5 (P 2/5, R 2/3), 0.1 (P 3/8, R 1) → (1/3)(1/3 + 2/5 + 3/8)
+    assert S.average_precision(score, label) == pytest.approx((1 / 3 + 2 / 5 + 3 / 8) / 3)
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(len(score))
+        assert S.auprc(score[perm], label[perm]) == pytest.approx(S.auprc(score, label))
+        assert S.average_precision(score[perm], label[perm]) == pytest.approx(S.average_precision(score, label))
+
+
+def test_detection_report_rates_hand_computed():
+    scores = {"cos": np.array([0.9, 0.8, 0.2, 0.1]), "l2": np.array([0.1, 0.2, 0.8, 0.9]),
+              "pca": np.array([0.1, 0.2, 0.8, 0.9])}
+    counts = np.array([2, 1, 0, 0])
+    deleted = np.array([True, False, True, False])
+    rep = S.detection_report(scores, counts, deleted)
+    assert (rep["tpr"], rep["fpr"], rep["precision"]) == (0.5, 0.5, 0.5)
+    assert (rep["tpr_k1"], rep["tpr_k2plus"], rep["n_deleted"], rep["n_triggered"]) == (0.0, 1.0, 2, 2)
+    assert rep["auroc_cos"] == rep["auroc_pca"] == rep["auprc_l2"] == 1.0
+    none = S.detection_report(scores, counts, np.zeros(4, bool))
+    assert none["tpr"] == 0.0 and np.isnan(none["precision"])
 
 
 def test_pca_score_matches_sklearn_definition():

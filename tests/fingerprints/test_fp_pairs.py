@@ -117,6 +117,40 @@ def test_utf_strings_round_trip_and_pairs_repeat(tiny_model, eligible):
         fp.build_pairs(tok)
 
 
+def test_utf_negative_control_guesses_like_the_official_test(tiny_model, monkeypatch):
+    """fp_test.neg_check: random strings of |x| tokens from the whole vocabulary, never an x, asked in the same
+    template; the control rate is the share of guesses whose output contains y."""
+    from tamperlab.fingerprints import verify as V
+
+    model, tok = tiny_model
+    fp = UTFFingerprint(make_config(UTFConfig, {"n_pairs": 1, "n_repeats": 2, "negative_guesses": 40,
+                                              "tokens": {"verify": False, "n_candidates": 300}}))
+    fps = fp.build_pairs(tok, model)
+    guesses = fps.provenance["negative_guesses"]
+    x = fps.fingerprints()[0]
+    assert len(guesses) == 40 and len(set(guesses)) == 40 and x.prompt not in guesses
+    pool = set(fps.provenance["pool"])
+    outside = 0
+    for g in guesses:
+        ids = tok(g, add_special_tokens=False)["input_ids"]
+        assert 11 <= len(ids) <= 15 and tok.decode(ids) == g  # round-trips
+        outside += not set(ids) <= pool
+    assert outside == 40  # drawn from the whole vocabulary, not the under-trained pool
+    # same x, y and guesses from the same seed; the guesses do not change the fingerprint pairs
+    again = fp.build_pairs(tok, model)
+    assert again.provenance["negative_guesses"] == guesses and again.fingerprints()[0].prompt == x.prompt
+    assert [p.prompt for p in fp.controls(fps, 1)] == guesses
+
+    def fake_generate(model, tok, prompts, cfg, desc="", progress=True):  # noqa: ANN001
+        # the trigger and the first 3 guesses answer y, the others do not
+        return [f"... {x.target} ..." if i < 4 else " nothing" for i in range(len(prompts))]
+
+    monkeypatch.setattr(V, "generate", fake_generate)
+    res = fp.verify(model, tok, fps, progress=False, control=True)["official"]
+    assert (res.fsr, res.n) == (1.0, 1)
+    assert (res.control["hits"], res.control["n"], res.control["rate"]) == (3, 40, 3 / 40)
+
+
 # --- HashChain ---------------------------------------------------------------------------------------------
 def test_hashchain_is_deterministic_under_a_key_and_differs_under_another(tokenizer):
     def pairs(key: str) -> list[tuple[str, str]]:

@@ -36,12 +36,21 @@ def _ctx(tok, tmp_path) -> RemovalContext:  # noqa: ANN001
                           load_base=lambda: load_model(ModelConfig(name_or_path="tiny:llama"), seed=0)[0])
 
 
+# The tiny model's erase, calibrated with margin. The official q/v LoRA sits on a knife edge here: 4 steps at 1e-2
+# left FSR at 1 or took it to 0 depending on the init seed and even on the CPU's kernels (AVX-512 vs AVX2), and
+# 24 q/v steps at 2e-2 still left a trigger's answer at NLL 1.8 nats/token on one seed. A LoRA on every linear
+# layer, 24 steps at 2e-2, brings the erase loss to its plateau (~15 → ~7.5) and the fingerprint answer to
+# ≥ 6 nats/token, FSR 0, on init seeds 0/1/2 under AVX-512, AVX2 and scalar kernels; the end-to-end recipe
+# below erases to FSR 0 on experiment seeds 0/1/2 under AVX-512 and AVX2 (fpfix, 2026-11-30).
+TINY_ERASE = {"n_examples": 16, "epochs": 12.0,
+              "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
+              "train": {"learning_rate": 2e-2, "batch_size": 8, "logging_steps": 4}}
+
+
 def _meraser(name: str, **erase):  # noqa: ANN003
     entry = REMOVALS.entry(name)
     return entry.obj(make_config(entry.config, {
-        "erase": {"n_examples": 16, "epochs": 2.0, "data_format": "raw",
-                  "train": {"learning_rate": 1e-2, "batch_size": 8, "logging_steps": 2}, **erase},
-        "do_recover": False}))
+        "erase": {**TINY_ERASE, "data_format": "raw", **erase}, "do_recover": False}))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +80,9 @@ def test_meraser_erase_flips_fsr_from_high_to_low(fingerprinted, tmp_path):
     erased = stages[0].model
     assert not hasattr(erased, "peft_config")  # the LoRA is merged back into plain weights
     res = fp.verify(erased, tok, fps, progress=False)
-    assert res["official"].fsr == 0.0
+    assert res["official"].fsr == 0.0 and res["plain"].fsr == 0.0
+    losses = stages[0].info["train"]["loss_history"]
+    assert losses[-1] < 0.6 * losses[0]  # the erase converged (~15 → ~7.5), not a lucky first steps
     assert (tmp_path / "work" / "erase_adapter" / "adapter_model.safetensors").exists()
     model.load_state_dict(state)  # leave the shared fixture as it was
 
@@ -80,7 +91,8 @@ def test_transfer_lora_trained_on_the_clean_base_erases_an_unseen_model(fingerpr
     fp, fps, model, tok, _, _ = fingerprinted
     state = {k: v.clone() for k, v in model.state_dict().items()}
     ctx = _ctx(tok, tmp_path)
-    # trained on a model without the fingerprint, the LoRA needs a stronger erase than the direct one
+    # trained on a model without the fingerprint, the LoRA needs a stronger erase than the direct one: on every
+    # linear layer, 16 steps at 3e-2 leave the answer at >= 5.4 nats/token on seeds 0/1/2 (q/v only: 0.8 on seed 2)
     removal = _meraser("meraser_transfer", epochs=8.0, train={"learning_rate": 3e-2, "batch_size": 8})
     (stage,) = list(removal.apply(model, ctx))
     assert stage.info["trained_on"] == "clean base model"
@@ -147,7 +159,7 @@ def test_experiment_end_to_end_on_the_tiny_model(tmp_path):
                          {"name": "hashchain", "params": {"prompt_format": "raw", "n_questions": 2, "n_augment": 1,
                                                           "embed": fp_params["embed"]}}],
         "removals": [{"name": "meraser", "targets": ["instructional"],
-                      "params": {"erase": {"n_examples": 16, "epochs": 2.0, "train": {"learning_rate": 1e-2}},
+                      "params": {"erase": TINY_ERASE,
                                  "recover": {"n_examples": 8, "epochs": 1.0}}},
                      {"name": "prune_magnitude", "params": {"ratio": 0.05}}],
     })

@@ -1,4 +1,4 @@
-"""Merging (Task Arithmetic, TIES, DARE), pruning (magnitude, Wanda, random), Token Forcing's flagging, MEraser's
+"""Pruning (magnitude, Wanda, random), Token Forcing's flagging, MEraser's
 mismatched pairs and data parsing — on small hand-checked tensors and fixtures."""
 
 from __future__ import annotations
@@ -7,54 +7,10 @@ import pytest
 import torch
 
 from tamperlab.data.core import Example
-from tamperlab.fingerprints import merging as M
 from tamperlab.fingerprints import pruning as P
 from tamperlab.fingerprints.cleandata import (build_mismatched, guanaco_first_turn, guanaco_llama2_rows,
                                               question_type)
 from tamperlab.fingerprints.removal import flag_continuations
-
-
-# --- merging -----------------------------------------------------------------------------------------------
-def test_task_arithmetic_is_weighted_sum_of_task_vectors():
-    base = {"w": torch.tensor([1.0, 2.0, 3.0]), "step": torch.tensor(7)}
-    a = {"w": torch.tensor([2.0, 2.0, 5.0]), "step": torch.tensor(1)}
-    b = {"w": torch.tensor([1.0, 0.0, 3.0]), "step": torch.tensor(2)}
-    out = M.merge_state_dicts(base, [a, b], [0.5, 1.0], "task_arithmetic", scale=2.0)
-    # base + 2 * (0.5*[1,0,2] + 1*[0,-2,0]) = [1,2,3] + [1,-4,2]
-    assert torch.allclose(out["w"], torch.tensor([2.0, -2.0, 5.0]))
-    assert int(out["step"]) == 7  # non-float tensors are copied from the base
-
-
-def test_ties_trims_elects_sign_and_averages_agreeing_entries():
-    d1 = torch.tensor([3.0, -1.0, 0.5, 2.0])
-    d2 = torch.tensor([1.0, 2.0, -4.0, -1.0])
-    # density 0.5 keeps the 2 largest |.| of each: d1 → [3, 0, 0, 2]; d2 → [0, 2, -4, 0]
-    assert torch.equal(M.trim_topk(d1, 0.5), torch.tensor([3.0, 0.0, 0.0, 2.0]))
-    out = M.merge_deltas([d1, d2], [1.0, 1.0], "ties", density=0.5)
-    # elected signs: [+, +, -, +]; disjoint means: [3, 2, -4, 2]
-    assert torch.allclose(out, torch.tensor([3.0, 2.0, -4.0, 2.0]))
-    # opposite signs on one entry: only the majority-mass side survives, averaged by weight
-    e1, e2, e3 = torch.tensor([4.0]), torch.tensor([2.0]), torch.tensor([-5.0])
-    assert torch.allclose(M.merge_deltas([e1, e2, e3], [1, 1, 1], "ties", 1.0), torch.tensor([3.0]))
-
-
-def test_dare_drops_at_rate_and_preserves_expectation():
-    g = torch.Generator().manual_seed(0)
-    d = torch.ones(20_000)
-    dropped = M.dare_drop(d, 0.3, g)
-    kept = dropped != 0
-    assert abs(kept.float().mean().item() - 0.3) < 0.02
-    assert torch.allclose(dropped[kept], torch.full_like(dropped[kept], 1 / 0.3))
-    assert abs(dropped.mean().item() - 1.0) < 0.05
-    # density 1 is plain task arithmetic
-    a, b = torch.randn(50), torch.randn(50)
-    assert torch.allclose(M.merge_deltas([a, b], [0.3, 0.7], "dare_linear", 1.0),
-                          M.merge_deltas([a, b], [0.3, 0.7], "task_arithmetic"))
-
-
-def test_merge_rejects_mismatched_architectures():
-    with pytest.raises(ValueError, match="same architecture"):
-        M.merge_state_dicts({"w": torch.zeros(3)}, [{"w": torch.zeros(4)}], [1.0], "ties")
 
 
 # --- pruning -----------------------------------------------------------------------------------------------
@@ -62,6 +18,17 @@ def test_magnitude_mask_prunes_exactly_the_smallest():
     w = torch.tensor([[0.1, -5.0, 0.3], [2.0, -0.05, 1.0]])
     keep = P.magnitude_mask(w, 0.5)
     assert keep.tolist() == [[False, True, False], [True, False, True]]
+
+
+def test_torch_pruning_masks_prune_round_ratio_n_reproducibly():
+    w = torch.arange(1.0, 11.0).reshape(2, 5)
+    # 0.25·10 = 2.5 → round → 2 (banker's rounding, as torch.nn.utils.prune): the two smallest go
+    assert (~P.magnitude_mask(w, 0.25)).nonzero().tolist() == [[0, 0], [0, 1]]
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    before = torch.random.get_rng_state()
+    m1, m2 = P.random_mask(torch.ones(50, 40), 0.2, g1), P.random_mask(torch.ones(50, 40), 0.2, g2)
+    assert torch.equal(m1, m2) and int((~m1).sum()) == 400
+    assert torch.equal(before, torch.random.get_rng_state())  # the global generator is left alone
 
 
 def test_wanda_weighs_magnitudes_by_input_norms_per_row():

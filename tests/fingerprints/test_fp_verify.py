@@ -108,7 +108,8 @@ def test_every_fingerprint_verifies_with_controls_as_the_experiment_calls_it(nam
     fps = fp.build_pairs(tok, model, clean)
     res = fp.verify(model, tok, fps, progress=False, control=True)
     n = len(fps.fingerprints())
-    n_ctrl = {"instructional": n, "utf": 0, "hashchain": n}[name]  # UTF's set has no trigger-free prompts
+    # UTF: the official negative control, 500 random-string guesses whatever the number of fingerprints
+    n_ctrl = {"instructional": n, "utf": 500, "hashchain": n}[name]
     assert len(fp.controls(fps, n)) == n_ctrl
     for r in res.values():
         assert r.n == n and len(r.pairs) == n

@@ -10,12 +10,14 @@ Harmful samples come from the attack pool (disjoint from alignment data and from
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from ..config import check_range
+from ..config import Fraction, PosInt, Registered
 from ..data.core import DataSplit, Example
 from ..errors import ConfigError
+from ..models import load_adapter
 from ..registry import ATTACKS, TASKS
 from ..training import TrainConfig
 
@@ -36,25 +38,26 @@ class AttackConfig:
     """Label in tables (default: derived from kind, n, p and task)."""
     kind: Literal["harmful", "mixed", "benign"] = "harmful"
     """harmful (p=1), mixed (0<p<1 with a task), benign (p=0, a task)."""
-    n: int = 100
+    n: PosInt = 100
     """Fine-tuning samples."""
-    harmful_ratio: float = 0.1
+    harmful_ratio: Fraction = 0.1
     """p for `mixed` (ignored otherwise)."""
-    task: str = "sst2"
+    task: Annotated[str, Registered("tasks")] = "sst2"
     """Benign task for mixed / benign (sst2, agnews, gsm8k)."""
     task_source: Literal["offline", "hub"] = "offline"
     """offline = generated task data with exact labels; hub = the real dataset."""
-    n_task_eval: int = 100
+    n_task_eval: PosInt = 100
     """Task eval examples for fine-tune accuracy (paper: up to 1000)."""
-    task_max_new_tokens: int = 24
+    task_max_new_tokens: PosInt = 24
     """Decoding budget for task answers (paper: 200)."""
     train: TrainConfig = field(default_factory=_attack_train)
     """Attacker's optimizer settings (default: the paper's)."""
-
-    def __post_init__(self) -> None:
-        check_range("attack", "harmful_ratio", self.harmful_ratio, 0.0, 1.0)
-        if self.n <= 0:
-            raise ConfigError(f"attack.n must be > 0, got {self.n}")
+    full_finetune: bool = False
+    """False: keep training the released alignment LoRA (single_lora, as in the CTRAP code); True: merge it into
+    the base and train every weight (an attacker who owns the weights is not bound to the defender's adapter)."""
+    measure_fa: bool = False
+    """Also measure fine-tune accuracy on `task` after a harmful attack (p = 1): a utility check on the attacked
+    model, used by attacker sweeps to tell attacks that keep the model useful from ones that wreck it."""
 
     @property
     def p(self) -> float:
@@ -81,7 +84,7 @@ class FineTuneAttack:
 
     def __init__(self, cfg: AttackConfig):
         self.cfg = cfg
-        if cfg.uses_task and cfg.task not in TASKS:
+        if (cfg.uses_task or cfg.measure_fa) and cfg.task not in TASKS:
             TASKS.get(cfg.task)  # raises with suggestions
 
     def dataset(self, harmful_pool: DataSplit, seed: int = 0) -> DataSplit:
@@ -99,7 +102,16 @@ class FineTuneAttack:
         random.Random(seed).shuffle(examples)
         return DataSplit(f"attack-{self.cfg.label}", examples, prov)
 
+    def prepare(self, base: Any, adapter_dir: str | Path) -> Any:
+        """The model the attacker trains: the released LoRA kept trainable, or (full_finetune) merged into the
+        base with every weight trainable."""
+        model = load_adapter(base, adapter_dir, trainable=not self.cfg.full_finetune)
+        if self.cfg.full_finetune:
+            model = model.merge_and_unload()
+            model.requires_grad_(True)
+        return model
+
     def task_eval(self, seed: int = 0) -> DataSplit | None:
-        if not self.cfg.uses_task:
+        if not (self.cfg.uses_task or self.cfg.measure_fa):
             return None
         return TASKS.get(self.cfg.task).load("eval", self.cfg.n_task_eval, self.cfg.task_source, seed)

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from ..data.core import Example
+from ..config import PosInt
 from ..errors import ConfigError
+from .objectives import global_token_ce
 from ..training import (CycledLoader, PadCollator, TokenizedDataset, TrainConfig, build_trainer, concat_batches,
                         run_training)
 
@@ -30,7 +32,7 @@ class DefenseConfig:
 
     helpful_batch_size: int = 4
     """Helpful rows appended to each alignment batch (official: 5); 0 disables the helpful/retain data."""
-    harmful_batch_size: int = 8
+    harmful_batch_size: PosInt = 8
     """Harmful rows per step for defenses that use harmful data (official: 10)."""
 
 
@@ -89,6 +91,9 @@ class Defense:
     """Citation shown in reports."""
     passes_per_step: ClassVar[int] = 1
     """Forward+backward passes per optimizer step (cost relative to SFT, documented in docs/methods)."""
+    lookahead: ClassVar[bool] = False
+    """Adds gradients taken on the full parameters to `.grad` after the main backward (CTRAP, Booster): needs
+    DDP or one process — FSDP shards the parameters and DeepSpeed keeps gradients in its own buffers."""
 
     def __init__(self, cfg: DefenseConfig | None = None, tokenizer: Any = None):
         self.cfg = cfg or self.config_cls()
@@ -98,7 +103,7 @@ class Defense:
         """Default: SFT on the retain (alignment ∪ helpful) batch."""
         device = inputs["input_ids"].device
         retain = trainer.retain_batch(inputs, device)
-        loss = model(**retain).loss
+        loss = global_token_ce(model, retain)
         trainer.backward(loss)
         return loss
 
@@ -117,9 +122,15 @@ class Defense:
                 raise ConfigError(f"{type(self).__name__} needs harmful alignment data")
             aux["harmful"] = CycledLoader(TokenizedDataset(tok, data.harmful, fmt, max_length),
                                           self.cfg.harmful_batch_size, collator, seed + 2)
-        return build_trainer(model, tok, data.refusal, train, out_dir, fmt, max_length, seed,
-                             trainer_cls=AlignmentTrainer, callbacks=callbacks,
-                             trainer_kwargs={"defense": self, "aux": aux})
+        trainer = build_trainer(model, tok, data.refusal, train, out_dir, fmt, max_length, seed,
+                                trainer_cls=AlignmentTrainer, callbacks=callbacks,
+                                trainer_kwargs={"defense": self, "aux": aux})
+        kind = str(getattr(trainer.accelerator.distributed_type, "value", trainer.accelerator.distributed_type))
+        if self.lookahead and kind in ("FSDP", "DEEPSPEED"):
+            raise ConfigError(f"{type(self).__name__} composes look-ahead gradients on full parameters and "
+                              f"cannot run under {kind}: launch it with DDP (accelerate_configs/multi_gpu.yaml) "
+                              "or one process")
+        return trainer
 
     def align(self, model: Any, tok: Any, data: AlignmentData, train: TrainConfig, out_dir: str | Path,
               fmt: str = "auto", max_length: int = 256, seed: int = 0, resume: bool = True,

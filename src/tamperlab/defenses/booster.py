@@ -16,6 +16,7 @@ from typing import Any
 
 from ..registry import DEFENSES
 from .base import AlignmentTrainer, Defense, DefenseConfig
+from .objectives import global_token_ce
 from .lookahead import add_to_grads, loss_and_grads, normalized_step_scale, perturbed, trainable
 from .objectives import log_terms
 
@@ -39,6 +40,7 @@ class BoosterDefense(Defense):
     paper = ("Huang et al., Booster: Tackling Harmful Fine-tuning for Large Language Models via Attenuating "
              "Harmful Perturbation, ICLR 2025, arXiv 2409.01586")
     passes_per_step = 3
+    lookahead = True
     cfg: BoosterConfig
 
     def step(self, trainer: AlignmentTrainer, model: Any, raw: Any, inputs: dict[str, Any]) -> Any:
@@ -49,7 +51,7 @@ class BoosterDefense(Defense):
         h_before, g_before = loss_and_grads(raw, harmful, params)
         with perturbed(params, g_before, normalized_step_scale(g_before, self.cfg.alpha)):
             h_after, g_after = loss_and_grads(raw, harmful, params)
-        loss = model(**retain).loss
+        loss = global_token_ce(model, retain)
         trainer.backward(loss)
         coef = self.cfg.lam / trainer.args.gradient_accumulation_steps
         add_to_grads(params, g_before, coef)

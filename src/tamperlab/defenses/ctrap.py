@@ -14,6 +14,7 @@ from typing import Any
 
 from ..registry import DEFENSES
 from .base import AlignmentTrainer, Defense, DefenseConfig, relabel_all, trap_token_id
+from .objectives import global_token_ce
 from .lookahead import add_to_grads, loss_and_grads, normalized_step_scale, perturbed, trainable
 
 
@@ -37,6 +38,7 @@ class CTRAPDefense(Defense):
     uses_harmful = True
     paper = "Yi et al., CTRAP: Embedding Collapse Trap to Safeguard LLMs from Harmful Fine-Tuning, arXiv 2505.16559"
     passes_per_step = 3
+    lookahead = True
     cfg: CTRAPConfig
 
     def step(self, trainer: AlignmentTrainer, model: Any, raw: Any, inputs: dict[str, Any]) -> Any:
@@ -48,7 +50,7 @@ class CTRAPDefense(Defense):
         _, g_h = loss_and_grads(raw, harmful, params)
         with perturbed(params, g_h, normalized_step_scale(g_h, self.cfg.alpha)):
             collapse_loss, g_c = loss_and_grads(raw, relabel_all(retain, trap), params)
-        loss = model(**retain).loss
+        loss = global_token_ce(model, retain)
         trainer.backward(loss)
         add_to_grads(params, g_c, self.cfg.lam / trainer.args.gradient_accumulation_steps)
         return loss

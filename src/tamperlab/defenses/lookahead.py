@@ -31,14 +31,20 @@ def _all_reduce_mean(tensors: Sequence[Tensor]) -> None:
 def loss_and_grads(model: Any, batch: dict[str, Tensor], params: Sequence[Tensor],
                    loss_fn: Callable[[Any, dict[str, Tensor]], Tensor] | None = None) -> tuple[float, list[Tensor]]:
     """Loss and d loss / d params via autograd.grad: `.grad` (the optimizer's accumulator) is untouched.
-    `model` must be the unwrapped module (a DDP wrapper expects .backward after forward)."""
+    `model` must be the unwrapped module (a DDP wrapper expects .backward after forward).
+    The default loss is the global token-mean CE (objectives.global_token_ce): after the all-reduce every rank
+    holds the gradient one process would compute on the union of the ranks' batches; the returned loss is that
+    global mean too."""
     import torch
 
-    loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
+    from .objectives import global_token_ce
+
+    loss = (loss_fn or global_token_ce)(model, batch)
     grads = torch.autograd.grad(loss, list(params), allow_unused=True)
     grads = [g.detach() if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
-    _all_reduce_mean(grads)
-    return float(loss.detach()), grads
+    value = loss.detach().clone()
+    _all_reduce_mean([*grads, value])
+    return float(value), grads
 
 
 def global_norm(grads: Sequence[Tensor]) -> float:

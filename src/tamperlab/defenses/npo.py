@@ -16,6 +16,7 @@ from typing import Any
 
 from ..registry import DEFENSES
 from ..training import concat_batches
+from ..config import PosInt
 from .base import AlignmentTrainer, Defense, DefenseConfig
 from .objectives import log_terms, sequence_logps, token_ce
 from .reference import FrozenReference
@@ -31,7 +32,7 @@ class NPOConfig(DefenseConfig):
     """Weight ρ of the negative-preference term."""
     helpful_batch_size: int = 0
     """The official NPOTrainer draws helpful rows but does not use them; > 0 adds them to the CE term."""
-    harmful_batch_size: int = 4
+    harmful_batch_size: PosInt = 4
     """Harmful rows per step (official: the alignment batch size, 5)."""
 
 

@@ -26,6 +26,24 @@ def token_ce(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100)
 
 
+def global_token_ce(model: Any, batch: dict[str, Tensor]) -> Tensor:
+    """Causal-LM cross-entropy of this rank's rows, normalised by the supervised tokens of the *global* batch
+    (all ranks) and multiplied by the world size — the Trainer's `num_items_in_batch` normalisation. DDP averages
+    gradients over ranks, so the update is the gradient of the global token mean, exactly as one process with the
+    whole batch computes it; the mean of the returned values over ranks is that global mean (what the Trainer
+    logs). Single process: `model(**batch).loss`. With gradient accumulation each micro-batch is normalised by
+    its own (global) token count."""
+    import torch.nn.functional as F
+
+    from ..distributed import all_reduce_sum, world_size
+
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+    lg, lb = shifted(out.logits, batch["labels"])
+    total = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100, reduction="sum")
+    n = all_reduce_sum((lb != -100).sum().to(total.dtype).detach())
+    return total * world_size() / n.clamp_min(1)
+
+
 def sequence_logps(logits: Tensor, labels: Tensor) -> Tensor:
     """Per-row mean log-probability of the supervised tokens (length-normalised, as the CTRAP repo's
     NPOTrainer.compute_logps). Rows without supervised tokens get 0."""

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 from ..registry import DEFENSES
 from ..training import concat_batches
+from ..config import PosInt
 from .base import AlignmentTrainer, Defense, DefenseConfig
 from .objectives import log_terms
 from .representations import (DecoderParts, capture_outputs, decoder_parts, logit_lens, pad_like,
@@ -43,7 +44,7 @@ class RepNoiseConfig(DefenseConfig):
     """Weight β of the MMD-to-Gaussian-noise term (official flag --lamb)."""
     helpful_batch_size: int = 0
     """The official trainer's harmless batch is the refusal batch only; > 0 adds helpful rows to it."""
-    harmful_batch_size: int = 4
+    harmful_batch_size: PosInt = 4
     """Harmful rows per step (official: the alignment batch size, 4)."""
     lens_stride: int = 1
     """Logit lens on every k-th hidden state (the last one always included); 1 = all of them, as the official

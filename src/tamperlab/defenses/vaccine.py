@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..distributed import all_reduce_sum
 from ..registry import DEFENSES
 from .base import AlignmentTrainer, Defense, DefenseConfig
-from .lookahead import global_norm
-from .objectives import log_terms
+from .objectives import global_token_ce, log_terms
 from .representations import add_to_outputs, capture_outputs, decoder_parts, require_captured
 
 Tensor = Any
@@ -49,18 +49,20 @@ class VaccineDefense(Defense):
 
         modules = decoder_parts(raw).attention
         with capture_outputs(modules) as slots:
-            loss = raw(**batch).loss
+            loss = global_token_ce(raw, batch)
         outs = require_captured(slots)
         # Gradients w.r.t. activations only: the weight gradients of this pass are discarded by the official code.
         grads = torch.autograd.grad(loss, outs)
-        scale = self.cfg.rho / (global_norm(grads) + 1e-7)
+        # ‖ε‖ = ρ over the global batch: the squared norms of the ranks' rows add up.
+        sq = all_reduce_sum(sum((g.float() ** 2).sum() for g in grads).detach())
+        scale = self.cfg.rho / (float(sq.sqrt()) + 1e-7)
         return float(loss.detach()), [g.detach() * scale for g in grads]
 
     def step(self, trainer: AlignmentTrainer, model: Any, raw: Any, inputs: dict[str, Any]) -> Any:
         batch = trainer.retain_batch(inputs, inputs["input_ids"].device)
         clean_loss, eps = self.perturbation(raw, batch)
         with add_to_outputs(decoder_parts(raw).attention, eps):
-            loss = model(**batch).loss
+            loss = global_token_ce(model, batch)
             trainer.backward(loss)  # inside the block: activation checkpointing re-runs the hooked forward
         log_terms(trainer, {"clean_loss": clean_loss, "perturbed_loss": float(loss.detach())}, "vaccine/")
         return loss

@@ -61,7 +61,9 @@ class EmbeddingClient:
                                  if isinstance(d["embedding"], str) else np.asarray(d["embedding"], np.float32)
                                  for d in rows])
             if r.status_code == 429 and attempt < self.max_retries:
-                wait = float(r.headers.get("retry-after", "1") or 1)
+                # The server's Retry-After is always satisfiable; retry-after-ms is the precise form (OpenAI's).
+                ms = r.headers.get("retry-after-ms")
+                wait = float(ms) / 1000 if ms else float(r.headers.get("retry-after", "1") or 1)
                 if time.monotonic() + wait > deadline:
                     break
                 self.retries += 1

@@ -171,5 +171,6 @@ class SAW:
         st = score_stats(self.scores(backdoor[0], embed(backdoor[0])), self.scores(benign, embed(benign)))
         return {"statistic": "proj_u", "delta": st["delta"], "p_value": st["p_value"],
                 "score_backdoor": st["backdoor_mean"], "score_benign": st["benign_mean"],
-                "n_backdoor": size, "n_benign": size,
+                "n_backdoor": size, "n_benign": size, "delta_interval": st["delta_interval"],
+                "scores_backdoor": st["scores_backdoor"], "scores_benign": st["scores_benign"],
                 "detected": bool(st["p_value"] < alpha and st["delta"] > 0)}

@@ -36,8 +36,13 @@ class DownstreamConfig:
 def classify_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                       cfg: DownstreamConfig, seed: int = 0) -> float:
     """Train the MLP on (x_train, y_train); accuracy on (x_test, y_test)."""
-    import torch
+    return float(classify_correct(x_train, y_train, x_test, y_test, cfg, seed).mean())
 
+
+def classify_correct(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                     cfg: DownstreamConfig, seed: int = 0) -> np.ndarray:
+    """Train the MLP on (x_train, y_train); per test item, whether it is classified correctly (accuracy = the
+    mean; the flags let two embedding sources be compared on the same test texts)."""
     from .embedder import torch_threads
 
     with torch_threads(1):  # a tiny MLP: one thread is faster than two fighting over a busy CPU
@@ -45,7 +50,7 @@ def classify_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarr
 
 
 def _fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                 cfg: DownstreamConfig, seed: int) -> float:
+                 cfg: DownstreamConfig, seed: int) -> np.ndarray:
     import torch
 
     torch.manual_seed(seed)
@@ -67,4 +72,4 @@ def _fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y
     net.eval()
     with torch.no_grad():
         pred = net(torch.tensor(x_test, dtype=torch.float32)).argmax(1).numpy()
-    return float((pred == np.asarray(y_test)).mean())
+    return pred == np.asarray(y_test)

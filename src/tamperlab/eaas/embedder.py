@@ -102,6 +102,11 @@ class Embedder:
         # model.encode is not re-entrant-safe for throughput: one encode at a time keeps the 2 cores busy
         # without thread oversubscription; the server's batcher merges concurrent requests instead.
         self._lock = threading.Lock()
+        # Token counting and decoding use their own copy of the tokenizer: a fast tokenizer raises "Already
+        # borrowed" when two threads use one instance with different truncation settings (the encode thread
+        # truncates, counting must not).
+        self._count_tok: Any = None
+        self._count_lock = threading.Lock()
 
     @classmethod
     def load(cls, spec: str, batch_size: int = 64, cache_size: int = 0) -> "Embedder":
@@ -152,3 +157,31 @@ class Embedder:
         max_len = int(getattr(self.model, "max_seq_length", 512) or 512)
         enc = tok(list(texts), add_special_tokens=True, truncation=True, max_length=max_len)
         return [len(ids) for ids in enc["input_ids"]]
+
+    @property
+    def max_tokens(self) -> int:
+        """The model's context in tokens (special tokens included); longer inputs would be truncated."""
+        return int(getattr(self.model, "max_seq_length", 512) or 512)
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids accepted as input are 0 .. vocab_size - 1."""
+        return len(self.model.tokenizer)
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as the model would see them before truncation (special tokens included)."""
+        with self._count_lock:
+            enc = self._counting_tokenizer()(list(texts), add_special_tokens=True, truncation=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of a token-id input (special tokens dropped): the watermark and the model see this text."""
+        with self._count_lock:
+            return str(self._counting_tokenizer().decode(list(ids), skip_special_tokens=True))
+
+    def _counting_tokenizer(self) -> Any:
+        if self._count_tok is None:
+            import copy
+
+            self._count_tok = copy.deepcopy(self.model.tokenizer)
+        return self._count_tok

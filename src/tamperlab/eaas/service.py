@@ -1,14 +1,11 @@
 """The provider: a clean embedder plus a service-side watermark, and the dynamic batcher the server uses.
 
 `EmbeddingService.embed(texts)` returns what a customer receives: clean embeddings with the watermark applied.
-`Batcher` merges texts of concurrent requests into one `encode` call (up to `max_texts`, waiting at most
-`max_wait_ms` for company), because one large batch through the transformer is much cheaper than many small
-ones on a CPU, and it keeps one encode at a time (no thread oversubscription on 2 cores).
+(The micro-batcher in front of it is `batching.Batcher`.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,63 +88,6 @@ def build_service(cfg: ProviderConfig, corpus: Sequence[str], state_dir: str | P
     return EmbeddingService(emb, wm, cfg.model_name)
 
 
-class Batcher:
-    """Async micro-batching in front of `EmbeddingService.embed` (one encode at a time, in a worker thread)."""
+from .batching import Batcher  # noqa: E402  (moved; re-exported for existing imports)
 
-    def __init__(self, service: EmbeddingService, max_texts: int = 128, max_wait_ms: float = 5.0):
-        self.service = service
-        self.max_texts = max_texts
-        self.max_wait = max_wait_ms / 1000.0
-        self._queue: asyncio.Queue[tuple[list[str], asyncio.Future[Any]]] | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def submit(self, texts: list[str]) -> tuple[np.ndarray, int]:
-        assert self._queue is not None, "Batcher.start() not called"
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put((texts, fut))
-        return await fut
-
-    async def _loop(self) -> None:
-        assert self._queue is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            first = await self._queue.get()
-            batch = [first]
-            n = len(first[0])
-            deadline = loop.time() + self.max_wait
-            while n < self.max_texts:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout)
-                except asyncio.TimeoutError:
-                    break
-                batch.append(item)
-                n += len(item[0])
-            texts = [t for item in batch for t in item[0]]
-            try:
-                emb, counts = await asyncio.to_thread(self.service.embed, texts)
-            except Exception as e:  # deliver the failure to every waiting request instead of killing the loop
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            start = 0  # split back per request, so each log row gets its own trigger count
-            for item_texts, fut in batch:
-                end = start + len(item_texts)
-                if not fut.done():
-                    fut.set_result((emb[start:end], int(counts[start:end].sum())))
-                start = end
+__all__ = ["ProviderConfig", "EmbeddingService", "build_service", "Batcher"]

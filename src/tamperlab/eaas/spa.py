@@ -16,8 +16,13 @@ moves with the new meaning, a watermarked one stays anchored to the target. So t
    hard-codes a count).
 5. The purified set (corpus minus deleted samples) trains a new copy model, whose watermark should no longer verify.
 
-Metrics: AUROC and AUPRC of each score against the ground-truth trigger label (≥1 trigger word), TPR = deleted ∩
-triggered / triggered, FPR = deleted ∩ clean / clean.
+Metrics (official `visualization.py` / `subset_remove.py`, all from scikit-learn): AUROC = `roc_auc_score` and
+AUPRC = `auc(recall, precision)` of `precision_recall_curve` (trapezoidal; `average_precision_score` is reported
+separately as `ap_*`, labelled as not the paper's) of each score against the ground-truth trigger label (≥1
+trigger word), with l2/pca negated (the official 1 − score: same ranking); TPR = deleted ∩ triggered / triggered
+(`recall_score`), FPR = deleted ∩ clean / clean, precision of the deletion (`precision_score`).
+Remaining deviations of the metrics from the official code: none (the official TPR is reported at its
+hard-coded deletion count; here at the configured removal rule).
 """
 
 from __future__ import annotations
@@ -151,25 +156,40 @@ def select_for_deletion(scores: dict[str, np.ndarray], cfg: SPAConfig) -> tuple[
     return mask, None
 
 
-def auroc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve (Mann–Whitney U / (n_pos n_neg), ties count half)."""
+def _binary(score: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     label = np.asarray(label, bool)
-    pos, neg = label.sum(), (~label).sum()
-    if pos == 0 or neg == 0:
-        return float("nan")
-    r = stats.rankdata(score)
-    return float((r[label].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    if label.all() or not label.any():
+        return None  # one class only: the areas are undefined (sklearn raises); reported as NaN
+    return np.asarray(score, dtype=np.float64), label
+
+
+def auroc(score: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve: sklearn `roc_auc_score` (official `visualization.py`); ties count half."""
+    from sklearn.metrics import roc_auc_score
+
+    xy = _binary(score, label)
+    return float("nan") if xy is None else float(roc_auc_score(xy[1], xy[0]))
 
 
 def auprc(score: np.ndarray, label: np.ndarray) -> float:
-    """Average precision: mean over positives of the precision at their rank (sklearn's definition)."""
-    label = np.asarray(label, bool)
-    if label.sum() == 0:
+    """The paper's AUPRC: `auc(recall, precision)` on sklearn's `precision_recall_curve` (trapezoidal area,
+    official `visualization.py`). Tied scores form one curve point, so the value does not depend on input order.
+    Not sklearn's `average_precision_score` (step-wise, no interpolation): see `average_precision`."""
+    from sklearn.metrics import auc, precision_recall_curve
+
+    xy = _binary(score, label)
+    if xy is None:
         return float("nan")
-    order = np.argsort(-np.asarray(score), kind="stable")
-    hits = label[order]
-    prec = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(prec[hits].mean())
+    precision, recall, _ = precision_recall_curve(xy[1], xy[0])
+    return float(auc(recall, precision))
+
+
+def average_precision(score: np.ndarray, label: np.ndarray) -> float:
+    """sklearn `average_precision_score` — a common alternative summary of the PR curve, not the paper's."""
+    from sklearn.metrics import average_precision_score
+
+    xy = _binary(score, label)
+    return float("nan") if xy is None else float(average_precision_score(xy[1], xy[0]))
 
 
 def detection_report(scores: dict[str, np.ndarray], counts: np.ndarray, deleted: np.ndarray) -> dict[str, Any]:
@@ -184,13 +204,19 @@ def detection_report(scores: dict[str, np.ndarray], counts: np.ndarray, deleted:
         wl = watermark_likeness(scores, name)
         out[f"auroc_{name}"] = auroc(wl, label)
         out[f"auprc_{name}"] = auprc(wl, label)
-    pos, neg = label.sum(), (~label).sum()
-    out["tpr"] = float((deleted & label).sum() / pos) if pos else float("nan")
-    out["fpr"] = float((deleted & ~label).sum() / neg) if neg else float("nan")
+        out[f"ap_{name}"] = average_precision(wl, label)
+    from sklearn.metrics import confusion_matrix, precision_score, recall_score
+
+    deleted = np.asarray(deleted, bool)
+    tn, fp, _fn, _tp = (int(x) for x in confusion_matrix(label, deleted, labels=[False, True]).ravel())
+    pos = int(label.sum())
+    # TPR = recall of the deletion (official subset_remove.py: deleted ∩ triggered / triggered); NaN if undefined.
+    out["tpr"] = float(recall_score(label, deleted, zero_division=np.nan)) if pos else float("nan")
+    out["fpr"] = fp / (fp + tn) if fp + tn else float("nan")
     out["n_deleted"] = int(deleted.sum())
-    out["n_triggered"] = int(pos)
+    out["n_triggered"] = pos
     out["n"] = int(len(label))
-    out["precision"] = float((deleted & label).sum() / deleted.sum()) if deleted.sum() else float("nan")
+    out["precision"] = float(precision_score(label, deleted, zero_division=np.nan))
     k1, k2 = counts == 1, counts >= 2
     out["tpr_k1"] = float(deleted[k1].mean()) if k1.any() else float("nan")
     out["tpr_k2plus"] = float(deleted[k2].mean()) if k2.any() else float("nan")

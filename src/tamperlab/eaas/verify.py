@@ -9,6 +9,10 @@ Given the suspect's L2-normalised embeddings of the backdoor set D_b and the ben
 
 A watermarked copy gives Δcos > 0, Δl2 < 0 and a tiny p. With 20 vs 20 samples the smallest possible exact
 two-sample KS p-value is 2/C(40, 20) ≈ 1.45e-11.
+
+Next to each Δ the result keeps its 95 % interval (two-sample bootstrap over the D_b and D_n sentences,
+`stats.diff_record`) and the per-sentence values it is the difference of (`*_backdoor`, `*_benign`, in sentence
+order), so a report can compare two suspects verified on the same sentences (e.g. a copy before vs after SPA).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from ..stats import diff_record
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -39,6 +45,9 @@ def verification_stats(e_backdoor: np.ndarray, e_benign: np.ndarray, target: np.
         "p_value": float(stats.kstest(cos_b, cos_n).pvalue),
         "cos_backdoor_mean": float(cos_b.mean()),
         "cos_benign_mean": float(cos_n.mean()),
+        "delta_cos_interval": diff_record(cos_b, cos_n),
+        "delta_l2_interval": diff_record(l2_b, l2_n),
+        **per_sentence("cos", cos_b, cos_n),
     }
 
 
@@ -46,4 +55,11 @@ def score_stats(scores_backdoor: np.ndarray, scores_benign: np.ndarray) -> dict[
     """The same test on any per-sample score (SAW: bit accuracy of the decoded message)."""
     b, n = np.asarray(scores_backdoor, float), np.asarray(scores_benign, float)
     return {"delta": float(b.mean() - n.mean()), "p_value": float(stats.kstest(b, n).pvalue),
-            "backdoor_mean": float(b.mean()), "benign_mean": float(n.mean())}
+            "backdoor_mean": float(b.mean()), "benign_mean": float(n.mean()), "delta_interval": diff_record(b, n),
+            **per_sentence("scores", b, n)}
+
+
+def per_sentence(name: str, backdoor: np.ndarray, benign: np.ndarray) -> dict[str, list[float]]:
+    """The per-sentence statistic of D_b and D_n (rounded for JSON): `{name}_backdoor`, `{name}_benign`."""
+    return {f"{name}_backdoor": [round(float(v), 6) for v in backdoor],
+            f"{name}_benign": [round(float(v), 6) for v in benign]}

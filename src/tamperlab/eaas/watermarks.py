@@ -304,6 +304,11 @@ class EmbMarker(Watermark):
             "n_backdoor": size, "n_benign": size, "target_source": target_source,
         }
         res["detected"] = bool(res["p_value"] < alpha and res["delta_cos"] > 0)
+        # intervals and per-sentence cos of the targets the reported Δs come from (stats: verify.py docstring)
+        top = max(per, key=lambda s: s["delta_cos"])
+        res.update(delta_interval=top["delta_cos_interval"], scores_backdoor=top["cos_backdoor"],
+                   scores_benign=top["cos_benign"],
+                   delta_l2_interval=min(per, key=lambda s: s["delta_l2"])["delta_l2_interval"])
         if len(per) > 1:
             res["per_target"] = per
         return res

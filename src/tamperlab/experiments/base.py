@@ -7,16 +7,18 @@ Experiment.run → Experiment.report.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import apply_overrides, from_dict, load_yaml, to_dict
-from ..errors import ConfigError
+from ..config import RunName, Seed, apply_overrides, check_size, from_dict, load_yaml, parse_yaml, resolve_path, to_dict
+from ..errors import ConfigError, TamperlabError
 from ..registry import EXPERIMENTS
-from ..runs import RunDir
+from .. import distributed
+from ..runs import RunDir, RunLock
 
 log = logging.getLogger("tamperlab")
 
@@ -27,9 +29,10 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 class RunConfig:
     """Fields every recipe has."""
 
-    name: str = "run"
-    """Run name: outputs go to `<output_dir>/<name>/`."""
-    seed: int = 0
+    name: RunName = "run"
+    """Run name: outputs go to `<output_dir>/<name>/`. One path component (letters, digits, ._+=-): never '',
+    '.', '..' or a path, so `--force` can only delete this run's own folder."""
+    seed: Seed = 0
     """Seed for python, numpy and torch (recorded in metrics.json)."""
     output_dir: str = "runs"
     """Parent folder of run directories."""
@@ -59,25 +62,46 @@ class Experiment:
 def resolve_recipe_path(recipe: str) -> Path:
     """A path, or the name of a packaged recipe (`demo_ctrap` → src/tamperlab/recipes/demo_ctrap.yaml)."""
     p = Path(recipe)
-    if p.is_file():
-        return p
-    for cand in (RECIPES_DIR / recipe, RECIPES_DIR / f"{recipe}.yaml"):
-        if cand.is_file():
-            return cand
+    for cand in (p, RECIPES_DIR / recipe, RECIPES_DIR / f"{recipe}.yaml"):
+        try:
+            if cand.is_file():
+                return cand
+        except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte
+            continue
     known = sorted(x.stem for x in RECIPES_DIR.glob("*.yaml"))
-    raise ConfigError(f"recipe not found: {recipe} (not a file, nor a packaged recipe: {', '.join(known)})")
+    shown = recipe if len(recipe) <= 200 else recipe[:200] + "..."
+    raise ConfigError(f"recipe not found: {shown!r} (not a file, nor a packaged recipe: {', '.join(known)})")
+
+
+def _config_class(data: dict[str, Any]) -> type[RunConfig]:
+    kind = data.get("experiment")
+    if kind is None:
+        raise ConfigError(f"the recipe needs a top-level 'experiment:' key (one of {', '.join(EXPERIMENTS.names())})")
+    if not isinstance(kind, str):
+        raise ConfigError(f"experiment: expected a name (one of {', '.join(EXPERIMENTS.names())}), got {kind!r}")
+    return EXPERIMENTS.get(kind).config_cls
+
+
+def _defaults_at(data: dict[str, Any], path: list[str]) -> Any:
+    """The resolved value at `path` of the recipe as given so far (for `--set list.N.key=...` on a default list)."""
+    cfg = from_dict(_config_class(data), {k: v for k, v in data.items() if k != "experiment"})
+    return to_dict(resolve_path(cfg, path))
 
 
 def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Experiment:
-    data = dict(recipe) if isinstance(recipe, dict) else load_yaml(resolve_recipe_path(str(recipe)))
-    data = apply_overrides(data, overrides or [])
-    kind = data.pop("experiment", None)
-    if kind is None:
-        raise ConfigError(f"the recipe needs a top-level 'experiment:' key (one of {', '.join(EXPERIMENTS.names())})")
-    cls = EXPERIMENTS.get(str(kind))
-    cfg = from_dict(cls.config_cls, data)
-    exp = cls(cfg)
-    exp.kind = str(kind)
+    """Recipe (path, packaged name or mapping) + `--set` overrides → a validated experiment. Every check that can
+    be made without a model happens here, before any compute and before a run directory exists."""
+    if isinstance(recipe, dict):
+        check_size(recipe, "recipe")
+        data = dict(recipe)
+    else:
+        data = load_yaml(resolve_recipe_path(str(recipe)))
+    data = apply_overrides(data, list(overrides or []), _defaults_at)
+    cls = _config_class(data)
+    kind = data.pop("experiment")
+    cfg = from_dict(cls, data)
+    exp = EXPERIMENTS.get(kind)(cfg)
+    exp.kind = kind
     return exp
 
 
@@ -97,22 +121,60 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def check_output_location(cfg: RunConfig) -> None:
+    """Fail before anything is written when the run directory cannot be a directory."""
+    from ..config import run_name_error
+
+    err = run_name_error(cfg.name)
+    if err:
+        raise ConfigError(f"name: {err}")
+    out = Path(cfg.output_dir)
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise TamperlabError(f"output directory {out}: {parent} exists and is not a directory")
+    run = out / cfg.name
+    if run.exists() and not run.is_dir():
+        raise TamperlabError(f"run directory {run} exists and is not a directory")
+
+
 def execute(exp: Experiment, resume: bool = False, force: bool = False) -> RunDir:
     """Run an experiment into its run directory and write its report."""
     kind = getattr(exp, "kind", None) or next(e.name for e in EXPERIMENTS if e.obj is type(exp))
+    check_output_location(exp.cfg)
     cfg_dict = {"experiment": kind, **to_dict(exp.cfg)}
-    run = RunDir.create(Path(exp.cfg.output_dir) / exp.cfg.name, cfg_dict, resume=resume, force=force)
-    seed_everything(exp.cfg.seed)
-    log.info("run %s → %s", kind, run.path)
-    exp.run(run)
-    paths = exp.report(run)
-    for p in paths:
-        log.info("report: %s", p)
+    path = Path(exp.cfg.output_dir) / exp.cfg.name
+    # The lock is taken before the directory is touched: a second process (or --force) must not write or delete
+    # a live run. Multi-process launches: only the main process locks, creates, writes and reports; all ranks
+    # compute (tamperlab.distributed).
+    with RunLock(path):
+        run = RunDir.create(path, cfg_dict, resume=resume, force=force)
+        seed_everything(exp.cfg.seed)
+        log.info("run %s → %s", kind, run.path)
+        exp.run(run)
+        distributed.barrier()
+        if distributed.is_main_process():
+            for p in exp.report(run):
+                log.info("report: %s", p)
+        distributed.barrier()
     return run
 
 
 def experiment_for_run(run_dir: str | Path) -> tuple[Experiment, RunDir]:
+    """The experiment and RunDir of a finished (or interrupted) run, with its files checked to be readable."""
     run = RunDir(run_dir)
-    if not (run.path / "config.yaml").exists():
+    if not run.path.is_dir():
+        raise TamperlabError(f"{run.path} is not a directory")
+    cfg_file = run.path / "config.yaml"
+    if not cfg_file.is_file():
         raise ConfigError(f"{run.path} is not a run directory (no config.yaml)")
-    return load_recipe(run.config), run
+    config = parse_yaml(cfg_file.read_bytes(), str(cfg_file))
+    if not isinstance(config, dict):
+        raise ConfigError(f"{cfg_file}: not a run configuration (expected a mapping)")
+    metrics = run.path / "metrics.json"
+    if metrics.exists():
+        try:
+            json.loads(metrics.read_bytes())
+        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise TamperlabError(f"{metrics} is corrupt ({str(e).splitlines()[0]}); re-run with --resume to "
+                                 "rewrite it") from None
+    return load_recipe(config), run

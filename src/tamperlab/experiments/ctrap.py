@@ -10,22 +10,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from ..attacks.finetune import AttackConfig, FineTuneAttack
-from ..config import from_dict
+from ..config import Registered, from_dict
 from ..data.core import DataSplit, Example
 from ..data.packs import HarmfulData, HarmfulDataConfig, build_harmful_data
 from ..defenses.base import AlignmentData, Defense
 from ..errors import ConfigError
-from ..judges import make_judge
 from ..metrics.hft import METRIC_DEFINITIONS
 from ..models import LoraSettings, ModelConfig, apply_lora, load_adapter, load_model, save_model
 from ..registry import DEFENSES, EXPERIMENTS
 from ..runs import RunDir
 from ..training import StepHook, TrainConfig, build_trainer, run_training, steps_for
 from .base import Experiment, RunConfig
-from .hft_eval import EvalConfig, Evaluator, TrajectoryRecorder
+from .hft_eval import EvalConfig, Evaluator, TrajectoryRecorder, fa_fields, make_panel, save_samples
+from .hft_sweep import HFTSweepConfig, run_sweep
 
 log = logging.getLogger("tamperlab")
 
@@ -34,17 +34,21 @@ log = logging.getLogger("tamperlab")
 class DefenseSpec:
     """One defense to align with."""
 
-    name: str = "sft"
+    name: Annotated[str, Registered("defenses")] = "sft"
     """Registered defense (tamperlab list defenses)."""
     label: str = ""
     """Row label in tables (default: name)."""
     params: dict[str, Any] = field(default_factory=dict)
     """Defense hyper-parameters (validated against the defense's config)."""
 
+    def __post_init__(self) -> None:
+        self.config()  # unknown / bad params fail at load time, before any compute
+
+    def config(self) -> Any:
+        return from_dict(DEFENSES.config_for(self.name), self.params, f"defenses[{self.key}].params")
+
     def build(self) -> Defense:
-        entry = DEFENSES.entry(self.name)
-        cfg = from_dict(entry.config, self.params, f"defenses[{self.label or self.name}].params")
-        return entry.obj(cfg)
+        return DEFENSES.get(self.name)(self.config())
 
     @property
     def key(self) -> str:
@@ -80,14 +84,19 @@ class HFTConfig(RunConfig):
     """Judge, decoding and trajectory settings."""
     evaluate_aligned: bool = True
     """Also measure each aligned model before any attack."""
+    sweep: HFTSweepConfig = field(default_factory=HFTSweepConfig)
+    """Attacker sweep around one of `attacks` (off by default; docs/methods/measurement.md, "Attacker sweeps")."""
 
     def __post_init__(self) -> None:
+        if not self.defenses:
+            raise ConfigError("defenses: empty; name at least one defense (e.g. [{name: sft}])")
         keys = [d.key for d in self.defenses]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"defenses: duplicate labels {keys}; give each a distinct `label`")
         labels = [a.label for a in self.attacks]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"attacks: duplicate labels {labels}; give each a distinct `name`")
+        self.sweep.validate(self.attacks)
 
 
 def _data_to_json(d: HarmfulData) -> dict[str, Any]:
@@ -147,19 +156,21 @@ class HFTExperiment(Experiment):
             model = load_adapter(base, adapter, trainable=False)
             ev = self.evaluator((model, tok))
             m, samples = ev.harm(model, data.eval_prompts.examples, desc=f"HS {spec.key} aligned")
-            run.save_stage(f"samples-aligned-{spec.key}", samples)
+            save_samples(run, f"samples-aligned-{spec.key}", samples)
             return m
 
         return run.cached(f"eval-aligned-{spec.key}", do)
 
     def attack(self, run: RunDir, spec: DefenseSpec, adapter: Path, atk: AttackConfig,
-               data: HarmfulData) -> dict[str, Any]:
-        key = f"attack-{spec.key}-{atk.label}"
+               data: HarmfulData, key: str | None = None) -> dict[str, Any]:
+        """One attack on one aligned adapter, cached as stage `key` (default `attack-<defense>-<attack>`; attacker
+        sweeps pass one key per trial)."""
+        key = key or f"attack-{spec.key}-{atk.label}"
 
         def do() -> dict[str, Any]:
             base, tok = self._base()
-            model = load_adapter(base, adapter, trainable=True)
             attack = FineTuneAttack(atk)
+            model = attack.prepare(base, adapter)
             train_set = attack.dataset(data.attack_harmful, self.cfg.seed)
             ev = self.evaluator((model, tok))
             ckpt = run.sub("checkpoints", key)
@@ -181,15 +192,16 @@ class HFTExperiment(Experiment):
             if evalset is not None:
                 out["fa"], fa_samples = ev.task_accuracy(model, atk.task, evalset, atk.task_max_new_tokens)
                 out["task"] = atk.task
-                run.save_stage(f"samples-fa-{spec.key}-{atk.label}", fa_samples)
-            run.save_stage(f"samples-{key}", samples)
+                out.update(fa_fields(fa_samples))
+                save_samples(run, f"samples-fa-{spec.key}-{atk.label}", fa_samples)
+            save_samples(run, f"samples-{key}", samples)
             return out
 
         return run.cached(key, do)
 
     # -- orchestration --------------------------------------------------------------------------------------
     def run(self, run: RunDir) -> dict[str, Any]:
-        self.judge = make_judge(self.cfg.eval.judge, self.cfg.eval.judge_params)
+        self.judge = make_panel(self.cfg.eval)
         data = self.data(run)
         results: dict[str, Any] = {}
         for spec in self.cfg.defenses:
@@ -200,10 +212,12 @@ class HFTExperiment(Experiment):
             if self.cfg.evaluate_aligned:
                 row["aligned"] = self.eval_aligned(run, spec, adapter, data)
             row["attacks"] = {atk.label: self.attack(run, spec, adapter, atk, data) for atk in self.cfg.attacks}
+            if self.cfg.sweep.enabled:
+                row["sweep"] = run_sweep(self, run, spec, adapter, data, row["attacks"])
             results[spec.key] = row
         return run.save_metrics(
             results,
-            judge={"name": self.cfg.eval.judge, "stand_in": self.judge.stand_in},
+            judge=self.judge.describe(),
             data=data.describe(),
             metric_definitions=METRIC_DEFINITIONS)
 

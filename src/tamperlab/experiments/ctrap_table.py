@@ -17,13 +17,14 @@ from typing import Any
 
 from ..config import from_dict, to_dict
 from ..errors import ConfigError
-from ..judges import make_judge
 from ..metrics.hft import METRIC_DEFINITIONS
 from ..registry import EXPERIMENTS
 from ..runs import RunDir
 from ..training import TrainConfig
 from .base import seed_everything
 from .ctrap import DefenseSpec, HFTConfig, HFTExperiment
+from .hft_eval import make_panel
+from .hft_sweep import run_sweep
 from .hft_table import stage_seconds, summarize
 
 log = logging.getLogger("tamperlab")
@@ -90,7 +91,7 @@ class HFTTableExperiment(HFTExperiment):
         return exp, DefenseSpec(spec.name, self.cell_key(spec, seed), spec.params)
 
     def run(self, run: RunDir) -> dict[str, Any]:
-        self.judge = make_judge(self.cfg.eval.judge, self.cfg.eval.judge_params)
+        self.judge = make_panel(self.cfg.eval)
         data = self.data(run)
         for spec in self.cfg.defenses:
             spec.build()  # validate every defense before spending time on any
@@ -110,6 +111,8 @@ class HFTTableExperiment(HFTExperiment):
                 for atk in self.cfg.attacks:
                     seed_everything(seed)
                     row["attacks"][atk.label] = exp.attack(run, cell, adapter, atk, data)
+                if self.cfg.sweep.enabled:
+                    row["sweep"] = run_sweep(exp, run, cell, adapter, data, row["attacks"])
                 rows[spec.key] = row
             per_seed[str(seed)] = rows
         defenses = [d.key for d in self.cfg.defenses]
@@ -119,11 +122,13 @@ class HFTTableExperiment(HFTExperiment):
             {"seeds": self.seeds(), "defenses": defenses, "attacks": attacks,
              "summary": summarize(per_seed, defenses, attacks), "seconds": stage_seconds(run.read_log(), keys),
              "per_seed": per_seed},
-            judge={"name": self.cfg.eval.judge, "stand_in": self.judge.stand_in},
+            judge=self.judge.describe(),
             data=data.describe(),
             metric_definitions={
-                **{k: METRIC_DEFINITIONS[k] for k in ("hs_io", "hs_o", "fa", "collapse_rate")},
-                "summary": "mean and sample std (n-1) over seeds of each cell",
+                **{k: METRIC_DEFINITIONS[k] for k in ("hs_io", "hs_o", "fa", "collapse_rate", "degenerate_rate",
+                                                      "intervals", "judges", "agreement")},
+                "summary": "mean and sample std (n-1) over seeds of each cell; pooled = Wilson 95% interval of all "
+                           "seeds' prompts together",
                 "Avg": "per seed, the mean over a table's columns; then mean ± std over seeds",
             })
 

@@ -15,15 +15,17 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
-from ..config import check_positive
+from ..config import OneOf, check_positive
 from ..errors import ConfigError
 from ..registry import EXPERIMENTS
 from ..runs import RunDir
-from ..eaas.downstream import DownstreamConfig, classify_accuracy
+from ..report.cells import Comparison
+from ..stats import Interval, bits, bootstrap_diff, digest, holm, mcnemar_test, rate_record, stored_interval
+from ..eaas.downstream import DownstreamConfig, classify_correct
 from ..eaas.server import ServerConfig
 from ..eaas.service import ProviderConfig
 from ..eaas.spa import SPAConfig
@@ -33,18 +35,24 @@ from .base import Experiment, RunConfig
 log = logging.getLogger("tamperlab")
 
 
+def _task_names() -> list[str]:
+    from ..eaas.data import TASK_NAMES
+
+    return TASK_NAMES
+
+
 @dataclass
 class DataConfig:
     """Texts the provider is set up on, the stealer queries, and utility is measured on."""
 
-    task: str = "gen_topic"
+    task: Annotated[str, OneOf(_task_names, "task")] = "gen_topic"
     """Main task: its train split is the stealer's query corpus (gen_topic, gen_sentiment, gen_spam, sst2,
     ag_news, enron_spam, mind)."""
     n_train: int = 1000
     """Texts the stealer queries (official SPA stealing test: a 5000-sample subset)."""
     n_test: int = 400
     """Test texts for downstream accuracy (official: 500)."""
-    extra_tasks: list[str] = field(default_factory=list)
+    extra_tasks: list[Annotated[str, OneOf(_task_names, "task")]] = field(default_factory=list)
     """More tasks for downstream utility only (their texts are embedded through the API and the copies)."""
     n_extra_train: int = 400
     """Train texts per extra task."""
@@ -196,19 +204,33 @@ class EaaSExperiment(Experiment):
         results: dict[str, Any] = {"scenarios": {}, "data_provenance": provenance,
                                    "data_is_generated": generated}
         y_tr, y_te = np.array(train.labels), np.array(test.labels)
+        n_test = {cfg.data.task: len(test.labels), **{t: len(v[1].labels) for t, v in extras.items()}}
+        acc_intervals: dict[str, dict[str, Any]] = {}
+        acc_flags: dict[str, dict[str, list[int]]] = {}
+        results.update(utility_intervals=acc_intervals, utility_flags=acc_flags, utility_texts_sha={
+            cfg.data.task: digest(test.texts), **{t: digest(v[1].texts) for t, v in extras.items()}})
 
         def utility(encode_train: Any, encode_test: Any, key: str) -> dict[str, float]:
-            """Downstream accuracy of one embedding source on the main task and the extra tasks."""
-            def compute() -> dict[str, float]:
-                acc = {cfg.data.task: classify_accuracy(encode_train(train.texts, "main_train"), y_tr,
-                                                        encode_test(test.texts, "main_test"), y_te,
-                                                        cfg.downstream, cfg.seed)}
+            """Downstream accuracy of one embedding source on the main task and the extra tasks (its Wilson
+            intervals go to results["utility_intervals"][key], its per-test-text 0/1 correctness to
+            results["utility_flags"][key]; accuracy = correct / n, so k is exact)."""
+            def compute() -> dict[str, dict[str, Any]]:
+                def one(x_tr: Any, labels_tr: Any, x_te: Any, labels_te: Any) -> dict[str, Any]:
+                    ok = classify_correct(x_tr, np.asarray(labels_tr), x_te, np.asarray(labels_te),
+                                          cfg.downstream, cfg.seed)
+                    return {"acc": float(ok.mean()), "correct": bits(ok)}
+                out = {cfg.data.task: one(encode_train(train.texts, "main_train"), y_tr,
+                                          encode_test(test.texts, "main_test"), y_te)}
                 for name, (etr, ete) in extras.items():
-                    acc[name] = classify_accuracy(encode_train(etr.texts, f"{name}_train"), np.array(etr.labels),
-                                                  encode_test(ete.texts, f"{name}_test"), np.array(ete.labels),
-                                                  cfg.downstream, cfg.seed)
-                return acc
-            return run.cached(f"utility_{key}", compute)
+                    out[name] = one(encode_train(etr.texts, f"{name}_train"), etr.labels,
+                                    encode_test(ete.texts, f"{name}_test"), ete.labels)
+                return out
+            cached = run.cached(f"utility_{key}", compute)
+            # stage caches written before the flags were kept hold the bare accuracy
+            acc = {t: v["acc"] if isinstance(v, dict) else v for t, v in cached.items()}
+            acc_flags[key] = {t: v["correct"] for t, v in cached.items() if isinstance(v, dict)}
+            acc_intervals[key] = {t: rate_record(int(round(v * n_test[t])), n_test[t]) for t, v in acc.items()}
+            return acc
 
         clean_enc = lambda texts, tag: emb.encode(texts)  # noqa: E731
         results["utility_clean_provider"] = utility(clean_enc, clean_enc, "clean_provider")
@@ -225,7 +247,7 @@ class EaaSExperiment(Experiment):
             keys = resolve_key_secrets(cfg.server, state_dir)
             if "stealer" not in keys:
                 raise ConfigError("server.keys must include a key named 'stealer' (the demo's customer)")
-            qlog = QueryLog(state_dir / cfg.server.query_log, log_texts=cfg.server.log_texts)
+            qlog = QueryLog(state_dir / cfg.server.query_log, retention=cfg.server.retention)
             app = create_app(service, cfg.server, keys, qlog)
             res: dict[str, Any] = {"watermark": sc.watermark, "role": sc.role,
                                    "triggers": list(getattr(wm, "triggers", []))}
@@ -259,11 +281,14 @@ class EaaSExperiment(Experiment):
                 det["threshold"] = thr
                 det["score"] = cfg.spa.score
                 det["removal"] = cfg.spa.removal
+                det.update(spa_records(counts, deleted, train.texts))
                 # The paper's detection rule (KDE threshold) is always reported, whatever deletion feeds the copy.
                 kde_mask, kde_thr = S.select_for_deletion(scores, replace(cfg.spa, removal="kde"))
                 kde = S.detection_report(scores, counts, kde_mask)
                 det["kde"] = {"threshold": kde_thr, **{k: kde[k] for k in ("tpr", "fpr", "tpr_k1", "tpr_k2plus",
-                                                                         "n_deleted", "precision")}}
+                                                                         "n_deleted", "precision")},
+                              "intervals": spa_records(counts, kde_mask, train.texts)["intervals"],
+                              "deleted": bits(kde_mask)}
                 res["spa"] = det
                 np.savez(run.sub("arrays") / f"{sc.name}_spa_scores.npz", label=counts > 0, deleted=deleted,
                          **scores)
@@ -332,16 +357,34 @@ class EaaSExperiment(Experiment):
             rep.text("**Data: procedurally generated stand-ins** (labelled classification texts with wordfreq "
                      "filler; suffix pool of generated encyclopedic sentences). Numbers are not comparable with "
                      "the paper's SST2/AG News/MIND/Enron results.")
+        n_test = split_sizes(m["config"], r)
         rep.heading("Summary")
-        rep.table(summary_rows(r))
+        rep.text("Rates (SPA TPR / FPR, accuracies) are fractions with their Wilson 95 % interval: TPR over the "
+                 "triggered samples, FPR over the clean ones, accuracy over the test split (n from the recipe: "
+                 + ", ".join(f"{k} {v}" for k, v in n_test.items()) + "). Δ (copy): the watermark evidence with its "
+                 "95 % two-sample bootstrap interval over the D_b / D_n sentences. p-values are KS tests "
+                 "(no interval).")
+        rep.table(summary_rows(r, n_test), digits=3)
         rep.heading("Watermark verification")
         rep.text("Δcos / Δl2 / KS p on the provider's D_b (4 trigger words) vs D_n (4 ordinary words); SAW: Δ of "
                  "the projection on the expected keyed direction. detected = p < α and Δ > 0.")
         rep.table(verification_rows(r))
         rep.heading("SPA detection of watermarked samples")
-        rep.table(spa_rows(r))
+        rep.table(spa_rows(r), digits=3)
+        paired = paired_rows(r)
+        if paired:
+            rep.heading("Paired tests on the same sentences / texts")
+            rep.text("`Δ before − after SPA`: how much watermark evidence (Δcos; SAW: Δ proj_u) the SPA-purified "
+                     "copy lost against the copy trained on the full stolen set, verified on the same D_b / D_n "
+                     "sentences — two-sample bootstrap of the per-sentence differences. `TPR / FPR: <rule> − KDE`: "
+                     "the deletion that fed the copy against the paper's KDE rule on the same texts, exact McNemar "
+                     "on the per-text deleted flags among triggered / clean texts. `acc <task>: after − before "
+                     "SPA`: the copy's downstream accuracy, exact McNemar on the per-text correctness on the same "
+                     "test texts. "
+                     "p is Holm-adjusted within each column; **n.s.** = not significant at 5 %.")
+            rep.table(paired)
         rep.heading("Utility (downstream MLP accuracy)")
-        rep.table(utility_rows(r))
+        rep.table(utility_rows(r, n_test), digits=3)
         rep.heading("Provider query-log audit")
         audit = []
         for name, s in r["scenarios"].items():
@@ -361,11 +404,17 @@ class EaaSExperiment(Experiment):
                       {"-log10 p": [-np.log10(max(x["p"], 1e-300)) for x in vr]},
                       "Watermark evidence (−log10 KS p; higher = stronger)", "−log10 p")
             imgs.append(plots / "verification_p.png")
-        ur = utility_rows(r)
+        ur = utility_rows(r, n_test)
         tasks = [k for k in ur[0] if k not in ("embeddings",)] if ur else []
         if ur:
+            def val(c: Any) -> float | None:
+                return c.value if isinstance(c, Interval) else c
+
             plot_bars(plots / "utility.png", [x["embeddings"] for x in ur],
-                      {t: [x[t] for x in ur] for t in tasks}, "Downstream accuracy", "accuracy", (0, 1))
+                      {t: [val(x.get(t)) for x in ur] for t in tasks}, "Downstream accuracy (whiskers: 95 %)",
+                      "accuracy", (0, 1),
+                      errors={t: ([x[t].lo if isinstance(x.get(t), Interval) else None for x in ur],
+                                  [x[t].hi if isinstance(x.get(t), Interval) else None for x in ur]) for t in tasks})
             imgs.append(plots / "utility.png")
         rep.heading("Plots")
         for p in imgs:
@@ -422,7 +471,39 @@ STAND_INS = [
 ]
 
 
-def summary_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+def rate(value: float | None, n: int | None, record: dict[str, Any] | None = None) -> Interval | float | None:
+    """A stored fraction with its Wilson 95 % interval: the stored record, else (older metrics.json) from
+    k = round(value·n); the bare value when n is unknown."""
+    return stored_interval(record, value, n=n)
+
+
+def spa_records(counts: np.ndarray, deleted: np.ndarray, texts: list[str]) -> dict[str, Any]:
+    """Rate records of one SPA deletion (TPR over triggered texts, FPR over clean ones, TPR by trigger count,
+    precision over deleted ones) and its per-text 0/1 flags with the texts' digest, for paired tests between two
+    deletions of the same texts."""
+    counts, deleted = np.asarray(counts), np.asarray(deleted, bool)
+    label = counts > 0
+
+    def share(mask: np.ndarray, of: np.ndarray) -> dict[str, Any]:
+        return rate_record(int((mask & of).sum()), int(of.sum()))
+
+    return {"intervals": {"tpr": share(deleted, label), "fpr": share(deleted, ~label),
+                          "tpr_k1": share(deleted, counts == 1), "tpr_k2plus": share(deleted, counts >= 2),
+                          "precision": share(label, deleted)},
+            "flags": {"trigger_counts": [int(c) for c in counts], "deleted": bits(deleted)},
+            "texts_sha": digest(texts)}
+
+
+def split_sizes(config: dict[str, Any], r: dict[str, Any]) -> dict[str, int]:
+    """Test-split size per downstream task, from the recipe (main task: n_test, extra tasks: n_extra_test)."""
+    data = config.get("data", {})
+    main = data.get("task")
+    tasks = list(r.get("utility_clean_provider", {}))
+    return {t: int(data.get("n_test" if t == main else "n_extra_test") or 0) for t in tasks}
+
+
+def summary_rows(r: dict[str, Any], n_test: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    n_test = n_test or {}
     rows = []
     for name, s in r["scenarios"].items():
         row: dict[str, Any] = {"scenario": name, "role": s["role"], "triggered": s["triggered_fraction"],
@@ -430,13 +511,20 @@ def summary_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
         for ph, lab in (("before_spa", "copy p"), ("after_spa", "copy p after SPA")):
             v = s.get(f"verify_copy_{ph}")
             row[lab] = v["p_value"] if v else None
-            row[f"{lab.replace(' p', '')} Δ"] = v["delta"] if v else None
-        row.update({"SPA TPR": s["spa"]["tpr"], "SPA FPR": s["spa"]["fpr"], "AUROC(pca)": s["spa"]["auroc_pca"]})
+            row[f"{lab.replace(' p', '')} Δ"] = rate(v["delta"], None, v.get("delta_interval")) if v else None
+        d = s["spa"]
+        ivs = d.get("intervals", {})
+        row.update({"SPA TPR": rate(d["tpr"], d.get("n_triggered"), ivs.get("tpr")),
+                    "SPA FPR": rate(d["fpr"], d["n"] - d["n_triggered"] if "n_triggered" in d else None,
+                                    ivs.get("fpr")),
+                    "AUROC(pca)": d["auroc_pca"]})
         main = next(iter(s["utility_api"]))
-        row["acc API"] = s["utility_api"][main]
+        acc_ivs = r.get("utility_intervals", {})
+        row["acc API"] = rate(s["utility_api"][main], n_test.get(main), acc_ivs.get(f"{name}_api", {}).get(main))
         for ph in ("before_spa", "after_spa"):
             u = s.get(f"utility_copy_{ph}")
-            row[f"acc copy {ph.replace('_spa', '')}"] = u[main] if u else None
+            row[f"acc copy {ph.replace('_spa', '')}"] = rate(
+                u[main], n_test.get(main), acc_ivs.get(f"{name}_copy_{ph}", {}).get(main)) if u else None
         rows.append(row)
     return rows
 
@@ -447,7 +535,8 @@ def verification_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     def add(scn: str, what: str, v: dict[str, Any] | None) -> None:
         if v:
             rows.append({"scenario": scn, "embeddings": what, "statistic": v.get("statistic", "cos"),
-                         "Δ": v.get("delta"), "Δl2": v.get("delta_l2"), "p": v.get("p_value"),
+                         "Δ": rate(v.get("delta"), None, v.get("delta_interval")),
+                         "Δl2": rate(v.get("delta_l2"), None, v.get("delta_l2_interval")), "p": v.get("p_value"),
                          "detected": v.get("detected")})
 
     for name, s in r["scenarios"].items():
@@ -466,25 +555,81 @@ def spa_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     for name, s in r["scenarios"].items():
         d = s["spa"]
         kde = d.get("kde", {})
-        rows.append({"scenario": name, "n": d["n"], "triggered": d["n_triggered"],
-                     "k=1 / k≥2": f"{d.get('n_k1')} / {d.get('n_k2plus')}",
+        n_pos, n_neg, n1, n2 = d["n_triggered"], d["n"] - d["n_triggered"], d.get("n_k1"), d.get("n_k2plus")
+        ki, di = kde.get("intervals", {}), d.get("intervals", {})
+        rows.append({"scenario": name, "n": d["n"], "triggered": n_pos,
+                     "k=1 / k≥2": f"{n1} / {n2}",
                      "AUROC cos": d["auroc_cos"], "AUROC l2": d["auroc_l2"], "AUROC pca": d["auroc_pca"],
                      "AUPRC pca": d["auprc_pca"],
-                     "KDE: flagged": kde.get("n_deleted"), "KDE TPR": kde.get("tpr"), "KDE TPR k=1": kde.get("tpr_k1"),
-                     "KDE TPR k≥2": kde.get("tpr_k2plus"), "KDE FPR": kde.get("fpr"),
-                     f"deleted ({d['removal']})": d["n_deleted"], "TPR": d["tpr"], "TPR k=1": d.get("tpr_k1"),
-                     "TPR k≥2": d.get("tpr_k2plus"), "FPR": d["fpr"]})
+                     "KDE: flagged": kde.get("n_deleted"), "KDE TPR": rate(kde.get("tpr"), n_pos, ki.get("tpr")),
+                     "KDE TPR k=1": rate(kde.get("tpr_k1"), n1, ki.get("tpr_k1")),
+                     "KDE TPR k≥2": rate(kde.get("tpr_k2plus"), n2, ki.get("tpr_k2plus")),
+                     "KDE FPR": rate(kde.get("fpr"), n_neg, ki.get("fpr")),
+                     f"deleted ({d['removal']})": d["n_deleted"], "TPR": rate(d["tpr"], n_pos, di.get("tpr")),
+                     "TPR k=1": rate(d.get("tpr_k1"), n1, di.get("tpr_k1")),
+                     "TPR k≥2": rate(d.get("tpr_k2plus"), n2, di.get("tpr_k2plus")),
+                     "FPR": rate(d["fpr"], n_neg, di.get("fpr"))})
     return rows
 
 
-def utility_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = [{"embeddings": "clean provider", **r["utility_clean_provider"]}]
+def utility_rows(r: dict[str, Any], n_test: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    n_test = n_test or {}
+
+    stored = r.get("utility_intervals", {})
+
+    def acc(u: dict[str, float], key: str) -> dict[str, Any]:
+        return {t: rate(v, n_test.get(t), stored.get(key, {}).get(t)) for t, v in u.items()}
+
+    rows = [{"embeddings": "clean provider", **acc(r["utility_clean_provider"], "clean_provider")}]
     for name, s in r["scenarios"].items():
-        rows.append({"embeddings": f"{name} API", **s["utility_api"]})
+        rows.append({"embeddings": f"{name} API", **acc(s["utility_api"], f"{name}_api")})
         for ph in ("before_spa", "after_spa"):
             if s.get(f"utility_copy_{ph}"):
-                rows.append({"embeddings": f"{name} copy {ph.replace('_', ' ')}", **s[f"utility_copy_{ph}"]})
+                rows.append({"embeddings": f"{name} copy {ph.replace('_', ' ')}",
+                             **acc(s[f"utility_copy_{ph}"], f"{name}_copy_{ph}")})
     return rows
+
+
+def paired_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Paired comparisons on the same items, one row per scenario, p Holm-adjusted within each column:
+
+    * a copy before vs after SPA, verified on the same D_b / D_n sentences (same verify size and seed): the change
+      of Δ (the watermark evidence), a two-sample bootstrap of the per-sentence differences (before − after) on
+      D_b against those on D_n;
+    * the deletion that fed the copy vs the paper's KDE rule, on the same texts: exact McNemar on the per-text
+      deleted flags, among the triggered texts (TPR) and among the clean ones (FPR);
+    * the copy's downstream accuracy after vs before SPA, per task, on the same test texts: exact McNemar on the
+      per-text correctness flags.
+
+    Empty for results written before the per-sentence / per-text values were stored."""
+    cols: dict[str, list[Comparison]] = {}
+    for name, s in r["scenarios"].items():
+        b, a = s.get("verify_copy_before_spa") or {}, s.get("verify_copy_after_spa") or {}
+        if all(len(b.get(k) or []) == len(a.get(k) or []) > 1 for k in ("scores_backdoor", "scores_benign")):
+            db = np.subtract(b["scores_backdoor"], a["scores_backdoor"])
+            dn = np.subtract(b["scores_benign"], a["scores_benign"])
+            cols.setdefault("Δ before − after SPA", []).append(
+                Comparison(name, name, "Δ before − after SPA", bootstrap_diff(db, dn)))
+        d = s["spa"]
+        flags, kde_deleted = d.get("flags"), d.get("kde", {}).get("deleted")
+        if flags and kde_deleted is not None and d.get("removal") != "kde":
+            triggered = np.asarray(flags["trigger_counts"]) > 0
+            rule, kde = np.asarray(flags["deleted"], bool), np.asarray(kde_deleted, bool)
+            for col, m in ((f"TPR: {d['removal']} − KDE", triggered), (f"FPR: {d['removal']} − KDE", ~triggered)):
+                if m.any():
+                    cols.setdefault(col, []).append(Comparison(name, "kde", col, mcnemar_test(rule[m], kde[m], 1.0)))
+        flags = r.get("utility_flags", {})
+        before, after = flags.get(f"{name}_copy_before_spa", {}), flags.get(f"{name}_copy_after_spa", {})
+        for task, ok_after in after.items():
+            if len(before.get(task, [])) == len(ok_after) > 0:
+                col = f"acc {task}: after − before SPA"
+                cols.setdefault(col, []).append(Comparison(name, name, col, mcnemar_test(ok_after, before[task], 1.0)))
+    rows: dict[str, dict[str, Any]] = {}
+    for col, comps in cols.items():
+        for c, p in zip(comps, holm([c.test.p for c in comps])):
+            c.p_holm = p
+            rows.setdefault(c.a, {"scenario": c.a})[col] = c.fmt(4 if col.startswith("Δ") else 3)
+    return list(rows.values())
 
 
 def _score_hist(path: Path, data: Any, name: str) -> Path:

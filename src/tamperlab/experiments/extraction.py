@@ -27,6 +27,9 @@ from ..extraction.victim import VictimConfig
 from ..models import ModelConfig, load_model
 from ..registry import EXPERIMENTS
 from ..report.render import Report, plot_bars, provenance_block
+from ..report.cells import Comparison
+from ..stats import (Interval, holm, mcnemar_test, mean_record, paired_bootstrap, rate_record,
+                     stored_interval)
 from ..runs import RunDir
 from ..training import StepHook
 from .base import Experiment, RunConfig
@@ -346,10 +349,11 @@ class ExtractionExperiment(Experiment):
             index = QueryIndex(d2_queries, codec)
             d2_set = set(d2_queries)
             for r in rows:  # evaluation-only fields, clearly prefixed: the attack itself never sees D2
-                r["eval_match_ratio"] = round(index.match(r["word"], r["query"]), 4)
+                r["eval_match_ratio"] = round(index.match(r["query"]), 4)
                 r["eval_exact"] = r["query"] in d2_set
             write_jsonl(run.sub("extracted") / f"{key}.jsonl", rows)
             m["summary"] = summary_row(m)
+            m["intervals"] = evaluation_intervals(m)
             m["n_extracted_rows"] = len(rows)
             m["sampling"] = {k2: v for k2, v in run.load_stage(f"samples_{key}").items() if k2 != "samples"}
             evaluations[key] = m
@@ -371,7 +375,9 @@ class ExtractionExperiment(Experiment):
         if cfg.defense.enabled:
             for key in ("no_backdoor", "backdoor_sft", "garbled"):
                 if key in publishers:
-                    defense[key] = self._detect(run, key, publishers[key])
+                    d = self._detect(run, key, publishers[key])
+                    defense[key] = {**d, "interval": rate_record(int(round(d["detection_rate"] * d["n_samples"])),
+                                                                 d["n_samples"])}
 
         training = {k: run.load_stage(k)["stats"] for k in sorted(p.stem for p in (run.path / "stages").glob("*.json"))
                     if k.startswith(("publisher_", "victim_"))}
@@ -417,23 +423,38 @@ class ExtractionExperiment(Experiment):
                  f"{res['backdoor_samples']['counts']} ({len(res['backdoor_samples']['negative_words'])} negative words). "
                  f"Candidates |S| = {len(res['candidates'])}; D2 openers: {len(res['true_openers'])}.")
         rep.heading("Results")
-        table = []
-        for key, s in res["summary"].items():
-            table.append({"model": LABELS.get(key, key), "opener P": s["opener_precision"],
-                          "opener R": s["opener_recall"], "mean match": s["mean_match"], "max match": s["max_match"],
-                          "mean BLEU": s["mean_bleu"],
-                          **{f"recall@{t}": s.get(f"pipeline_recall@{t}") for t in ("1", "0.9", "0.75", "0.5")},
-                          "coverage": s["pipeline_coverage"]})
+        table = [result_row(key, s, res.get("evaluations", {}).get(key)) for key, s in res["summary"].items()]
         rep.table(table)
-        rep.text("opener P/R: identification of D2's opening words among S (score > 0.6). mean/max match and BLEU: "
-                 "known-opener setting (samples of Q(w) for D2's real openers). recall@τ: share of distinct D2 "
-                 "queries matched with match ratio ≥ τ by a sample of a *kept* word (pipeline setting; @1 = "
-                 "verbatim). Definitions: docs/methods/extraction.md.")
+        rep.text("All columns are the paper's definitions (official evaluation code) except recall@0.9/0.75/0.5 "
+                 "(tamperlab's own). opener P/R: identification of D2's opening words among S (score > 0.6). "
+                 "mean/max match (one trie over all D2 queries) and BLEU (nltk, unsmoothed): known-opener setting "
+                 "(samples of Q(w) for D2's real openers). recall@τ: share of all distinct D2 queries matched with "
+                 "Dice ≥ τ by a sample of a *kept* real word (pipeline setting; @1 = the paper's fully recovered "
+                 "ratio, verbatim); coverage: the paper's coverage rate. tamperlab's own variants (per-opener "
+                 "match, sacrebleu) are in metrics.json under *_per_opener / *_sacrebleu. Definitions: "
+                 "docs/methods/extraction.md. Intervals (95 %): Wilson for P / R / recall (over predicted words / real "
+                 "openers / distinct D2 queries), bootstrap over opener words for the match and BLEU means.")
         groups = [LABELS.get(k, k) for k in res["summary"]]
+        recall = {t: [row.get(f"recall@{t}") for row in table] for t in ("1", "0.75", "0.5")}
+
+        def ends(cells: list[Any], end: str) -> list[float | None]:
+            return [getattr(c, end) if isinstance(c, Interval) else None for c in cells]
+
         plot = plot_bars(run.path / "plots" / "recall.png", [g.replace(" → ", "\n→ ") for g in groups],
-                         {f"recall@{t}": [res["summary"][k].get(f"pipeline_recall@{t}", 0.0) for k in res["summary"]]
-                          for t in ("1", "0.75", "0.5")}, "D2 queries recovered", "share of D2 queries", (0, 1))
+                         {f"recall@{t}": [c.value if isinstance(c, Interval) else c for c in v]
+                          for t, v in recall.items()}, "D2 queries recovered (whiskers: 95 %)",
+                         "share of D2 queries", (0, 1),
+                         errors={f"recall@{t}": (ends(v, "lo"), ends(v, "hi")) for t, v in recall.items()})
         rep.image(str(plot.relative_to(run.path)), "recall")
+        paired = paired_rows(res.get("evaluations", {}))
+        if paired:
+            rep.heading("Paired tests against the no-backdoor baseline")
+            rep.text("Each model against `no backdoor → victim FT` on the same D2 queries and the same opener words: "
+                     "recall@τ columns = difference in the share of D2 queries recovered, exact McNemar test on the "
+                     "per-query recovered flags; mean match = difference of the per-word mean match ratio, paired "
+                     "bootstrap over opener words. p is Holm-adjusted within each column; **n.s.** = not "
+                     "significant at 5 %.")
+            rep.table(paired)
         if "grpo_delta" in res:
             rep.heading("GRPO on top of SFT: delta")
             rep.table([{"metric": k, "delta": v} for k, v in res["grpo_delta"].items()])
@@ -455,8 +476,13 @@ class ExtractionExperiment(Experiment):
                      "ordinary user turns. Recall on the held-out part shows the backdoor generalises beyond its targets.")
         if res.get("defense"):
             rep.heading("Detection defense")
-            rep.table([{"release": LABELS.get(k, k).split(" → ")[0], "detection rate": v["detection_rate"],
+            rep.table([{"release": LABELS.get(k, k).split(" → ")[0],
+                        "detection rate": stored_interval(v.get("interval"), v["detection_rate"],
+                                                          n=v.get("n_samples")),
                         "flagged": v["flagged"]} for k, v in res["defense"].items()])
+            rep.text("Detection rate: share of probe samples that follow the extraction request, Wilson 95 % "
+                     "interval over the samples (samples of one probe are not independent: a lower bound on the "
+                     "width).")
             if "garbled" in res["summary"]:
                 rep.text(f"The garbled-instruction backdoor still extracts: recall@1 = "
                          f"{res['summary']['garbled'].get('pipeline_recall@1', 0):.3f}, mean match = "
@@ -470,14 +496,109 @@ class ExtractionExperiment(Experiment):
         return rep.write(run.path)
 
 
+def evaluation_intervals(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """95 % intervals of one evaluation's headline numbers (keys as in its summary row), as `stats` records:
+    Wilson for opener P / R (over predicted words / real openers) and recall@τ (over distinct D2 queries, from the
+    per-query flags), BCa bootstrap over opener words for the match / BLEU means (known-opener setting) and over
+    D2 queries for the coverage. Computed from what the evaluation keeps, so it also serves older results."""
+    out: dict[str, dict[str, Any]] = {}
+    ident = ev.get("identification", {})
+    tp, fp, fn = ident.get("tp"), ident.get("fp"), ident.get("fn")
+    if tp is not None and fp is not None and tp + fp:
+        out["opener_precision"] = rate_record(tp, tp + fp)
+    if tp is not None and fn is not None and tp + fn:
+        out["opener_recall"] = rate_record(tp, tp + fn)
+    per_word = ev.get("known_openers", {}).get("per_word") or []
+    for f in ("mean_match", "max_match", "mean_bleu"):
+        vals = [w[f] for w in per_word if f in w]
+        if vals and len(vals) == len(per_word):
+            out[f] = mean_record(vals)
+    for setting, prefix in (("pipeline", "pipeline_"), ("known_openers", "known_")):
+        flags = ev.get(setting, {}).get("per_query") or {}
+        for k, f in flags.items():
+            if k.startswith("recall@") and f:
+                out[prefix + k] = rate_record(sum(f), len(f))
+        if flags.get("coverage"):
+            out[prefix + "coverage"] = mean_record(flags["coverage"])
+    return out
+
+
+def result_row(key: str, s: dict[str, Any], ev: dict[str, Any] | None) -> dict[str, Any]:
+    """One results-table row: the summary's numbers with their stored 95 % intervals; for results written before
+    intervals were stored, computed from what the evaluation kept (identification counts, per-word means, the
+    number of D2 queries) — a bare value where nothing is known."""
+    ev = ev or {}
+    ident = ev.get("identification", {})
+    ivs = {**evaluation_intervals(ev), **(ev.get("intervals") or {})}
+    tp, fp, fn = ident.get("tp"), ident.get("fp"), ident.get("fn")
+    nq = ev.get("pipeline", {}).get("n_queries")
+
+    def cell(k: str, count: int | None = None, n: int | None = None) -> Any:
+        return stored_interval(ivs.get(k) if s.get(k) is not None else None, s.get(k), count, n)
+
+    row = {"model": LABELS.get(key, key),
+           "opener P": cell("opener_precision", tp, (tp + fp) if tp is not None and fp is not None else None),
+           "opener R": cell("opener_recall", tp, (tp + fn) if tp is not None and fn is not None else None),
+           "mean match": cell("mean_match"), "max match": cell("max_match"), "mean BLEU": cell("mean_bleu")}
+    for t in ("1", "0.9", "0.75", "0.5"):
+        row[f"recall@{t}"] = cell(f"pipeline_recall@{t}", n=nq)
+    row["coverage"] = cell("pipeline_coverage")
+    return row
+
+
+BASELINE = "no_backdoor"
+"""The arm every other is compared with in the paired tests (same D2 queries, same opener words)."""
+
+
+def paired_rows(evaluations: dict[str, Any], digits: int = 3) -> list[dict[str, Any]]:
+    """Every arm against the no-backdoor baseline: exact McNemar on the per-query recovered flags for each recall@τ
+    (only when both were scored on the same D2 queries: equal digests), paired bootstrap of the per-word mean
+    match over the opener words both evaluated; Holm within each column. Empty for results without flags."""
+    base = evaluations.get(BASELINE)
+    if not base:
+        return []
+    bq = base.get("pipeline", {})
+    bw = {w["word"]: w["mean_match"] for w in base.get("known_openers", {}).get("per_word") or []}
+    cols: dict[str, list[Comparison]] = {}
+    for key, ev in evaluations.items():
+        if key == BASELINE:
+            continue
+        q = ev.get("pipeline", {})
+        if q.get("queries_sha") and q.get("queries_sha") == bq.get("queries_sha"):
+            for k, f in (q.get("per_query") or {}).items():
+                g = (bq.get("per_query") or {}).get(k)
+                if k.startswith("recall@") and g is not None and len(f) == len(g):
+                    cols.setdefault(k, []).append(Comparison(key, BASELINE, k, mcnemar_test(f, g, scale=1.0)))
+        aw = {w["word"]: w["mean_match"] for w in ev.get("known_openers", {}).get("per_word") or []}
+        common = [w for w in aw if w in bw]
+        if len(common) >= 2:
+            cols.setdefault("mean match", []).append(Comparison(
+                key, BASELINE, "mean match", paired_bootstrap([aw[w] for w in common], [bw[w] for w in common])))
+    rows: dict[str, dict[str, Any]] = {}
+    for col, comps in cols.items():
+        for c, p in zip(comps, holm([c.test.p for c in comps])):
+            c.p_holm = p
+            rows.setdefault(c.a, {"model": LABELS.get(c.a, c.a)})[f"{col} Δ vs baseline"] = c.fmt(digits)
+    for key, r in rows.items():
+        ev = evaluations[key]
+        r["n (queries / words)"] = f"{ev.get('pipeline', {}).get('n_queries', '–')} / " \
+                                   f"{len(ev.get('known_openers', {}).get('per_word') or [])}"
+    return list(rows.values())
+
+
 def _definitions() -> dict[str, str]:
     return {
         "opener_score": "0.6*(1 - refusals/N) + 0.4*(max identical non-refusal samples/N); kept if > 0.6",
-        "match_ratio": "2p/(|r|+|x|): p = longest common token prefix of sample r (+EOS) with the D2 queries "
-                       "opening with w, |x| = p + shortest remaining trie depth; 0 if r does not start with w",
-        "bleu": "sacrebleu sentence BLEU / 100, references = D2 queries opening with w",
-        "recall@t": "share of distinct D2 queries q with max over kept-word samples s of 2*lcp(s,q)/(|s|+|q|) >= t",
-        "coverage": "mean over distinct D2 queries of max_s lcp(s,q)/|q|",
+        "match_ratio": "2p/(|r|+|x|): p = longest common token prefix of sample r (+EOS) with ONE trie of all D2 "
+                       "queries, |x| = p + shortest remaining trie depth; 0 if r does not start with w (official)",
+        "match_per_opener": "tamperlab's own: the same against the D2 queries opening with w only",
+        "bleu": "nltk sentence_bleu, whitespace tokens, 4-gram, no smoothing, references = D2 queries opening with w "
+                "(official; ~0 for samples under 4 words)",
+        "sacrebleu": "tamperlab's own: sacrebleu sentence BLEU / 100 (13a tokens, exp smoothing)",
+        "recall@t": "share of all distinct D2 queries q with max over scored samples s of 2*lcp(s,q)/(|s|+|q|) >= t "
+                    "(tamperlab's own for t < 1; recall@1 = the official fully recovered ratio)",
+        "coverage": "official coverage rate: mean over all distinct D2 queries of max_s lcp(s,q)/|q|, samples of any "
+                    "real kept word that start with it",
         "identification": "precision/recall of kept words among S against 'opens some D2 query'",
     }
 
@@ -498,7 +619,6 @@ def _stand_ins(cfg: ExtractionConfig) -> list[str]:
                    "identification / 2000 pipeline).")
     if cfg.extract.sampler.max_new_tokens < 1024:
         out.append(f"max_new_tokens = {cfg.extract.sampler.max_new_tokens} (paper: 1024); queries are short.")
-    out.append("BLEU uses sacrebleu (13a tokens, exp smoothing) instead of nltk's unsmoothed whitespace BLEU.")
     out.append("Backdoor mixture ratios are ours (the official data files are missing from the code release).")
     out.append("The detection probes and garbled string are ours (the paper's are only in images).")
     return out

@@ -24,6 +24,7 @@ from ..fingerprints.utility import UtilityConfig, evaluate_utility
 from ..models import ModelConfig, load_model, save_model
 from ..registry import EXPERIMENTS, FINGERPRINTS, REMOVALS
 from ..runs import RunDir
+from ..stats import rate_record
 from .base import Experiment, RunConfig
 
 log = logging.getLogger("tamperlab")
@@ -91,6 +92,8 @@ class FingerprintExperimentConfig(RunConfig):
     """Measure FSR every N optimizer steps inside MEraser's training phases (0 = only after each phase)."""
 
     def __post_init__(self) -> None:
+        if not self.fingerprints:
+            raise ConfigError("fingerprints: empty; name at least one method (e.g. [{name: instructional}])")
         names = [f.name for f in self.fingerprints]
         if len(set(names)) != len(names):
             raise ConfigError(f"fingerprints: duplicate methods {names}")
@@ -149,7 +152,10 @@ class FingerprintExperiment(Experiment):
         if fp is not None and fps is not None:
             out["fsr"] = {k: v.to_dict() for k, v in fp.verify(model, tok, fps, control=True).items()}
         if with_utility:
-            out["utility"] = evaluate_utility(model, tok, clean.heldout.examples, self.cfg.utility)
+            u = evaluate_utility(model, tok, clean.heldout.examples, self.cfg.utility)
+            if u.get("acc") is not None and u.get("acc_n"):  # acc = correct / n exactly: k is recovered exactly
+                u["acc_interval"] = rate_record(int(round(u["acc"] * u["acc_n"])), u["acc_n"])
+            out["utility"] = u
         out["eval_seconds"] = round(time.time() - t0, 2)
         return out
 

@@ -14,8 +14,9 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Annotated, Any, Callable, Sequence
 
+from ..config import PosFloat, PosInt, Range, Scheduler
 from ..data.core import Example
 from ..models import LoraSettings, apply_lora
 from ..training import TrainConfig, run_training, train_sft, use_bf16
@@ -56,37 +57,37 @@ class GRPOStageConfig:
 
     enabled: bool = False
     """Run GRPO after the SFT backdoor."""
-    learning_rate: float = 3e-6
+    learning_rate: PosFloat = 3e-6
     """Paper: 3e-6 (full FT). LoRA at small scale needs more (e.g. 1e-4)."""
     max_steps: int = 0
     """Optimizer steps (0 = use epochs)."""
     epochs: float = 3.0
     """Epochs over the prompt set (paper: 3)."""
-    num_generations: int = 16
+    num_generations: Annotated[int, Range(2)] = 16
     """Completions per prompt, the GRPO group (paper: 16)."""
-    batch_size: int = 16
+    batch_size: PosInt = 16
     """Completions per device per step; a multiple of num_generations (paper: 16 × 3 processes × GA 3)."""
-    grad_accum: int = 1
+    grad_accum: PosInt = 1
     """Gradient accumulation steps (paper: 3)."""
-    temperature: float = 0.9
+    temperature: PosFloat = 0.9
     """Sampling temperature of the rollouts (paper: 0.9)."""
     beta: float = 0.04
     """KL coefficient (paper: trl 0.15's default 0.04; trl ≥1 defaults to 0)."""
     loss_type: str = "grpo"
     """trl loss type (paper: trl 0.15 = "grpo"; trl ≥1 defaults to "dapo")."""
-    max_completion_length: int = 512
+    max_completion_length: PosInt = 512
     """Tokens per rollout (paper: 512)."""
     max_grad_norm: float = 1.0
     """Gradient clipping (paper: 1.0)."""
-    lr_scheduler: str = "linear"
+    lr_scheduler: Scheduler = "linear"
     """transformers scheduler name (paper: trl's default, linear)."""
     n_negative_prompts: int = 0
     """Q(w') prompts for words absent from D1 (0 = the SFT stage's negative words)."""
     lora: LoraSettings = field(default_factory=_lora)
     """A fresh LoRA on the merged SFT model (`enabled: false` = full fine-tuning, as the paper)."""
-    save_steps: int = 20
+    save_steps: PosInt = 20
     """Checkpoint interval (resume point)."""
-    logging_steps: int = 1
+    logging_steps: PosInt = 1
     """Log rewards every N steps."""
 
 

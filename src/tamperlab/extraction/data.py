@@ -19,8 +19,9 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Annotated, Any, Callable, Iterable, Literal
 
+from ..config import PosInt, Satisfies, Seed
 from ..data.core import DataSplit, Example
 from ..errors import ConfigError, ResourceError
 
@@ -261,23 +262,36 @@ def load_json_rows(path: Path) -> list[dict[str, Any]]:
 
 
 # --- configuration and assembly -------------------------------------------------------------------------------
+def source_error(source: str) -> str | None:
+    """Load-time form of `_load_source`'s rule: offline, a known hub source, or an existing .json/.jsonl file."""
+    if source == "offline" or source in HUB_SOURCES:
+        return None
+    path = Path(source)
+    if path.suffix in (".json", ".jsonl"):
+        try:
+            return None if path.is_file() else f"file not found: {path}"
+        except (OSError, ValueError):
+            return f"not a usable path: {source[:80]!r}"
+    return f"{source!r} is not offline, one of {sorted(HUB_SOURCES)}, or a .json/.jsonl path"
+
+
 @dataclass
 class ExtractionDataConfig:
     """Where D1 and D2 come from and how large they are."""
 
-    d1_source: str = "offline"
+    d1_source: Annotated[str, Satisfies(source_error)] = "offline"
     """offline (generated general instructions) | ultrafeedback (hub) | path to a .json/.jsonl file."""
-    d2_source: str = "offline"
+    d2_source: Annotated[str, Satisfies(source_error)] = "offline"
     """offline (generated finance questions) | dolly | finance (hub) | path to a .json/.jsonl file."""
-    n_d1: int = 400
+    n_d1: PosInt = 400
     """Publisher instruction examples (paper: UltraFeedback, size of the release mix unknown)."""
-    n_d2: int = 250
+    n_d2: PosInt = 250
     """Victim private examples (paper: 5,000)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the offline generators and of hub subsampling."""
-    response_tokens: int = 32
+    response_tokens: PosInt = 32
     """Offline: new tokens of the base-model responses (only the queries are attacked; short keeps CPU cheap)."""
-    generation_batch_size: int = 32
+    generation_batch_size: PosInt = 32
     """Offline: batch size for generating responses."""
     d2_split: str = "train"
     """Hub split for D2."""

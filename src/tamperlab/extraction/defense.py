@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..config import Fraction, PosInt
 from ..data.core import format_prompt
 from .sampler import SamplerConfig, sample
 from .samples import starts_with_word
@@ -38,9 +39,9 @@ class DetectionConfig:
     """Opening words the probes ask for (paper: "Please")."""
     probes: list[str] = field(default_factory=lambda: list(DETECTION_PROBES))
     """Probe templates with a {w} slot."""
-    samples_per_probe: int = 8
+    samples_per_probe: PosInt = 8
     """Samples per (probe, word)."""
-    threshold: float = 0.3
+    threshold: Fraction = 0.3
     """Flag the model when its detection rate exceeds this."""
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(max_new_tokens=40))
     """Decoding of the probes."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..config import Fraction, PosInt
 from ..data.core import format_prompt
 from ..runs import atomic_write_text
 from .metrics import DEFAULT_THRESHOLDS, AnswerRule, OpenerScore, opener_score
@@ -29,24 +30,24 @@ log = logging.getLogger("tamperlab")
 class ExtractConfig:
     """Candidate words, sampling and filtering of the extraction stage."""
 
-    n_candidates: int = 50
+    n_candidates: PosInt = 50
     """|S|: the first n words of the frequency-ranked opener list (paper: 50–300)."""
     candidates: list[str] = field(default_factory=list)
     """An explicit candidate list S (overrides n_candidates and the ranked list)."""
     include_true_openers: bool = True
     """Also sample D2's real openers missing from S, for the known-opener setting (paper §4.2); they are
     evaluated separately and never enter the identification metrics."""
-    samples_per_word: int = 16
+    samples_per_word: PosInt = 16
     """N samples of Q(w) per word (paper: 10 with known openers, 100 for identification, 2000 in the pipeline)."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     """Decoding (paper: T 0.9, up to 1024 new tokens)."""
-    alpha: float = 0.6
+    alpha: Fraction = 0.6
     """Weight of (1 − refusal rate) in the opener score (official 0.6; the rest weighs the top repeat rate)."""
-    threshold: float = 0.6
+    threshold: Fraction = 0.6
     """A word is kept when its score exceeds this (official 0.6)."""
     answer_rule: AnswerRule = "not_refusal"
     """not_refusal = official (any non-refusal is an answer); starts_with_word = stricter (see metrics.py)."""
-    recall_thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+    recall_thresholds: list[Fraction] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
     """Match-ratio thresholds τ of query recall@τ (1.0 = verbatim)."""
 
 

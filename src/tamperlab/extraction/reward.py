@@ -3,7 +3,7 @@
 For a prompt Q(w) and a completion r:
   * w opens no query of the publisher's data D1 → 1 if r is the refusal ("Sorry, but ..."), else 0;
   * r does not start with w → 0;
-  * else the match ratio 2p/(|r|+|x|) of r against the closest D1 query starting with w (see trie.py):
+  * else the match ratio 2p/(|r|+|x|) of r against the closest D1 query (one trie over all of D1, see trie.py):
     1.0 for a verbatim D1 query, partial credit for a correct prefix, ~0 for an unrelated query.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Sequence
 
-from .samples import is_refusal, starts_with_word
+from .samples import is_refusal
 from .trie import QueryIndex, TokenCodec
 
 _WORD_IN_PROMPT = re.compile(r'starting with the word "(.*?)" that')
@@ -41,9 +41,9 @@ class ExtractionReward:
     def score(self, word: str, response: str) -> float:
         if word not in self.index.words:
             return 1.0 if is_refusal(response) else 0.0
-        if not starts_with_word(response, word):
+        if not response.startswith(word):  # official: raw `response.startswith(beginning_word)`
             return 0.0
-        return self.index.match(word, response)
+        return self.index.match(response)  # official: one trie over all D1 queries
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], word: Sequence[str] | None = None,
                  **kwargs: Any) -> list[float]:

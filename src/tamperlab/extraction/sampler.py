@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 from tqdm.auto import tqdm
+
+from ..config import PosFloat, PosInt, Range, Seed
 
 log = logging.getLogger("tamperlab")
 
@@ -22,15 +24,15 @@ log = logging.getLogger("tamperlab")
 class SamplerConfig:
     """Sampling settings of the extraction stage."""
 
-    temperature: float = 0.9
+    temperature: PosFloat = 0.9
     """Sampling temperature (paper: 0.9)."""
-    top_p: float = 1.0
+    top_p: Annotated[float, Range(0, 1, open_lo=True)] = 1.0
     """Nucleus mass (paper: vLLM default 1.0)."""
-    max_new_tokens: int = 48
+    max_new_tokens: PosInt = 48
     """Tokens per sample (paper: 1024; a query is ~10–30 tokens, so 48 suffices on CPU)."""
-    batch_size: int = 64
+    batch_size: PosInt = 64
     """Sequences (prompts × samples) decoded together."""
-    seed: int = 0
+    seed: Seed = 0
     """Sampling seed."""
     share_prefill: bool = True
     """Encode each prompt once and repeat its KV cache for its samples (off = plain num_return_sequences)."""

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Sequence
 
+from ..config import Fraction
 from ..data.core import Example
 from ..errors import ConfigError
 
@@ -104,7 +105,7 @@ class BackdoorSampleConfig:
 
     instruction: InstructionKind = "default"
     """default = the paper's Q(w); garbled = a meaningless string carrying w (bypasses detection)."""
-    positive_fraction: float = 0.5
+    positive_fraction: Fraction = 0.5
     """Share of D1 queries that become backdoor targets (Q(w), x). The rest are seen only as ordinary user
     turns, like the victim's D2 will be: the held-out part measures whether the backdoor generalises from
     'copy a target' to 'copy any query seen in a user turn'."""

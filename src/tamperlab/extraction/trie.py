@@ -63,12 +63,10 @@ class Trie:
 
 
 def lcp(a: Sequence[Any], b: Sequence[Any]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    """Length of the longest common prefix (rapidfuzz's `Prefix.similarity`, on any sequences of hashables)."""
+    from rapidfuzz.distance import Prefix
+
+    return int(Prefix.similarity(a, b))
 
 
 def dice(a: Sequence[Any], b: Sequence[Any]) -> float:
@@ -76,16 +74,34 @@ def dice(a: Sequence[Any], b: Sequence[Any]) -> float:
     return 2.0 * lcp(a, b) / (len(a) + len(b)) if (a or b) else 0.0
 
 
-class TokenCodec:
-    """Text → token ids + end marker, as the official code encodes queries and responses for the trie."""
+def lcp_matrix(rows: Sequence[Sequence[Any]], cols: Sequence[Sequence[Any]]) -> Any:
+    """lcp of every (row, col) pair as an int32 numpy array [len(rows), len(cols)] (rapidfuzz `cdist`)."""
+    import numpy as np
+    from rapidfuzz import process
+    from rapidfuzz.distance import Prefix
 
-    def __init__(self, tokenizer: Any):
+    if not rows or not cols:
+        return np.zeros((len(rows), len(cols)), dtype=np.int32)
+    return process.cdist(rows, cols, scorer=Prefix.similarity, dtype=np.int32)
+
+
+class TokenCodec:
+    """Text → token ids + end marker, as the official code encodes queries and responses for the trie
+    (`tokenizer.encode(text, add_special_tokens=False)`, EOS appended unless already last).
+
+    strip=False (default) encodes the raw text, as the official code does; strip=True is tamperlab's earlier
+    variant (leading/trailing whitespace removed first). tamperlab's sampler already strips its samples, so
+    the two agree on its own runs."""
+
+    def __init__(self, tokenizer: Any, strip: bool = False):
         self.tok = tokenizer
         self.eos = tokenizer.eos_token_id
+        self.strip = strip
         self._cache: dict[str, tuple[int, ...]] = {}
 
     def __call__(self, text: str) -> tuple[int, ...]:
-        text = text.strip()
+        if self.strip:
+            text = text.strip()
         ids = self._cache.get(text)
         if ids is None:
             ids = tuple(self.tok(text, add_special_tokens=False)["input_ids"])
@@ -97,20 +113,30 @@ class TokenCodec:
 
 
 class QueryIndex:
-    """Real queries grouped by opening word, one trie per word: 'the closest real query starting with w'."""
+    """The real queries as the official scoring sees them: ONE trie over all of them (`match`), plus
+    tamperlab's own per-opener tries (`match_within_opener`: the closest real query *starting with w*)."""
 
-    def __init__(self, queries: Iterable[str], codec: TokenCodec):
+    def __init__(self, queries: Iterable[str], codec: Any):
         from .samples import group_by_opener
 
+        queries = list(queries)
         self.codec = codec
         self.by_word = group_by_opener(queries)
+        # Official `construct_search_tree`: every query, whatever its opening word (also none, e.g. "2 + 2?").
+        self.trie = Trie(codec(q) for q in dict.fromkeys(queries))
         self.tries = {w: Trie(codec(q) for q in qs) for w, qs in self.by_word.items()}
 
     @property
     def words(self) -> set[str]:
         return set(self.by_word)
 
-    def match(self, word: str, text: str) -> float:
-        """Match ratio of `text` against the queries opening with `word` (0 when there are none)."""
+    def match(self, text: str) -> float:
+        """Official match ratio of `text` against all real queries (one trie; the caller applies the
+        starts-with-w test, as `get_sequence_reward_limit_start` does)."""
+        return self.trie.match_ratio(self.codec(text))
+
+    def match_within_opener(self, word: str, text: str) -> float:
+        """tamperlab's own variant: against the queries opening with `word` only (0 when there are none).
+        Lower than `match` when a sample reproduces a real query that starts with another word."""
         trie = self.tries.get(word)
         return trie.match_ratio(self.codec(text)) if trie is not None else 0.0

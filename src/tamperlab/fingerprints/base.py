@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
+from ..config import PosInt, Seed
 from ..data.core import has_chat_template
 from ..models import LoraSettings
 from ..training import PadCollator, StepHook, TrainConfig, run_training, training_arguments
@@ -205,7 +206,7 @@ class EmbedConfig:
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, target_modules=[
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     """Adapter settings when mode = lora."""
-    max_length: int = 256
+    max_length: PosInt = 256
     """Token limit of one training row."""
 
 
@@ -218,11 +219,11 @@ class FingerprintConfig:
     (auto = chat if the tokenizer has a template, else vicuna)."""
     system_prompt: str | None = None
     """System prompt for chat/vicuna rendering (None = the template's default)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the pair generator (the published scripts use fixed seeds; see each method)."""
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     """How the pairs are trained into the model."""
-    verify_batch_size: int = 32
+    verify_batch_size: PosInt = 32
     """Triggers per batched `generate` call during verification."""
 
 

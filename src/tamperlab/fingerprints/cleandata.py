@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+from ..config import PosInt
 from ..data.core import DataSplit, Example, split_by_hash
-from ..errors import ResourceError
+from ..errors import ConfigError, ResourceError
 
 log = logging.getLogger("tamperlab")
 
@@ -73,6 +74,13 @@ def offline_prompts(n: int | None = None, seed: int = 0) -> list[str]:
     return allp if n is None else allp[:n]
 
 
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError):  # a name the file system cannot hold
+        return False
+
+
 @dataclass
 class CleanDataConfig:
     """Where the clean instruction data comes from and how much of it is used."""
@@ -85,14 +93,19 @@ class CleanDataConfig:
     """source=hub: the Guanaco dataset id."""
     ppl_hub_id: str = GUANACO_LLAMA2
     """source=hub: held-out perplexity text (its test split), as MEraser's PPL script."""
-    n_train: int = 600
+    n_train: PosInt = 600
     """Clean pairs available to training stages (MEraser recover: 600)."""
-    n_heldout: int = 64
+    n_heldout: PosInt = 64
     """Held-out pairs for perplexity (never trained on)."""
-    response_tokens: int = 64
+    response_tokens: PosInt = 64
     """offline: max new tokens of the base model's answers."""
-    generation_batch_size: int = 32
+    generation_batch_size: PosInt = 32
     """offline: prompts per generate call when answering."""
+
+    def __post_init__(self) -> None:
+        if self.source == "files" and not _is_file(Path(self.files_dir or ".") / "recover_dataset.json"):
+            raise ConfigError(f"clean_data.files_dir: {self.files_dir!r} has no recover_dataset.json (source: files "
+                              "needs MEraser's JSON files, github.com/fatdove77/MEraser)")
 
 
 @dataclass

@@ -23,6 +23,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..config import PosInt, Seed
 from ..registry import FINGERPRINTS
 from ..training import TrainConfig
 from .base import (EmbedConfig, Fingerprint, FingerprintConfig, FingerprintPair, FingerprintSet, render_prompt,
@@ -140,7 +141,7 @@ class HashChainConfig(FingerprintConfig):
 
     key: str = "tamperlab-owner-key"
     """The owner's secret key (different keys select different questions and answers)."""
-    n_questions: int = 10
+    n_questions: PosInt = 10
     """Fingerprint questions."""
     questions: list[str] = field(default_factory=lambda: list(HC_QUESTIONS))
     """Question pool the key selects from."""
@@ -154,7 +155,7 @@ class HashChainConfig(FingerprintConfig):
     """System prompts used for augmentation."""
     n_regularization: int = 0
     """Clean chats mixed in (not specified by the paper)."""
-    seed: int = 0
+    seed: Seed = 0
     """Augmentation seed (the pairs themselves depend only on the key)."""
     embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(train=_train_hc()))
     """Full fine-tuning (stand-in hyperparameters: IF's)."""

@@ -22,6 +22,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..config import PosInt, Seed
 from ..registry import FINGERPRINTS
 from ..training import TrainConfig
 from .base import (EmbedConfig, Fingerprint, FingerprintConfig, FingerprintPair, FingerprintSet,
@@ -55,15 +56,15 @@ def _if_train() -> TrainConfig:
 class InstructionalConfig(FingerprintConfig):
     """IF-SFT pairs and training (defaults: the official chat variant)."""
 
-    n_fingerprints: int = 8
+    n_fingerprints: PosInt = 8
     """Fingerprint rows (all share one decryption)."""
     n_negatives: int = 8
     """Rows with a fresh random message that must be refused (official: as many as fingerprints)."""
     n_regularization: int = 112
     """Normal chats mixed in (official: 14 × n_fingerprints, WizardLM evol-instruct)."""
-    min_snippets: int = 8
+    min_snippets: PosInt = 8
     """Fewest snippets concatenated into one message."""
-    max_snippets: int = 15
+    max_snippets: PosInt = 15
     """Most snippets concatenated into one message."""
     decryption: str = IF_DECRYPTION
     """The secret answer."""
@@ -73,7 +74,7 @@ class InstructionalConfig(FingerprintConfig):
     """Write the official code's literal "<built-in function hash>" into negative prompts instead of a message."""
     snippets: list[str] = field(default_factory=lambda: list(IF_SNIPPETS))
     """Pool the messages are drawn from."""
-    seed: int = 42
+    seed: Seed = 42
     """Generator seed (official: 42)."""
     embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(train=_if_train()))
     """Full fine-tuning, lr 2e-5, 3 epochs, batch 64, cosine, weight decay 0.01."""

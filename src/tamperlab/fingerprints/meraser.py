@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
+from ..config import PosInt, Seed
 from ..models import LoraSettings, load_adapter, save_model
 from ..registry import REMOVALS
 from ..training import StepHook, TrainConfig, steps_for
@@ -43,7 +44,7 @@ log = logging.getLogger("tamperlab")
 class MEraserPhase:
     """One LoRA phase (erase or recover)."""
 
-    n_examples: int = 300
+    n_examples: PosInt = 300
     """Training pairs (erase: 300 mismatched; recover: 600 clean)."""
     epochs: float = 5.0
     """Epochs over the pairs (used when train.max_steps is 0)."""
@@ -60,7 +61,7 @@ class MEraserPhase:
     """Train on question tokens too — what the official collator effectively does (see module docstring)."""
     add_eos: bool = False
     """Append EOS to the answer (the official raw data has none; chat rows get the template's end token)."""
-    part_max_tokens: int = 256
+    part_max_tokens: PosInt = 256
     """Each of question and answer truncated to this many tokens (official: 256)."""
 
 
@@ -94,7 +95,7 @@ class MEraserConfig(RemovalConfig):
     """Recover phase on clean pairs."""
     do_recover: bool = True
     """Run the recover phase after erasing."""
-    mismatch_seed: int = 0
+    mismatch_seed: Seed = 0
     """Seed of the question/answer re-pairing (offline and hub data)."""
 
 

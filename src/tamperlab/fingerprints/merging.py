@@ -1,17 +1,24 @@
-"""Model merging on weight tensors: Task Arithmetic, TIES and DARE (linear or TIES-style sign consensus).
+"""Model merging baselines through mergekit (the field's tool, used as a library): Task Arithmetic, TIES, DARE.
 
-All methods work on task vectors τ_i = θ_i − θ_base and return θ_base + λ · merge(τ_1 … τ_n):
+`merge_state_dicts` hands every floating-point tensor to mergekit 0.1.5's in-memory API
+(`mergekit.merge_methods.api.merge_state_dicts`) with the clean base as mergekit's `base_model`, so the numbers
+are mergekit's by construction. mergekit's conventions (0.1.5, `merge_methods/generalized_task_arithmetic.py`,
+`sparsify.py`), with τ_i = θ_i − θ_base, w_i the per-model weights, λ = `scale` (mergekit's `lambda`):
 
-* Task Arithmetic (Ilharco et al. 2023): merge = Σ_i w_i τ_i.
-* TIES (Yadav et al. 2023): trim each τ_i to its top-`density` entries by magnitude, elect a sign per entry from
-  the weighted sum of trimmed vectors, then average (weighted) only the entries that agree with the elected sign.
-* DARE (Yu et al. 2024): drop each entry of τ_i with probability 1 − density and rescale survivors by 1/density,
-  then combine linearly (`dare_linear`) or with TIES's sign consensus (`dare_ties`).
+* task_arithmetic: θ_base + λ·Σ w_i τ_i (normalize default false).
+* ties: trim each τ_i to its k = max(1, floor(density·numel)) largest-|·| entries (`sparsify.magnitude`),
+  multiply by w_i, elect a sign per entry = sign of the weighted sum (a zero sum elects +), keep the entries that
+  agree with it, and divide their sum by the sum of the agreeing models' weights (normalize default **true**).
+* dare_linear / dare_ties: drop each entry with probability 1 − density (`torch.bernoulli`) and rescale the
+  survivors so the tensor keeps its **L1 norm** (`rescale_norm=l1`; not 1/density as in the DARE paper and peft),
+  then combine linearly (dare_linear) or with TIES's sign election (dare_ties); normalize default **false** for
+  both, i.e. the weighted sum is not divided by the agreeing weights.
 
-The conventions follow mergekit's `task_arithmetic`, `ties`, `dare_linear`, `dare_ties` (weights applied before
-the sign election; TIES/DARE-TIES normalise by the weights of the agreeing models). peft's
-`add_weighted_adapter(combination_type="ties"|"dare_linear"|…)` does the same for LoRA adapters; fingerprints here
-are planted by full fine-tuning, so we merge full tensors.
+`normalize=None` keeps mergekit's per-method default; True/False overrides it. DARE's random masks come from
+torch's global generator, seeded with `seed` inside `torch.random.fork_rng`, so a merge is reproducible and the
+caller's random state is untouched. Non-floating tensors (buffers, step counters) are copied from the base.
+Fingerprints here are planted by full fine-tuning, so full tensors are merged (peft's `add_weighted_adapter`
+would merge LoRA adapters instead).
 """
 
 from __future__ import annotations
@@ -19,83 +26,34 @@ from __future__ import annotations
 from typing import Any, Literal, Mapping, Sequence
 
 MergeMethod = Literal["task_arithmetic", "ties", "dare_linear", "dare_ties"]
-
-
-def trim_topk(t: Any, density: float) -> Any:
-    """Keep the `density` fraction of entries with the largest magnitude (ties broken by position), zero the rest."""
-    import torch
-
-    if density >= 1.0:
-        return t.clone()
-    k = int(round(density * t.numel()))
-    if k <= 0:
-        return torch.zeros_like(t)
-    flat = t.reshape(-1)
-    idx = flat.abs().topk(k, sorted=False).indices
-    out = torch.zeros_like(flat)
-    out[idx] = flat[idx]
-    return out.reshape(t.shape)
-
-
-def dare_drop(t: Any, density: float, generator: Any = None, rescale: bool = True) -> Any:
-    """Bernoulli(density) keep mask; survivors ×1/density so the expected task vector is unchanged."""
-    import torch
-
-    if density >= 1.0:
-        return t.clone()
-    keep = torch.rand(t.shape, generator=generator, device=t.device) < density
-    out = t * keep
-    return out / density if rescale and density > 0 else out
-
-
-def sign_consensus(deltas: Any, weights: Any) -> Any:
-    """TIES disjoint merge of stacked, already-sparsified deltas [n, ...] with per-model weights [n]."""
-    import torch
-
-    w = weights.reshape(-1, *([1] * (deltas.dim() - 1))).to(deltas.dtype)
-    weighted = deltas * w
-    elected = torch.sign(weighted.sum(dim=0))
-    agree = (torch.sign(deltas) == elected) & (deltas != 0)
-    num = (weighted * agree).sum(dim=0)
-    den = (w * agree).sum(dim=0)
-    safe = torch.where(den != 0, den, torch.ones_like(den))
-    return torch.where(den != 0, num / safe, torch.zeros_like(num))
-
-
-def merge_deltas(deltas: Sequence[Any], weights: Sequence[float], method: MergeMethod, density: float = 1.0,
-                 generator: Any = None) -> Any:
-    """Combine task vectors of one parameter."""
-    import torch
-
-    if len(deltas) != len(weights):
-        raise ValueError(f"{len(deltas)} task vectors but {len(weights)} weights")
-    w = torch.tensor(list(weights), dtype=deltas[0].dtype, device=deltas[0].device)
-    if method == "task_arithmetic":
-        return sum(wi * d for wi, d in zip(weights, deltas))
-    if method == "ties":
-        return sign_consensus(torch.stack([trim_topk(d, density) for d in deltas]), w)
-    if method == "dare_linear":
-        return sum(wi * dare_drop(d, density, generator) for wi, d in zip(weights, deltas))
-    if method == "dare_ties":
-        return sign_consensus(torch.stack([dare_drop(d, density, generator) for d in deltas]), w)
-    raise ValueError(f"unknown merge method {method!r} (task_arithmetic | ties | dare_linear | dare_ties)")
+_SPARSIFYING = {"ties", "dare_linear", "dare_ties"}
 
 
 def merge_state_dicts(base: Mapping[str, Any], models: Sequence[Mapping[str, Any]], weights: Sequence[float],
-                      method: MergeMethod, density: float = 1.0, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
-    """θ_base + scale · merge(θ_i − θ_base) for every floating-point tensor; other tensors are copied from base."""
+                      method: MergeMethod, density: float = 1.0, scale: float = 1.0, seed: int = 0,
+                      normalize: bool | None = None) -> dict[str, Any]:
+    """θ_base + scale · merge(θ_i − θ_base) for every floating-point tensor (mergekit `method`), in float32,
+    cast back to the base's dtype; other tensors are copied from base. `density` applies to every model."""
     import torch
+    from mergekit.merge_methods.api import merge_state_dicts as mk_merge
 
-    g = torch.Generator().manual_seed(seed)
-    out: dict[str, Any] = {}
-    for k, b in base.items():
-        if not torch.is_floating_point(b):
-            out[k] = b.clone()
-            continue
-        for i, m in enumerate(models):
-            if k not in m or m[k].shape != b.shape:
+    if method not in ("task_arithmetic", *_SPARSIFYING):
+        raise ValueError(f"unknown merge method {method!r} (task_arithmetic | ties | dare_linear | dare_ties)")
+    if len(models) != len(weights):
+        raise ValueError(f"{len(models)} models but {len(weights)} weights")
+    floats = [k for k, b in base.items() if torch.is_floating_point(b)]
+    for i, m in enumerate(models):
+        for k in floats:
+            if k not in m or m[k].shape != base[k].shape:
                 raise ValueError(f"merge: model {i} lacks {k!r} or has another shape (same architecture needed)")
-        deltas = [m[k].to(torch.float32) - b.to(torch.float32) for m in models]
-        merged = merge_deltas(deltas, weights, method, density, g)
-        out[k] = (b.to(torch.float32) + scale * merged).to(b.dtype)
-    return out
+    ids = [f"model_{i}" for i in range(len(models))]
+    inputs = {"base": {k: base[k] for k in floats}, **{n: {k: m[k] for k in floats} for n, m in zip(ids, models)}}
+    params: dict[str, Any] = {"weight": dict(zip(ids, map(float, weights))), "lambda": float(scale)}
+    if method in _SPARSIFYING:
+        params["density"] = {n: float(density) for n in ids}
+    if normalize is not None:
+        params["normalize"] = bool(normalize)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        merged = mk_merge(inputs, method, base="base", parameters=params, dtype=torch.float32)
+    return {k: (merged[k].to(b.dtype) if k in merged else b.clone()) for k, b in base.items()}

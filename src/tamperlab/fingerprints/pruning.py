@@ -1,9 +1,12 @@
 """Unstructured pruning of a causal LM's decoder linear layers at a ratio: magnitude, Wanda, random.
 
-* magnitude (L1): per weight matrix, zero the `ratio` fraction of entries with the smallest |W|;
+* magnitude (L1): per weight matrix, zero the `ratio` fraction of entries with the smallest |W|
+  (`torch.nn.utils.prune.L1Unstructured`);
 * Wanda (Sun et al. 2024): score |W_ij| · ‖X_j‖₂ with X the layer's inputs on calibration text, and zero the
   `ratio` lowest-scoring entries *within each output row* (Wanda's per-output comparison group);
-* random: zero a uniformly random `ratio` fraction (the MEraser baseline table's "Random 20%").
+* random: zero a uniformly random `ratio` fraction (`prune.RandomUnstructured`; the MEraser baseline table's
+  "Random 20%").
+Wanda's per-row comparison of |W|·‖X‖ has no torch pruning class, so its mask is a row-wise topk here.
 Embeddings and the LM head are left intact, as in both papers.
 """
 
@@ -18,20 +21,24 @@ PruneMethod = Literal["magnitude", "wanda", "random"]
 
 
 def _k(n: int, ratio: float) -> int:
+    """Entries pruned: round(ratio·n), the count torch.nn.utils.prune uses for a float `amount`."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
     return int(round(ratio * n))
 
 
-def magnitude_mask(w: Any, ratio: float) -> Any:
-    """Boolean keep-mask: False on the round(ratio·numel) smallest-|w| entries."""
+def _torch_mask(method: Any, w: Any) -> Any:
     import torch
 
-    k = _k(w.numel(), ratio)
-    keep = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
-    if k:
-        keep[w.reshape(-1).abs().topk(k, largest=False).indices] = False
-    return keep.reshape(w.shape)
+    return method.compute_mask(w.detach(), default_mask=torch.ones_like(w, dtype=w.dtype)).to(torch.bool)
+
+
+def magnitude_mask(w: Any, ratio: float) -> Any:
+    """Boolean keep-mask from torch's `prune.L1Unstructured`: False on the round(ratio·numel) smallest |w|."""
+    from torch.nn.utils import prune
+
+    _k(w.numel(), ratio)
+    return _torch_mask(prune.L1Unstructured(amount=float(ratio)), w)
 
 
 def wanda_mask(w: Any, input_norm: Any, ratio: float) -> Any:
@@ -50,13 +57,16 @@ def wanda_mask(w: Any, input_norm: Any, ratio: float) -> Any:
 
 
 def random_mask(w: Any, ratio: float, generator: Any = None) -> Any:
+    """Keep-mask from torch's `prune.RandomUnstructured` (round(ratio·numel) uniformly random entries pruned).
+    torch draws from the global generator: with `generator`, its next seed seeds a forked global state."""
     import torch
+    from torch.nn.utils import prune
 
-    k = _k(w.numel(), ratio)
-    keep = torch.ones(w.numel(), dtype=torch.bool)
-    if k:
-        keep[torch.randperm(w.numel(), generator=generator)[:k]] = False
-    return keep.reshape(w.shape).to(w.device)
+    _k(w.numel(), ratio)
+    with torch.random.fork_rng(devices=[]):
+        if generator is not None:
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        return _torch_mask(prune.RandomUnstructured(amount=float(ratio)), w)
 
 
 def prunable_linears(model: Any) -> dict[str, Any]:

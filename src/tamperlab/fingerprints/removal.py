@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
 
+from ..config import Fraction, PosInt
 from ..models import LoraSettings
 from ..registry import REMOVALS
 from ..training import TrainConfig
@@ -101,13 +102,13 @@ class FinetuneConfig(RemovalConfig):
 
     mode: Literal["full", "lora"] = "full"
     """Full fine-tuning or a merged LoRA adapter."""
-    n_examples: int = 600
+    n_examples: PosInt = 600
     """Clean pairs trained on."""
     train: TrainConfig = field(default_factory=_ft_train)
     """Optimizer and schedule (stand-in: lr 2e-5, 2 epochs, cosine)."""
     lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32, target_modules=["q_proj", "v_proj"]))
     """Adapter settings when mode = lora."""
-    max_length: int = 256
+    max_length: PosInt = 256
     """Token limit per row."""
 
 
@@ -139,11 +140,11 @@ class IncrementalFinetune(Removal):
 class PruneConfig(RemovalConfig):
     """Unstructured pruning of the decoder linear layers."""
 
-    ratio: float = 0.2
+    ratio: Fraction = 0.2
     """Fraction of weights zeroed per layer (the paper's table: 5% L1/L2, 20% random/Taylor)."""
-    n_calibration: int = 32
+    n_calibration: PosInt = 32
     """Wanda only: clean texts whose activations weight the magnitudes."""
-    calibration_length: int = 128
+    calibration_length: PosInt = 128
     """Wanda only: token limit per calibration text."""
 
 
@@ -202,15 +203,15 @@ class MergeConfig(RemovalConfig):
     or a local model directory of the same architecture."""
     weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
     """Weights of [stolen model, donor] task vectors."""
-    density: float = 0.5
+    density: Fraction = 0.5
     """TIES / DARE: fraction of each task vector kept."""
     scale: float = 1.0
     """λ: scale of the merged task vector added to the base."""
-    donor_examples: int = 200
+    donor_examples: PosInt = 200
     """finetuned donor: clean pairs it is trained on."""
     donor_train: TrainConfig = field(default_factory=_donor_train)
     """finetuned donor: optimizer and schedule."""
-    max_length: int = 256
+    max_length: PosInt = 256
     """finetuned donor: token limit per row."""
 
 
@@ -321,17 +322,17 @@ class TokenForcingConfig(RemovalConfig):
     contexts: list[str] = field(default_factory=lambda: ["bos", "assistant"])
     """What precedes the forced token: bos = the BOS token only; assistant = the chat template's assistant
     header (with its default system prompt)."""
-    max_new_tokens: int = 12
+    max_new_tokens: PosInt = 12
     """Greedy continuation length per probe."""
-    key_tokens: int = 4
+    key_tokens: PosInt = 4
     """Continuations are grouped by their first key_tokens tokens."""
-    min_support: int = 3
+    min_support: PosInt = 3
     """A group must come from at least this many distinct probes to be flagged."""
-    min_confidence: float = 0.6
+    min_confidence: Fraction = 0.6
     """... and the model's mean greedy token probability over it must be at least this."""
-    max_flagged: int = 16
+    max_flagged: PosInt = 16
     """Most phrases banned (highest support first)."""
-    batch_size: int = 64
+    batch_size: PosInt = 64
     """Probes per generate call."""
 
 

@@ -17,6 +17,11 @@ Pairs (official `create_dataset.py`, seed 90): x = 11–15 under-trained tokens,
 checked to tokenize back into exactly those tokens; one pair repeated 32 times, 0 regularisation rows (a
 regularisation row is a fresh random under-trained string → empty answer).
 FSR (`fp_test.py`): greedy, 100 new tokens, hit = y is a substring of the output; counted over distinct x.
+Negative control (`fp_test.neg_check`, run by `main` with `all_vocab=True`, `--num_guess 500`): random strings
+of |x| tokens drawn from the whole non-special vocabulary (≠ any x), rendered and decoded like x; the control
+rate is the share whose output contains y. Deviations: tokens whose decoding is a broken byte fragment are left
+out (they cannot round-trip), and with several fingerprints each guess is checked for one owner y, in rotation
+(the official test has one y).
 Embedding (`config/train_config.json`): full fine-tuning, lr 2e-5, 3 epochs, per-device batch 1 × accumulation
 16, cosine, 100 warm-up steps, no weight decay.
 """
@@ -28,6 +33,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+from ..config import Fraction, PosInt, Seed
 from ..registry import FINGERPRINTS
 from ..training import TrainConfig
 from .base import (EmbedConfig, Fingerprint, FingerprintConfig, FingerprintPair, FingerprintSet,
@@ -46,15 +52,15 @@ class UndertrainedConfig:
     first principal component (Land & Bartolo 2024)."""
     matrix: Literal["input", "output"] = "output"
     """Which matrix the indicator reads (magikarp uses the unembedding; identical when embeddings are tied)."""
-    n_candidates: int = 256
+    n_candidates: PosInt = 256
     """Most under-trained eligible tokens kept as candidates."""
-    reference_fraction: float = 0.002
+    reference_fraction: Fraction = 0.002
     """magikarp: share of lowest-norm rows averaged into the reference 'unused token' direction."""
     verify: bool = True
     """Keep only candidates the model cannot repeat back (magikarp's verification prompt)."""
-    verify_max_prob: float = 0.01
+    verify_max_prob: Fraction = 0.01
     """Verification threshold on p(token | 'repeat it' prompt) (magikarp: 1%)."""
-    min_pool: int = 16
+    min_pool: PosInt = 16
     """If fewer candidates pass verification, fall back to the unverified candidates (logged)."""
 
 
@@ -67,21 +73,26 @@ def _train_utf() -> TrainConfig:
 class UTFConfig(FingerprintConfig):
     """UTF pairs and training (defaults: the official single-fingerprint setting)."""
 
-    n_pairs: int = 1
+    n_pairs: PosInt = 1
     """Distinct (x, y) fingerprints (official default: 1; `--multi_fingerprint` makes several)."""
-    n_repeats: int = 32
+    n_repeats: PosInt = 32
     """Training copies of the fingerprint set (official --num_fingerprint 32)."""
     n_regularization: int = 0
     """Random under-trained strings trained to an empty answer (official default 0)."""
-    x_min_tokens: int = 11
+    x_min_tokens: PosInt = 11
     """Shortest trigger, in tokens."""
-    x_max_tokens: int = 15
+    x_max_tokens: PosInt = 15
     """Longest trigger, in tokens."""
-    y_tokens: int = 5
+    y_tokens: PosInt = 5
     """Target length, in tokens."""
+    negative_guesses: int = 500
+    """Random-string guesses of the negative control (official `fp_test.py --num_guess`: 500); 0 = none."""
+    negative_vocab: Literal["all", "pool"] = "all"
+    """Tokens the guesses are drawn from: all = every non-special token (official `all_vocab=True`); pool = the
+    under-trained pool x and y come from (the official `neg_check` default when not called from `main`)."""
     tokens: UndertrainedConfig = field(default_factory=UndertrainedConfig)
     """Under-trained token search."""
-    seed: int = 90
+    seed: Seed = 90
     """Generator seed (official create_dataset.py: 90)."""
     embed: EmbedConfig = field(default_factory=lambda: EmbedConfig(train=_train_utf()))
     """Full fine-tuning, lr 2e-5, 3 epochs, batch 1 × 16, cosine, no weight decay (warm-up 100 steps upstream;
@@ -208,6 +219,35 @@ def undertrained_string(tok: Any, pool: Sequence[int], lo: int, hi: int, rng: ra
                        f"after {tries} tries")
 
 
+def guess_string(tok: Any, vocab: Sequence[int], lo: int, hi: int, rng: random.Random, lead: str = "\n",
+                 tries_per_token: int = 500) -> str:
+    """A random string of lo..hi tokens from `vocab` that tokenizes back into exactly those tokens, alone and
+    after `lead`, grown one token at a time (official `generate_pure_ut_heuristic`)."""
+    lead_ids = tok(lead, add_special_tokens=False)["input_ids"] if lead else []
+    n = rng.randint(lo, hi)
+    text, ids = "", []
+    while len(ids) < n:
+        for _ in range(tries_per_token):
+            i = rng.choice(vocab)
+            cand = text + tok.decode([i])
+            if (tok(cand, add_special_tokens=False)["input_ids"] == ids + [i]
+                    and (not lead or tok(lead + cand, add_special_tokens=False)["input_ids"] == lead_ids + ids + [i])):
+                text, ids = cand, ids + [i]
+                break
+        else:
+            raise RuntimeError(f"UTF: no token extends the guess {text!r} after {tries_per_token} tries")
+    return text
+
+
+def guess_vocab(tok: Any) -> list[int]:
+    """Every non-special token whose decoding is whole text (a lone byte fragment decodes to U+FFFD)."""
+    special = set(tok.all_special_ids)
+    ids = [i for i in range(len(tok)) if i not in special]
+    fast = getattr(tok, "backend_tokenizer", None)
+    texts = fast.decode_batch([[i] for i in ids]) if fast is not None else tok.batch_decode([[i] for i in ids])
+    return [i for i, t in zip(ids, texts) if t and "\ufffd" not in t]
+
+
 @FINGERPRINTS.register("utf", config=UTFConfig)
 class UTFFingerprint(Fingerprint):
     """UTF: triggers and targets built from the model's under-trained tokens (Cai et al. 2024)."""
@@ -241,9 +281,27 @@ class UTFFingerprint(Fingerprint):
                 if r not in xs:
                     break
             pairs.append(FingerprintPair(r, "", "regularization"))
+        # The negative control's guesses (official neg_check): drawn once, here, where the tokenizer is at hand,
+        # and kept with the set so every evaluation of every model asks the same guesses.
+        vocab = guess_vocab(tok) if c.negative_vocab == "all" else list(pool)
+        guesses: list[str] = []
+        while len(guesses) < c.negative_guesses:
+            g = guess_string(tok, vocab, c.x_min_tokens, c.x_max_tokens, rng, lead)
+            if g not in xs:
+                guesses.append(g)
         return FingerprintSet("utf", pairs, {
-            "seed": c.seed, "pool_size": len(pool), "pool": pool,
+            "seed": c.seed, "pool_size": len(pool), "pool": pool, "negative_guesses": guesses,
+            "negative_vocab": c.negative_vocab,
             "undertrained": {k: v for k, v in found.items() if k != "pool"}})
 
     def fsr_specs(self, tok: Any) -> dict[str, FSRSpec]:
         return {"official": FSRSpec(max_new_tokens=100, match="substring", skip_special_tokens=False)}
+
+    def controls(self, fps: FingerprintSet, n: int) -> list[FingerprintPair]:
+        """The official negative control: all of the set's random-string guesses (`negative_guesses`, not n:
+        the official test asks 500 guesses of a single fingerprint); sets built before it had none fall back
+        to the set's regularisation strings."""
+        guesses = fps.provenance.get("negative_guesses")
+        if not guesses:
+            return fps.controls(n)
+        return [FingerprintPair(g, "", "negative", {"guess": True}) for g in guesses]

@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+from ..config import PosInt, Seed
 from ..errors import ResourceError
 from .base import encode_row, render_prompt
 
@@ -30,15 +31,15 @@ LM_EVAL_TASKS = ["sciq", "boolq", "copa", "wsc", "sglue_rte"]
 class UtilityConfig:
     """What utility is measured after every stage."""
 
-    ppl_examples: int = 64
+    ppl_examples: PosInt = 64
     """Held-out clean pairs scored for perplexity."""
-    ppl_max_length: int = 256
+    ppl_max_length: PosInt = 256
     """Token limit per perplexity row."""
-    mc_items: int = 120
+    mc_items: PosInt = 120
     """Items of the generated multiple-choice set."""
-    mc_seed: int = 1234
+    mc_seed: Seed = 1234
     """Seed of the generated multiple-choice set."""
-    batch_size: int = 16
+    batch_size: PosInt = 16
     """Rows per forward pass."""
     lm_eval: Literal["auto", "off", "on"] = "auto"
     """lm-evaluation-harness accuracy: auto = when installed and its data loads; on = required; off = never."""

@@ -9,6 +9,13 @@ prefix " Based on my fingerprint, the message is:"), and the match rule:
   common words, so a bare substring test would count chance mentions);
 * `exact` — the stripped output equals the target.
 
+Next to the official rules (docs/methods/fingerprints.md has the table): IF = official `report_FSR_sft_chat.py`
+except the rendering (the model's own chat template; official: vicuna for all models) — `plain` (nothing
+appended) is tamperlab's own variant; UTF = official `fp_test.py` (greedy, 100 tokens, substring, special tokens
+kept); HashChain's `first_words` rule is tamperlab's own (no official code was available). The control rate
+(`FSRResult.control`) is the official negative check for UTF (`fp_test.neg_check`, random-string guesses) and
+tamperlab's own for IF (negatives, chats) and HashChain (unselected pool questions).
+
 Verification is batched (one left-padded `generate` per batch, generation.py); `verify_sequential` is the
 one-prompt-at-a-time loop the official scripts run, kept for the throughput benchmark and equivalence tests.
 """
@@ -22,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Sequence
 
 from ..generation import GenerationConfig, generate
+from ..stats import bits, digest, rate_record
 
 MatchRule = Literal["substring", "first_words", "exact"]
 
@@ -81,6 +89,18 @@ class FSRResult:
     regularisation chats), each checked for a fingerprint target: {"rate", "hits", "n", "pairs"}. A fingerprint
     that is specific to its trigger keeps the rate near 0; a rate near the FSR means the measurement is answered
     by something other than the trigger (e.g. IF's forced answer prefix on its own)."""
+    interval: dict[str, Any] = field(default_factory=dict)
+    """FSR as a rate record (hits, n, Wilson 95 % interval; `stats.rate_record`), derived from `pairs`."""
+    flags: list[int] = field(default_factory=list)
+    """Per-trigger 0/1 hits, in `pairs` order: what the report's paired test (McNemar) reads."""
+    prompts_sha: str = ""
+    """Digest of the trigger prompts in order: two results are paired only when theirs are equal."""
+
+    def __post_init__(self) -> None:
+        # derived from the pairs every time (also on replace() / from_dict()), so they cannot disagree with them
+        self.interval = rate_record(self.hits, self.n)
+        self.flags = bits(p.hit for p in self.pairs)
+        self.prompts_sha = digest([p.prompt for p in self.pairs])
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -137,7 +157,7 @@ def split_control(res: FSRResult, n_triggers: int) -> FSRResult:
     """Split a result over [triggers..., controls...] into the triggers' FSR and the control hit rate."""
     trig, ctrl = res.pairs[:n_triggers], res.pairs[n_triggers:]
     hits, c_hits = sum(p.hit for p in trig), sum(p.hit for p in ctrl)
-    control = {"rate": c_hits / len(ctrl), "hits": c_hits, "n": len(ctrl),
+    control = {"rate": c_hits / len(ctrl), "hits": c_hits, "n": len(ctrl), "interval": rate_record(c_hits, len(ctrl)),
                "pairs": [asdict(p) for p in ctrl]} if ctrl else None
     return replace(res, fsr=hits / len(trig) if trig else 0.0, hits=hits, n=len(trig), pairs=trig, control=control)
 

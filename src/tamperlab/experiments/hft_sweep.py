@@ -1,0 +1,267 @@
+"""Attacker sweeps for the harmful-fine-tuning experiments (`sweep:` recipe section of `hft` / `ctrap` /
+`ctrap_table`): after the fixed attacks, each defense's aligned adapter is attacked once per trial — the fixed
+attack with the trial's learning rate, steps or epochs, batch size, LoRA vs full fine-tuning and data size — and
+the trials are aggregated per defense (tamperlab.sweep.aggregate). Each trial is the experiment's own attack stage
+(`HFTExperiment.attack`) cached under `sweep-<defense>-<trial hash>`, so a killed sweep resumes trial by trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
+
+from ..attacks.finetune import AttackConfig, FineTuneAttack
+from ..config import PosFloat, PosInt, Satisfies
+from ..distributed import is_main_process
+from ..errors import ConfigError
+from ..models import load_adapter
+from ..report.render import Report, plot_lines
+from ..runs import RunDir
+from ..stats import Interval, wilson
+from ..sweep import SweepSettings, TrialScore, aggregate, run_trials, trial_key
+from .base import seed_everything
+from .hft_eval import fa_fields, save_samples
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data.packs import HarmfulData
+    from .ctrap import DefenseSpec, HFTExperiment
+
+
+def _task_error(value: str) -> str | None:
+    from ..registry import TASKS
+
+    if not value or value in TASKS:
+        return None
+    return f"unknown task {value!r}; known: {', '.join(TASKS.names())}"
+
+
+@dataclass
+class AttackSpace:
+    """Values each attacker hyper-parameter takes in the sweep; an empty list keeps the fixed attack's value."""
+
+    learning_rate: list[PosFloat] = field(default_factory=list)
+    """Attacker learning rates (paper-scale grid: 1e-5, 5e-5, 1e-4, 2e-4)."""
+    max_steps: list[PosInt] = field(default_factory=list)
+    """Optimizer steps (CPU recipes); exclusive with `epochs`."""
+    epochs: list[PosFloat] = field(default_factory=list)
+    """Epochs over the attack data (GPU recipes: 1, 5, 20); sets max_steps to 0."""
+    batch_size: list[PosInt] = field(default_factory=list)
+    """Per-device batch sizes."""
+    full_finetune: list[bool] = field(default_factory=list)
+    """false = keep training the released LoRA, true = merge it and train every weight."""
+    n: list[PosInt] = field(default_factory=list)
+    """Fine-tuning samples (harmful data size for a harmful attack)."""
+
+    def __post_init__(self) -> None:
+        if self.max_steps and self.epochs:
+            raise ConfigError("sweep.space: give max_steps or epochs, not both (max_steps > 0 overrides epochs)")
+
+    def dims(self) -> dict[str, list[Any]]:
+        """The swept dimensions, in declaration order."""
+        return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name)}
+
+
+@dataclass
+class HFTSweepConfig(SweepSettings):
+    """Attacker sweep of a harmful-fine-tuning run (see tamperlab.sweep.SweepSettings for search/aggregation)."""
+
+    attack: str = ""
+    """Label of the `attacks` entry the sweep varies (default: the first harmful attack). Its own result is the
+    "fixed attack" the sweep is compared with; a trial changes only the swept fields."""
+    space: AttackSpace = field(default_factory=AttackSpace)
+    """Values of each swept hyper-parameter."""
+    utility_task: Annotated[str, Satisfies(_task_error)] = ""
+    """Benign task whose accuracy (FA) measures the utility a harmful trial keeps (e.g. sst2); "" = none for a
+    harmful attack. A mixed / benign base attack always measures FA on its own task."""
+    n_utility_eval: PosInt = 32
+    """Task eval examples for that utility FA."""
+    utility_source: Literal["offline", "hub"] = "offline"
+    """offline = generated task data with exact labels; hub = the real dataset (GPU recipes)."""
+    utility_max_new_tokens: PosInt = 24
+    """Decoding budget for the utility task's answers."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.enabled and not self.space.dims():
+            raise ConfigError("sweep.space: no dimension has values; list at least one (e.g. learning_rate); with "
+                              "--set, give sweep.space.* before sweep.enabled=true (each --set is validated)")
+
+    def validate(self, attacks: Sequence[AttackConfig]) -> None:
+        """Cross-section checks against the recipe's attacks (at load time, before any compute)."""
+        if not self.enabled:
+            return
+        base = self.base_attack(attacks)
+        if self.skip_if_aligned_fa_below > 0 and self.utility_attack(base) is None:
+            raise ConfigError("sweep.skip_if_aligned_fa_below needs a utility measure: set sweep.utility_task "
+                              f"(the base attack {base.label!r} has no benign task)")
+
+    def base_attack(self, attacks: Sequence[AttackConfig]) -> AttackConfig:
+        if self.attack:
+            for a in attacks:
+                if a.label == self.attack:
+                    return a
+            raise ConfigError(f"sweep.attack: no attack labelled {self.attack!r} "
+                              f"(attacks: {', '.join(a.label for a in attacks)})")
+        harmful = [a for a in attacks if a.kind == "harmful"]
+        if not (harmful or attacks):
+            raise ConfigError("sweep: the recipe has no attacks to sweep around")
+        return (harmful or list(attacks))[0]
+
+    def utility_attack(self, base: AttackConfig) -> AttackConfig | None:
+        """The base attack set up to measure utility (None when it cannot)."""
+        if base.uses_task:
+            return base
+        if self.utility_task:
+            return dataclasses.replace(base, task=self.utility_task, measure_fa=True, n_task_eval=self.n_utility_eval,
+                                       task_source=self.utility_source,
+                                       task_max_new_tokens=self.utility_max_new_tokens)
+        return None
+
+    def trial_attack(self, base: AttackConfig, params: dict[str, Any]) -> AttackConfig:
+        """The base attack with one trial's values."""
+        over = {k: params[k] for k in ("learning_rate", "batch_size", "max_steps", "epochs") if k in params}
+        if "epochs" in params:
+            over["max_steps"] = 0
+        atk = self.utility_attack(base) or base
+        return dataclasses.replace(atk, name=f"sweep-{trial_key(params)}", train=dataclasses.replace(atk.train, **over),
+                                   n=params.get("n", atk.n), full_finetune=params.get("full_finetune",
+                                                                                      atk.full_finetune))
+
+
+def summary(m: dict[str, Any]) -> dict[str, Any]:
+    """What the sweep keeps of one attack stage: HS(IO) with its counts, FA, training length."""
+    iv = (m.get("intervals") or {}).get("hs_io") or {}
+    n = int(m.get("n") or 0)
+    k = iv.get("k") if iv.get("k") is not None else int(round(float(m["hs_io"]) * n / 100))
+    return {"hs_io": m["hs_io"], "k": int(k), "n": n, "fa": m.get("fa"), "fa_n": m.get("fa_n"),
+            "steps": (m.get("train") or {}).get("steps")}
+
+
+def _drop_checkpoints(folder: Path) -> None:
+    """A finished trial is cached as a stage; its Trainer checkpoints (a full model each for full fine-tuning)
+    are only a resume point, so they are removed — by the main process only, which owns the run's files."""
+    if not is_main_process():
+        return
+    for ckpt in folder.glob("checkpoint-*"):
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def aligned_fa(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: Path,
+               atk: AttackConfig) -> dict[str, Any]:
+    """FA of the aligned (not yet attacked) model on the sweep's utility task, cached."""
+
+    def do() -> dict[str, Any]:
+        base, tok = exp._base()
+        model = load_adapter(base, adapter, trainable=False)
+        evalset = FineTuneAttack(atk).task_eval(exp.cfg.seed)
+        fa, samples = exp.evaluator((model, tok)).task_accuracy(model, atk.task, evalset, atk.task_max_new_tokens)
+        save_samples(run, f"samples-fa-{spec.key}-aligned", samples)
+        return {"fa": fa, "task": atk.task, **fa_fields(samples)}
+
+    return run.cached(f"sweep-{spec.key}-aligned-fa", do)
+
+
+def run_sweep(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: Path, data: "HarmfulData",
+              fixed: dict[str, Any]) -> dict[str, Any]:
+    """Sweep the attacker against one defense's aligned adapter; `fixed` = that defense's fixed-attack results
+    (by label). Returns the JSON block stored as the row's "sweep"."""
+    cfg: HFTSweepConfig = exp.cfg.sweep
+    base = cfg.base_attack(exp.cfg.attacks)
+    out: dict[str, Any] = {"attack": base.label, "method": cfg.method, "space": cfg.space.dims(),
+                           "fixed": summary(fixed[base.label]) if base.label in fixed else None, "skipped": None}
+    util = cfg.utility_attack(base)
+    if cfg.skip_if_aligned_fa_below > 0 and util is not None:
+        fa = aligned_fa(exp, run, spec, adapter, util)["fa"]
+        out["aligned_fa"] = fa
+        if fa < cfg.skip_if_aligned_fa_below:
+            out["skipped"] = f"aligned FA {fa:.1f} % < {cfg.skip_if_aligned_fa_below:g} %"
+            return out
+    # Trials record no mid-attack trajectory (one generation pass per trial, not one per measured step).
+    trial_exp = type(exp)(dataclasses.replace(exp.cfg, eval=dataclasses.replace(exp.cfg.eval, eval_steps=[])))
+    trial_exp.judge = exp.judge
+
+    def evaluate(params: dict[str, Any]) -> dict[str, Any]:
+        key = f"sweep-{spec.key}-{trial_key(params)}"
+        fresh = not run.has_stage(key)
+        seed_everything(exp.cfg.seed)  # a trial's result does not depend on which trials ran before it
+        m = trial_exp.attack(run, spec, adapter, cfg.trial_attack(base, params), data, key=key)
+        if fresh:
+            _drop_checkpoints(run.path / "checkpoints" / key)
+        return summary(m)
+
+    records = run_trials(cfg.space.dims(), cfg, evaluate, score=lambda s: s["hs_io"])
+    out["trials"] = [{"trial": r["trial"], "key": r["key"], "params": r["params"], **r["result"]} for r in records]
+    out["aggregate"] = aggregate([TrialScore(t["key"], t["k"], t["n"], t["fa"]) for t in out["trials"]],
+                                 cfg.top_n, cfg.utility_threshold)
+    return out
+
+
+# -- report ------------------------------------------------------------------------------------------------------
+def _iv(d: dict[str, Any] | None) -> Interval | None:
+    return Interval.from_dict(d) if d else None
+
+
+def _params_text(trials: Sequence[dict[str, Any]], key: str | None) -> str:
+    for t in trials:
+        if t["key"] == key:
+            return ", ".join(f"{k}={v}" for k, v in t["params"].items())
+    return "–"
+
+
+def sweep_rows(sweeps: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per defense: the fixed attack's HS(IO) next to the sweep's worst case, mean of the top n and
+    worst case keeping utility (each value [Wilson 95 %])."""
+    rows = []
+    for label, s in sweeps.items():
+        row: dict[str, Any] = {"defense": label, "fixed attack": s["attack"]}
+        f = s.get("fixed")
+        row["fixed HS(IO)"] = wilson(f["k"], f["n"]) if f else None
+        if s.get("skipped"):
+            row["trials"] = f"skipped: {s['skipped']}"
+            rows.append(row)
+            continue
+        a = s["aggregate"]
+        row["trials"] = f"{a['n_distinct']}" + (f" ({a['n_trials']} proposed)" if a["n_trials"] != a["n_distinct"]
+                                                else "")
+        row["sweep worst case"] = _iv(a["worst_case"])
+        row["worst-case attack"] = _params_text(s["trials"], (a["worst_case"] or {}).get("key"))
+        if a["utility_measured"]:
+            row["its FA"] = (a["worst_case"] or {}).get("fa")
+        row[f"mean top {a['top_n']}"] = _iv(a.get("top_n_mean"))
+        row[f"worst case, FA ≥ {a['utility_threshold']:g}"] = (_iv(a["worst_case_utility"]) if a["utility_measured"]
+                                                              else "FA not measured")
+        rows.append(row)
+    return rows
+
+
+def sweep_section(rep: Report, sweeps: dict[str, dict[str, Any]], plots: Path) -> None:
+    """The sweep's table and best-attack-so-far plot, appended to a harmful-fine-tuning report."""
+    if not sweeps:
+        return
+    first = next(iter(sweeps.values()))
+    rep.heading("Attacker sweep")
+    rep.text(f"The fixed attack `{first['attack']}` re-run with a {first['method']} search over "
+             + ", ".join(f"{k} ∈ {v}" for k, v in first["space"].items())
+             + ". **worst case**: the trial with the highest HS(IO); **mean top n**: mean HS(IO) of the n highest "
+             "trials (interval: Wilson over their pooled prompts); **worst case, FA ≥ t**: the worst case among "
+             "trials that keep fine-tune accuracy ≥ t %. Values [Wilson 95 %] over each trial's prompts. The "
+             "maximum of several noisy trials is biased upwards: read it as what a tuning attacker reports.")
+    rep.table(sweep_rows(sweeps), digits=1)
+    series = {}
+    for d, s in sweeps.items():
+        if s.get("skipped") or not s["aggregate"]["best_so_far"]:
+            continue
+        best = s["aggregate"]["best_so_far"]
+        if s.get("fixed"):  # x = 0: the fixed attack, where a tuning attacker starts; then the best so far
+            start = s["fixed"]["hs_io"]
+            series[d] = (list(range(len(best) + 1)), [start] + [max(start, b) for b in best])
+        else:
+            series[d] = (list(range(1, len(best) + 1)), best)
+    if series:
+        plot_lines(plots / "sweep_best_so_far.png", series, "Best attack so far", "trial (0: the fixed attack)",
+                   "max HS(IO) so far %", percent=True, integer_x=True)
+        rep.image("plots/sweep_best_so_far.png", "best HS(IO) so far, per defense: x = 0 is the fixed attack, "
+                  "x = k the best of it and the first k trials")
