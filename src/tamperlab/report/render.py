@@ -328,8 +328,8 @@ class Report:
     def write(self, run_dir: str | Path) -> list[Path]:
         run_dir = Path(run_dir)
         banner = smoke_banner(run_dir)
-        if banner and (not self.blocks or self.blocks[0] != ("p", banner)):
-            self.blocks.insert(0, ("p", banner))
+        if banner and (not self.blocks or self.blocks[0].text != banner):
+            self.blocks.insert(0, Block("p", banner))
         md, ht = run_dir / "report.md", run_dir / "report.html"
         atomic_write_text(md, self.markdown())
         atomic_write_text(ht, self.html())
