@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .errors import TamperlabError
 
@@ -18,6 +18,9 @@ DEMOS = {
     "fingerprints": "demo_fingerprints",
     "eaas": "demo_eaas",
 }
+
+SMOKE_HELP = ("check the recipe's code path in seconds on CPU: tiny random model of the same family, hub data from "
+              "schema fixtures, 2 steps per stage; writes <name>-smoke (numbers meaningless)")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -29,15 +32,28 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _execute(exp: Any, smoke: bool, **kw: Any) -> Any:
+    """Run an experiment; with `smoke`, its smoke copy (tiny model, fixture data, 2 steps) as `<name>-smoke`."""
+    from .experiments.base import execute
+
+    if not smoke:
+        return execute(exp, **kw)
+    from . import smoke as smoke_mode
+
+    exp.cfg = smoke_mode.apply(exp.cfg)
+    with smoke_mode.active():
+        return execute(exp, **kw)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .experiments.base import execute, load_recipe
+    from .experiments.base import load_recipe
 
     exp = load_recipe(args.recipe, args.set)
     if args.name is not None:
         exp.cfg.name = args.name  # validated with the output location by execute(), before anything is written
     if args.output_dir is not None:
         exp.cfg.output_dir = args.output_dir
-    run = execute(exp, resume=args.resume, force=args.force)
+    run = _execute(exp, args.smoke, resume=args.resume, force=args.force)
     print(f"done: {run.path}  (report: {run.path / 'report.md'})")
     return 0
 
@@ -82,7 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .experiments.base import execute, load_recipe
+    from .experiments.base import load_recipe
 
     recipe = DEMOS.get(args.system)
     if recipe is None:
@@ -90,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     exp = load_recipe(recipe, args.set)
     if args.output_dir is not None:
         exp.cfg.output_dir = args.output_dir
-    run = execute(exp, resume=not args.fresh, force=args.fresh)
+    run = _execute(exp, args.smoke, resume=not args.fresh, force=args.fresh)
     print(f"demo done: {run.path / 'report.md'}")
     return 0
 
@@ -124,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     r.add_argument("--name", help="run name (default: the recipe's)")
     r.add_argument("--output-dir", help="parent folder of run directories (default: the recipe's)")
+    r.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     r.set_defaults(fn=cmd_run)
 
     ls = sub.add_parser("list", help="list registered components and packaged recipes")
@@ -139,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier demo run")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     d.add_argument("--output-dir")
+    d.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     d.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("serve", help="start the embedding-as-a-service provider of a recipe")

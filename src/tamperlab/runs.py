@@ -269,9 +269,14 @@ class RunDir:
 
     # -- metrics --------------------------------------------------------------------------------------------
     def save_metrics(self, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        config = self.config
+        # A smoke run (tiny model, fixture data, 2 steps) says so first: its numbers are meaningless.
+        smoke = {"smoke": True, "smoke_substitutions": config.get("smoke_substitutions", [])} \
+            if config.get("smoke") else {}
         payload = {
+            **smoke,
             "name": self.path.name,
-            "config": self.config,
+            "config": config,
             **extra,
             "results": metrics,
             "provenance": provenance(),

@@ -1,20 +1,60 @@
 """Real hub loaders (what users run on connected machines). Each maps raw rows → Examples with a pure function,
 so the mapping is tested on small fixtures in the same schema; fetching goes through `load_rows`, which fails
-with a clear message when the hub is unreachable."""
+with a clear message when the hub is unreachable.
+
+Smoke mode (`tamperlab run RECIPE --smoke`) serves every hub dataset from its schema fixture in
+`data/fixtures/` (`fixtures_only()`), so the paper-scale loaders and row mappings run without the hub."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 from ..errors import ResourceError
 from .core import DataSplit, Example
 
 log = logging.getLogger("tamperlab")
 
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+# Datasets published under two ids with the same schema share one fixture.
+_FIXTURE_ALIASES = {("glue", "sst2"): ("stanfordnlp/sst2", None), ("ag_news", None): ("fancyzhx/ag_news", None)}
+_fixtures_only = False
+
+
+@contextlib.contextmanager
+def fixtures_only() -> Iterator[None]:
+    """Within this block every hub dataset comes from its packaged schema fixture (a few placeholder rows, the
+    same for every split), never from the hub: smoke runs exercise the hub code paths offline."""
+    global _fixtures_only
+    before, _fixtures_only = _fixtures_only, True
+    try:
+        yield
+    finally:
+        _fixtures_only = before
+
+
+def fixture_path(dataset_id: str, config: str | None = None) -> Path:
+    """`org/name` (+ config) → data/fixtures/org__name[--config].jsonl."""
+    dataset_id, config = _FIXTURE_ALIASES.get((dataset_id, config), (dataset_id, config))
+    return FIXTURES_DIR / (dataset_id.replace("/", "__") + (f"--{config}" if config else "") + ".jsonl")
+
+
+def fixture_rows(dataset_id: str, config: str | None = None) -> list[dict[str, Any]]:
+    p = fixture_path(dataset_id, config)
+    if not p.is_file():
+        known = sorted(x.stem for x in FIXTURES_DIR.glob("*.jsonl"))
+        raise ResourceError(f"no schema fixture for dataset {dataset_id!r}"
+                            f"{f' ({config})' if config else ''}: expected {p.name} (have: {', '.join(known)})")
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
 
 def load_rows(dataset_id: str, split: str, config: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Rows of a hub (or local) dataset via `datasets`, or a ResourceError that says what to do offline."""
+    if _fixtures_only:
+        return fixture_rows(dataset_id, config)[:limit]
     from ..models import check_hub_reachable
 
     check_hub_reachable(dataset_id, what="dataset")
@@ -28,6 +68,15 @@ def load_rows(dataset_id: str, split: str, config: str | None = None, limit: int
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return [dict(r) for r in ds]
+
+
+def load_dataset(dataset_id: str, config: str | None = None, split: str = "train") -> Any:
+    """`datasets.load_dataset` for loaders that need a Dataset (its features); the fixture in smoke mode."""
+    import datasets
+
+    if _fixtures_only:
+        return datasets.Dataset.from_list(fixture_rows(dataset_id, config))
+    return datasets.load_dataset(dataset_id, config, split=split)
 
 
 # --- BeaverTails ---------------------------------------------------------------------------------------------

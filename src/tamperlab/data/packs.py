@@ -73,6 +73,9 @@ class HarmfulDataConfig:
     """Harmful pairs available to the attacker (paper: up to 500 / 1000)."""
     n_helpful: int = 200
     """Helpful (retain) pairs mixed into alignment (paper: 5,000 UltraChat)."""
+    align_start: int = 5000
+    """Hub: alignment pairs are refusal-file rows align_start < i < align_start + n_align + 1 (official: 5000;
+    the attack pool is rows 0 .. n_attack − 1)."""
     response_tokens: PosInt = 64
     """Offline: max new tokens of generated harmful / helpful responses."""
     generation_batch_size: PosInt = 32
@@ -179,14 +182,14 @@ def build_hub(cfg: HarmfulDataConfig) -> HarmfulData:
                       refusal_pairs, ultrachat_single_turn)
 
     rows = load_rows(BEAVERTAILS_REFUSALS, "train")
-    align, harmful = refusal_pairs(rows, 5000, cfg.n_align + 1)
+    align, harmful = refusal_pairs(rows, cfg.align_start, cfg.n_align + 1)
     _, attack = refusal_pairs(rows, -1, cfg.n_attack + 1)
     ev = beavertails_unsafe(load_rows(BEAVERTAILS, "30k_test"), cfg.n_eval)
     helpful = ultrachat_single_turn(load_rows(ULTRACHAT, "test_sft", limit=cfg.n_helpful * 3), cfg.n_helpful)
     return HarmfulData(
         eval_prompts=hub_split("harmful-eval", [Example(e.prompt) for e in ev], BEAVERTAILS, "30k_test"),
-        align_refusal=hub_split("align-refusal", align, BEAVERTAILS_REFUSALS, "train[5000:]"),
-        align_harmful=hub_split("align-harmful", harmful, BEAVERTAILS_REFUSALS, "train[5000:]"),
+        align_refusal=hub_split("align-refusal", align, BEAVERTAILS_REFUSALS, f"train[{cfg.align_start}:]"),
+        align_harmful=hub_split("align-harmful", harmful, BEAVERTAILS_REFUSALS, f"train[{cfg.align_start}:]"),
         attack_harmful=hub_split("attack-harmful", attack, BEAVERTAILS_REFUSALS, "train[0:]"),
         helpful=hub_split("helpful", helpful, ULTRACHAT, "test_sft"),
     )

@@ -227,7 +227,7 @@ def hub_task(name: str, split: str, n: int, seed: int, loader: Callable[..., Any
     """Load a real task through `datasets` (`loader` is injectable for tests); sample `n` rows with `seed`."""
     spec = HUB_TASKS[name]
     if loader is None:
-        from datasets import load_dataset as loader  # type: ignore[no-redef]
+        from ..data.hub import load_dataset as loader  # type: ignore[no-redef]  # fixtures in smoke mode
     try:
         ds = loader(spec.path, spec.config, split=spec.splits[split])
     except Exception as e:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +38,10 @@ class RunConfig:
     """Parent folder of run directories."""
     description: str = ""
     """Free text shown at the top of the report."""
+    smoke: bool = False
+    """Set by `--smoke` (tiny model, fixture data, 2 steps per stage): the run's numbers are meaningless."""
+    smoke_substitutions: list[str] = field(default_factory=list)
+    """What `--smoke` swapped (set by it; shown in metrics.json and the report)."""
 
 
 class Experiment:

@@ -327,10 +327,28 @@ class Report:
 
     def write(self, run_dir: str | Path) -> list[Path]:
         run_dir = Path(run_dir)
+        banner = smoke_banner(run_dir)
+        if banner and (not self.blocks or self.blocks[0].text != banner):
+            self.blocks.insert(0, Block("p", banner))
         md, ht = run_dir / "report.md", run_dir / "report.html"
         atomic_write_text(md, self.markdown())
         atomic_write_text(ht, self.html())
         return [md, ht]
+
+
+def smoke_banner(run_dir: Path) -> str:
+    """The warning every report of a `--smoke` run starts with (empty for a real run)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    if not isinstance(cfg, dict) or not cfg.get("smoke"):
+        return ""
+    subs = "".join(f"\n- {s}" for s in cfg.get("smoke_substitutions") or [])
+    return ("**SMOKE RUN (smoke: true) — the numbers below are meaningless.** It proves that this recipe's code path "
+            "runs end to end; it measures nothing. Substitutions:" + subs)
 
 
 def provenance_block(metrics: dict[str, Any]) -> str:
