@@ -148,8 +148,10 @@ def train_backdoor_grpo(model: Any, tok: Any, d1_queries: Sequence[str], words: 
     # Left padding for batched rollouts; restored afterwards because the SFT collator pads on the right.
     side = tok.padding_side
     tok.padding_side = "left"
+    from ..guards import NonFiniteLossGuard
+
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=grpo_arguments(cfg, out_dir, seed),
-                          train_dataset=ds, processing_class=tok, callbacks=list(callbacks))
+                          train_dataset=ds, processing_class=tok, callbacks=[*callbacks, NonFiniteLossGuard()])
     try:
         stats = run_training(trainer, out_dir, resume)
     finally:

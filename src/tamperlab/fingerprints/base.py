@@ -163,8 +163,11 @@ def train_rows(model: Any, tok: Any, rows: Sequence[dict[str, list[int]]], cfg: 
     args = training_arguments(cfg, out_dir, seed=seed)
     callbacks = ([StepHook([], log_fn=log_fn)] if log_fn else []) + list(callbacks)
     model.train()
+    from ..guards import NonFiniteLossGuard
+
     trainer = Trainer(model=model, args=args, train_dataset=RowDataset(rows),
-                      data_collator=PadCollator(tok.pad_token_id), processing_class=tok, callbacks=callbacks)
+                      data_collator=PadCollator(tok.pad_token_id), processing_class=tok,
+                      callbacks=[*callbacks, NonFiniteLossGuard()])
     stats = run_training(trainer, out_dir, resume)
     stats["loss_history"] = [round(float(h["loss"]), 4) for h in trainer.state.log_history if "loss" in h]
     model.eval()
