@@ -31,15 +31,14 @@ def _numbers(metrics):
     return {k: v for k, v in a["trajectory"]["2"].items()}, a["hs_io"]
 
 
-def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
-    clean = execute(load_recipe(recipe(tmp_path, "clean")))
-
+def _run_killed_in_ctrap_alignment(tmp_path, monkeypatch):
+    """Run the recipe as `killed`, interrupted at the 4th CTRAP step (after the step-2 checkpoint, mid-stage)."""
     original = CTRAPDefense.step
     calls = {"n": 0}
 
     def killed_step(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] == 4:  # after the step-2 checkpoint, in the middle of the stage
+        if calls["n"] == 4:
             raise KeyboardInterrupt
         return original(self, *a, **k)
 
@@ -47,6 +46,12 @@ def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         execute(load_recipe(recipe(tmp_path, "killed")))
     monkeypatch.setattr(CTRAPDefense, "step", original)
+
+
+def test_resume_matches_uninterrupted(tmp_path, monkeypatch):
+    clean = execute(load_recipe(recipe(tmp_path, "clean")))
+
+    _run_killed_in_ctrap_alignment(tmp_path, monkeypatch)
     assert not (tmp_path / "killed" / "metrics.json").exists()
     resumed = execute(load_recipe(recipe(tmp_path, "killed")), resume=True)
 
@@ -72,19 +77,7 @@ def test_resume_skips_checkpoint_cut_by_a_kill(tmp_path, monkeypatch):
     from tamperlab.training import last_checkpoint
 
     clean = execute(load_recipe(recipe(tmp_path, "clean")))
-    original = CTRAPDefense.step
-    calls = {"n": 0}
-
-    def killed_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(CTRAPDefense, "step", killed_step)
-    with pytest.raises(KeyboardInterrupt):
-        execute(load_recipe(recipe(tmp_path, "killed")))
-    monkeypatch.setattr(CTRAPDefense, "step", original)
+    _run_killed_in_ctrap_alignment(tmp_path, monkeypatch)
     ckdir = tmp_path / "killed" / "checkpoints" / "align-ctrap"
     good = ckdir / "checkpoint-2"
     # what a SIGKILL during the save of step 3 leaves: weights written, trainer state cut mid-file
