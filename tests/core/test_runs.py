@@ -93,3 +93,31 @@ def test_pack_cache_key_follows_the_model_identity():
     assert a == model_fingerprint(load_model(ModelConfig(name_or_path="tiny:llama"), seed=0)[0])
     assert a != model_fingerprint(load_model(ModelConfig(name_or_path="tiny:llama"), seed=1)[0])
     assert a != model_fingerprint(load_model(ModelConfig(name_or_path="tiny:llama", tiny_layers=3), seed=0)[0])
+
+
+def test_binary_artefacts_are_written_atomically(tmp_path):
+    """np.save / safetensors go through atomic_write_bytes: the content round-trips, the file is 0644 under the usual
+    umask, and a writer that fails half-way leaves neither the final name nor a temporary behind."""
+    import os
+
+    import numpy as np
+    import pytest
+
+    from tamperlab.runs import atomic_write_bytes
+
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    p = tmp_path / "a.npy"
+    atomic_write_bytes(p, lambda f: np.save(f, arr))
+    np.testing.assert_array_equal(np.load(p), arr)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~mask
+
+    def cut(f):
+        f.write(b"\x93NUMPY partial")
+        raise KeyboardInterrupt  # a kill in the middle of the write
+
+    q = tmp_path / "b.npy"
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(q, cut)
+    assert not q.exists() and sorted(x.name for x in tmp_path.iterdir()) == ["a.npy"]

@@ -22,7 +22,8 @@ import numpy as np
 from ..config import OneOf, check_positive
 from ..errors import ConfigError
 from ..registry import EXPERIMENTS
-from ..runs import RunDir
+from .. import distributed
+from ..runs import RunDir, atomic_write_bytes
 from ..report.cells import Comparison
 from ..stats import Interval, bits, bootstrap_diff, digest, holm, mcnemar_test, rate_record, stored_interval
 from ..eaas.downstream import DownstreamConfig, classify_correct
@@ -145,10 +146,9 @@ def _arrays(run: RunDir, key: str, fn: Any) -> np.ndarray:
         return np.load(p)
     t0 = time.time()
     arr = np.asarray(fn())
-    tmp = p.with_suffix(".tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(p)
+    atomic_write_bytes(p, lambda f: np.save(f, arr))
     run.log("stage_done", stage=key, seconds=round(time.time() - t0, 2))
+    distributed.barrier()  # as RunDir.cached: every rank sees the array before the next existence check
     return arr
 
 
@@ -290,8 +290,8 @@ class EaaSExperiment(Experiment):
                               "intervals": spa_records(counts, kde_mask, train.texts)["intervals"],
                               "deleted": bits(kde_mask)}
                 res["spa"] = det
-                np.savez(run.sub("arrays") / f"{sc.name}_spa_scores.npz", label=counts > 0, deleted=deleted,
-                         **scores)
+                atomic_write_bytes(run.sub("arrays") / f"{sc.name}_spa_scores.npz",
+                                   lambda f: np.savez(f, label=counts > 0, deleted=deleted, **scores))
                 res["query_log_audit"] = qlog.audit()
                 res["query_log_rows"] = qlog.count()
             qlog.close()
@@ -438,8 +438,9 @@ def _spa_suffixes(run: RunDir, cfg: EaaSConfig, texts: list[str], pool: list[str
     t0 = time.time()
     sur = Embedder.load(cfg.spa.surrogate, batch_size=cfg.provider.batch_size)
     idx = search_suffixes(texts, pool, sur.encode, cfg.spa.candidates, cfg.spa.n_suffixes)
-    np.save(p, idx)
+    atomic_write_bytes(p, lambda f: np.save(f, idx))
     run.log("stage_done", stage="spa_suffix_search", seconds=round(time.time() - t0, 2))
+    distributed.barrier()
     return idx
 
 

@@ -32,6 +32,7 @@ from typing import Any, Iterator, Literal, Sequence
 from ..config import PosInt, Seed
 from ..models import LoraSettings, load_adapter, save_model
 from ..registry import REMOVALS
+from ..runs import atomic_write_json
 from ..training import StepHook, TrainConfig, steps_for
 from .base import encode_row, render_prompt, train_rows
 from .cleandata import build_mismatched
@@ -151,7 +152,7 @@ def train_phase(model: Any, tok: Any, pairs: Sequence[Any], ph: MEraserPhase, ad
         stats["rows"] = len(rows)
         stats["tokens"] = sum(len(r["input_ids"]) for r in rows)
         save_model(peft_model, None, adapter_dir)
-        stats_file.write_text(json.dumps(stats))
+        atomic_write_json(stats_file, stats)
     return peft_model.merge_and_unload(), stats
 
 

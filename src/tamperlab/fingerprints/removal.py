@@ -218,7 +218,10 @@ class MergeConfig(RemovalConfig):
 def donor_state_dict(ctx: RemovalContext, cfg: MergeConfig) -> dict[str, Any]:
     """The donor's weights; a fine-tuned donor is trained once and cached as safetensors in the shared dir."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+    from safetensors.torch import save as safetensors_bytes
+
+    from ..runs import atomic_write_bytes
 
     if cfg.donor == "base":
         return {k: v.detach().clone() for k, v in ctx.load_base().state_dict().items()}
@@ -247,8 +250,7 @@ def donor_state_dict(ctx: RemovalContext, cfg: MergeConfig) -> dict[str, Any]:
     sd = {k: v.detach().contiguous() for k, v in base.state_dict().items()}
     if "lm_head.weight" in sd and getattr(base.config, "tie_word_embeddings", False):
         sd.pop("lm_head.weight")  # shared storage; safetensors refuses aliases
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(path))
+    atomic_write_bytes(path, lambda f: f.write(safetensors_bytes(sd)))
     return sd
 
 
