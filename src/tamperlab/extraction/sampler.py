@@ -109,8 +109,9 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], n: int, cfg: SamplerCon
                 # generate() sees a cache covering input_ids[:, :-1] and only runs the last token and beyond.
                 cache = DynamicCache(config=model.config)
                 pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                ck = _cache_kwarg(model)
                 model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                      past_key_values=cache, use_cache=True)
+                      use_cache=True, **{ck: cache})
                 if int(reps.max()) == int(reps.min()):
                     cache.batch_repeat_interleave(int(reps[0]))
                 else:
@@ -118,7 +119,7 @@ def sample(model: Any, tok: Any, prompts: Sequence[str], n: int, cfg: SamplerCon
                     cache.batch_select_indices(index)
                 out = model.generate(input_ids=torch.repeat_interleave(ids, reps.to(device), dim=0),
                                      attention_mask=torch.repeat_interleave(mask, reps.to(device), dim=0),
-                                     past_key_values=cache, **kw)
+                                     **{ck: cache}, **kw)
             else:
                 out = model.generate(input_ids=torch.repeat_interleave(ids, reps.to(device), dim=0),
                                      attention_mask=torch.repeat_interleave(mask, reps.to(device), dim=0), **kw)
@@ -155,3 +156,14 @@ def naive_sample(model: Any, tok: Any, prompts: Sequence[str], n: int, cfg: Samp
             out.append(row)
     return out
 
+
+def _cache_kwarg(model: Any) -> str:
+    """The name under which this transformers version takes a KV cache: `cache` (≥ 5.24, where
+    `past_key_values` is deprecated with a FutureWarning per call) or `past_key_values` (older versions)."""
+    import inspect
+
+    forward = getattr(getattr(model, "get_base_model", lambda: model)(), "forward", None)
+    try:
+        return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
