@@ -14,6 +14,9 @@ from .render import Report, provenance_block
 
 DIGITS = 4
 """Significant digits of the summary cells (metrics range from losses near 0.01 to percentages near 100)."""
+MAX_ROWS = 400
+"""Rows shown per section and table (per-word / per-trigger breakdowns can hold thousands of numbers; all of them
+stay in metrics.json)."""
 
 
 def summaries(tree: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -42,10 +45,13 @@ def _constant(s: dict[str, Any]) -> bool:
     return len(set(map(repr, s["values"]))) == 1
 
 
-def rows(results: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(metrics that differ between seeds or are rates, numbers equal in every seed) as table rows."""
-    varying, constant = [], []
+def rows(results: Any) -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Per section (top-level key of `results`): (metrics that differ between seeds or are rates, numbers equal in
+    every seed) as table rows."""
+    out: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
     for pointer, s in summaries(results):
+        section = pointer.lstrip("/").split("/")[0].replace("~1", "/").replace("~0", "~")
+        varying, constant = out.setdefault(section, ([], []))
         if _constant(s) and "pooled" not in s:
             constant.append({"metric": _metric(pointer), "value (every seed)": _num(s["values"][0])})
             continue
@@ -53,7 +59,13 @@ def rows(results: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         varying.append({"metric": _metric(pointer), "mean ± sd": f"{_num(s['mean'])} ± {_num(s['sd'])}",
                         "pooled 95 % (Wilson)": pooled,
                         "per-seed values": " · ".join(_num(v) for v in s["values"])})
-    return varying, constant
+    return out
+
+
+def _table(rep: Report, rows_: list[dict[str, Any]], columns: list[str]) -> None:
+    rep.table(rows_[:MAX_ROWS], columns, digits=1)
+    if len(rows_) > MAX_ROWS:
+        rep.text(f"… and {len(rows_) - MAX_ROWS} more rows (metrics.json has all of them).")
 
 
 def write_seeds_report(run: RunDir) -> list[Path]:
@@ -69,16 +81,19 @@ def write_seeds_report(run: RunDir) -> list[Path]:
              f"{_num(r.get('wall_seconds'))} s)" for s, r in rep_info["runs"].items()]
     rep.text(f"The experiment ran once per seed; each seed is an ordinary run with its own full report (tables, "
              f"plots, samples): {'; '.join(links)}.")
-    varying, constant = rows(m["results"])
     rep.heading("Metrics over seeds")
     rep.text(f"mean ± sample sd (ddof 1) over {len(seeds)} seeds; per-seed values in seed order "
              f"({', '.join(map(str, seeds))}). Rates that carry their counts also show the Wilson 95 % interval of "
              "all seeds' prompts pooled (Σk of Σn), which treats the seeds' prompts as independent draws. "
-             "Paths are those of each seed's metrics.json `results`.")
-    rep.table(varying, ["metric", "mean ± sd", "pooled 95 % (Wilson)", "per-seed values"], digits=1)
-    if constant:
-        rep.heading("Same in every seed")
-        rep.table(constant, ["metric", "value (every seed)"])
+             "Paths are those of each seed's metrics.json `results`; numbers that came out the same in every seed "
+             "follow each section's table.")
+    for section, (varying, constant) in rows(m["results"]).items():
+        rep.heading(section, 3)
+        if varying:
+            _table(rep, varying, ["metric", "mean ± sd", "pooled 95 % (Wilson)", "per-seed values"])
+        if constant:
+            rep.text("Same in every seed:")
+            _table(rep, constant, ["metric", "value (every seed)"])
     if rep_info.get("varying"):
         rep.heading("Non-numeric values that differ between seeds")
         rep.text("Left out of the aggregate (see each seed's metrics.json): "
