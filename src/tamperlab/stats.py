@@ -312,6 +312,7 @@ def pooled_rate(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The Wilson 95 % interval of several seeds' rate records pooled (Σk of Σn: every seed's prompts together),
     on their common scale; None when the records do not share one or have no prompts."""
     scales = {_rate_scale(r) for r in records}
-    if len(scales) != 1 or None in scales:
+    scale = scales.pop() if len(scales) == 1 else None
+    if scale is None:
         return None
-    return rate_record(sum(int(r["k"]) for r in records), sum(int(r["n"]) for r in records), scales.pop())
+    return rate_record(sum(int(r["k"]) for r in records), sum(int(r["n"]) for r in records), scale)
