@@ -78,6 +78,7 @@ def test_resume_reruns_only_the_unfinished_seed(repeated):
     assert (parent / "seed-0" / "log.jsonl").read_bytes() == before["seed0_log"]
     assert (parent / "seed-0" / "metrics.json").read_bytes() == before["seed0_metrics"]
     assert [e["seed"] for e in events(parent, "seed_start")] == [0, 1, 1]
+    assert [e["seed"] for e in events(parent, "seed_skipped")] == [0]
     # seed 1 continued through its stage cache: its alignment was computed once, before the kill
     s1 = parent / "seed-1"
     assert len(events(s1, "run_start")) == 2

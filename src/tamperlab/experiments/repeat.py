@@ -92,6 +92,7 @@ def run_seeds(exp: "Experiment", parent: RunDir, run_one: Callable[["Experiment"
         # Every rank takes rank 0's decision: a rank that skipped a seed the others run would desynchronise them.
         if distributed.broadcast(finished(parent.path / seed_dir(seed))):
             log.info("seed %d (%d/%d): finished earlier, skipping", seed, i, len(seeds))
+            parent.log("seed_skipped", seed=seed)
             continue
         log.info("seed %d (%d/%d) → %s", seed, i, len(seeds), parent.path / seed_dir(seed))
         parent.log("seed_start", seed=seed)
