@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from ..config import RunName, Seed, apply_overrides, check_size, from_dict, load_yaml, parse_yaml, resolve_path, to_dict
 from ..errors import ConfigError, TamperlabError
+from ..models import model_cache
 from ..registry import EXPERIMENTS
 from .. import distributed
 from ..runs import RunDir, RunLock
@@ -145,8 +146,8 @@ def execute(exp: Experiment, resume: bool = False, force: bool = False) -> RunDi
     path = Path(exp.cfg.output_dir) / exp.cfg.name
     # The lock is taken before the directory is touched: a second process (or --force) must not write or delete
     # a live run. Multi-process launches: only the main process locks, creates, writes and reports; all ranks
-    # compute (tamperlab.distributed).
-    with RunLock(path):
+    # compute (tamperlab.distributed). Each distinct model is read from disk once per run (models.ModelCache).
+    with RunLock(path), model_cache():
         run = RunDir.create(path, cfg_dict, resume=resume, force=force)
         seed_everything(exp.cfg.seed)
         log.info("run %s → %s", kind, run.path)
