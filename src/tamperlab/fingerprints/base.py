@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 from ..config import PosInt, Seed
-from ..data.core import Example, format_prompt, has_chat_template, tokenize_example
+from ..data.core import Example, format_prompt, resolve_format, tokenize_example
 from ..models import LoraSettings
 from ..training import TrainConfig, train_sft
 from .verify import FSRResult, FSRSpec, split_control, verify_prompts
@@ -88,11 +88,9 @@ class FingerprintSet:
 # --- rendering and encoding --------------------------------------------------------------------------------------
 def resolve_prompt_format(tok: Any, fmt: str) -> str:
     """A fingerprint's format: `auto` = chat if the tokenizer has a template, else vicuna (the IF paper's)."""
-    if fmt == "auto":
-        return "chat" if has_chat_template(tok) else "vicuna"
-    if fmt not in ("chat", "vicuna", "raw"):
+    if fmt not in ("auto", "chat", "vicuna", "raw"):
         raise ValueError(f"unknown prompt format {fmt!r} (chat | vicuna | raw | auto)")
-    return fmt
+    return resolve_format(tok, fmt, fallback="vicuna")
 
 
 def render_prompt(tok: Any, user: str, fmt: str = "auto", system: str | None = None) -> str:
