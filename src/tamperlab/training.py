@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Sequence
+from typing import Annotated, Any, Callable, Sequence
 
 from .config import Fraction, OneOf, Optimizer, PosFloat, PosInt, Scheduler
 from .data.core import Example, tokenize_example

@@ -28,7 +28,6 @@ PairKind = Literal["fingerprint", "augmented", "regularization", "negative"]
 PromptFormat = Literal["auto", "chat", "vicuna", "raw"]
 
 
-
 @dataclass
 class FingerprintPair:
     """One training/verification row: a user turn and the response the model must give."""
