@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar
 
 from ..config import RunName, Satisfies, Seed, apply_overrides, check_size, from_dict, load_yaml, parse_yaml, resolve_path, to_dict
 from ..errors import ConfigError, TamperlabError
+from ..models import model_cache
 from ..registry import EXPERIMENTS
 from .. import distributed
 from ..runs import RunDir, RunLock
@@ -185,8 +186,8 @@ def _execute_one(exp: Experiment, resume: bool, force: bool) -> RunDir:
     path = Path(exp.cfg.output_dir) / exp.cfg.name
     # The lock is taken before the directory is touched: a second process (or --force) must not write or delete
     # a live run. Multi-process launches: only the main process locks, creates, writes and reports; all ranks
-    # compute (tamperlab.distributed).
-    with RunLock(path):
+    # compute (tamperlab.distributed). Each distinct model is read from disk once per run (models.ModelCache).
+    with RunLock(path), model_cache():
         run = RunDir.create(path, cfg_dict, resume=resume, force=force)
         seed_everything(exp.cfg.seed)
         log.info("run %s → %s", exp.kind, run.path)
