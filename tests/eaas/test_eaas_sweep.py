@@ -91,3 +91,17 @@ def test_trial_spa_sets_the_deletion_rule():
     spa = cfg.sweep.trial_spa(cfg.spa, {"remove_fraction": 0.1, "score": "cos", "n_suffixes": 1})
     assert (spa.removal, spa.remove_fraction, spa.score, spa.n_suffixes) == ("fraction", 0.1, "cos", 1)
     assert spa.candidates == cfg.spa.candidates  # the rest of SPA kept
+
+
+def test_gpu_recipe_carries_the_paper_scale_grid():
+    import yaml
+
+    from tamperlab.experiments.base import RECIPES_DIR
+    from tamperlab.sweep import grid_points
+
+    raw = yaml.safe_load((RECIPES_DIR / "eaas_full.yaml").read_text())
+    assert not load_recipe(raw).cfg.sweep.enabled  # 63 copies of a 6-layer backbone: opt-in
+    cfg = load_recipe({**raw, "sweep": {**raw["sweep"], "enabled": True}}).cfg
+    dims = cfg.sweep.space.dims()
+    assert 0.296 in dims["remove_fraction"] and dims["score"] == ["pca", "cos", "l2"]
+    assert len(grid_points(dims)) == 21 and cfg.sweep.targets(cfg.scenarios) == ["embmarker", "warden", "saw_defense"]

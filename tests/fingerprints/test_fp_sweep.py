@@ -122,3 +122,26 @@ def test_trial_params_reach_the_phase_or_the_fine_tune():
     m = spec.__class__("finetune", "", cfg.sweep.trial_params(ft, {"learning_rate": 1e-3, "epochs": 2.0})).build().cfg
     assert m.train.learning_rate == 1e-3 and m.train.epochs == 2.0 and m.n_examples == 4
     assert trial_key({"learning_rate": 1e-3}) != trial_key({"learning_rate": 2e-3})
+
+
+def test_gpu_recipe_carries_the_paper_scale_grid():
+    from tamperlab.sweep import grid_points
+
+    exp = load_recipe("meraser_paper_gpu")
+    assert not exp.cfg.sweep.enabled  # 36 erase + recover runs of a 7B model: opt-in
+    raw = _plain("meraser_paper_gpu")
+    cfg = load_recipe({**raw, "sweep": {**raw["sweep"], "enabled": True}}).cfg
+    dims = cfg.sweep.space.dims()
+    assert dims == {"learning_rate": [1e-4, 5e-4, 1e-3, 2e-3], "epochs": [1, 3, 5]} and len(grid_points(dims)) == 12
+    spec = cfg.sweep.base_removal(cfg.removals)
+    m = spec.__class__(spec.name, spec.label, cfg.sweep.trial_params(spec, grid_points(dims)[-1])).build().cfg
+    assert m.erase.train.learning_rate == 2e-3 and m.erase.epochs == 5 and m.erase.train.bf16 == "true"
+    assert m.recover.train.learning_rate == 5e-4  # recover keeps the published setting
+
+
+def _plain(name):
+    import yaml
+
+    from tamperlab.experiments.base import RECIPES_DIR
+
+    return yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text())
