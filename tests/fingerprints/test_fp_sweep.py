@@ -107,6 +107,8 @@ def test_fingerprint_sweep_config_errors(tmp_path):
         load_recipe(bad)
     with pytest.raises(ConfigError, match="no dimension"):
         load_recipe(recipe(tmp_path, space={}))
+    with pytest.raises(ConfigError, match="yields erase, not 'recover'"):  # the removal skips recovery
+        load_recipe(recipe(tmp_path, stage="recover"))
 
 
 def test_trial_params_reach_the_phase_or_the_fine_tune():

@@ -83,6 +83,10 @@ class FingerprintSweepConfig(SweepSettings):
         cfg = spec.build().cfg
         if not hasattr(cfg, "erase") and self.phases != ["erase"]:
             raise ConfigError(f"sweep.phases: only MEraser removals have phases ({spec.key!r} is {spec.name})")
+        stages = removal_stages(spec.name, cfg)
+        if self.stage and self.stage not in stages:
+            raise ConfigError(f"sweep.stage: {spec.key!r} ({spec.name}) yields {', '.join(stages)}, not "
+                              f"{self.stage!r}")
 
     def base_removal(self, removals: Sequence["RemovalSpec"]) -> "RemovalSpec":
         trainable = [r for r in removals if _kind(r) is not None]
@@ -114,6 +118,16 @@ class FingerprintSweepConfig(SweepSettings):
         else:
             over = {"train": {**train, **({"epochs": params["epochs"]} if "epochs" in params else {})}}
         return deep_merge(spec.params, over)
+
+
+def removal_stages(name: str, cfg: Any) -> list[str]:
+    """The stages a sweepable removal yields, in order (MEraser.apply, MEraserTransfer.apply, fine-tuning)."""
+    recover = bool(getattr(cfg, "do_recover", False))
+    if name == "meraser_transfer":
+        return ["transfer"] + (["transfer_recover"] if recover else [])
+    if hasattr(cfg, "erase"):
+        return ["erase"] + (["recover"] if recover else [])
+    return ["after"]
 
 
 def _kind(spec: "RemovalSpec") -> str | None:

@@ -9,6 +9,7 @@ summary becomes a `TrialScore`, and the names its report uses (metric, utility, 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -77,9 +78,7 @@ def run_staged_trials(space: dict[str, Sequence[Any]], settings: SweepSettings, 
 def aggregate_trials(trials: Sequence[dict[str, Any]], settings: SweepSettings, view: SweepView,
                      utility_key: str = "fa") -> dict[str, Any]:
     """tamperlab.sweep.aggregate over flat trial records, in the view's direction."""
-    scores = [view.score(t) for t in trials]
-    for s, t in zip(scores, trials):
-        s.key = t["key"]
+    scores = [dataclasses.replace(view.score(t), key=t["key"]) for t in trials]
     return aggregate(scores, settings.top_n, settings.utility_threshold, maximize=view.maximize,
                      utility_key=utility_key)
 
