@@ -122,11 +122,22 @@ def test_step_perturbs_and_trains_only_the_sampled_layers(selected, lora_model, 
                for n, p in named if _block_of(n) in selected)
 
 
-def test_layer_count_checked(lora_model, align_data, tmp_path):
-    from tamperlab.errors import ConfigError
+def test_all_layers_selected_is_vaccine(lora_model, align_data, tmp_path):
+    """γ ≥ the block count: every layer perturbed and trained, the step is exactly Vaccine's."""
+    from tamperlab.defenses.vaccine import VaccineConfig, VaccineDefense
 
     model, tok = lora_model
-    defense = TVaccineDefense(TVaccineConfig(layers_per_step=3))
-    trainer = trainer_for(defense, model, tok, align_data, tmp_path)
-    with pytest.raises(ConfigError, match="layers_per_step"):
-        trainer.training_step(model, first_batch(trainer))
+    model.train()
+    _jitter(model)
+    tv = trainer_for(TVaccineDefense(TVaccineConfig(rho=2.0, layers_per_step=8)), model, tok, align_data,
+                     tmp_path / "t")
+    batch = first_batch(tv)
+    model.zero_grad()
+    tv.training_step(model, batch)
+    assert tv.defense.selected == [0, 1]
+    got = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    va = trainer_for(VaccineDefense(VaccineConfig(rho=2.0)), model, tok, align_data, tmp_path / "v")
+    model.zero_grad()
+    va.training_step(model, batch)
+    for a, p in zip(got, [p for p in model.parameters() if p.requires_grad]):
+        torch.testing.assert_close(a, p.grad)

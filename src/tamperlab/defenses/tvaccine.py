@@ -14,13 +14,13 @@ the sampled layers' attention outputs, with ‖ε‖ = ρ over those layers only
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from ..config import PosInt
 from ..distributed import all_reduce_sum, world_size
-from ..errors import ConfigError
 from ..registry import DEFENSES
 from .base import AlignmentTrainer, Defense, DefenseConfig
 from .objectives import global_token_ce, log_terms
@@ -28,6 +28,7 @@ from .representations import add_to_outputs, decoder_parts
 from .vaccine import embedding_perturbation, output_grads
 
 Tensor = Any
+log = logging.getLogger("tamperlab")
 
 
 @dataclass
@@ -37,7 +38,8 @@ class TVaccineConfig(DefenseConfig):
     rho: float = 3.0
     """Radius ρ of the perturbation, one L2 norm over the sampled layers (official README: 3)."""
     layers_per_step: PosInt = 8
-    """γ: number of sampled (perturbed and trained) blocks (official `lisa_activated_layers` 8 of 32)."""
+    """γ: number of sampled (perturbed and trained) blocks (official `lisa_activated_layers` 8 of 32); capped at
+    the model's block count (γ ≥ blocks is Vaccine's step)."""
     resample_every: PosInt = 20
     """J: optimizer steps between two draws of the layer set (official `lisa_interval_steps` 20)."""
     probability_every: PosInt = 200
@@ -115,9 +117,10 @@ class TVaccineDefense(Defense):
         """Re-estimate the probabilities at the start of every K-step window and re-draw the layers every J steps
         (after a resume: at the first step, since neither survives a restart)."""
         attention = decoder_parts(raw).attention
-        if self.cfg.layers_per_step > len(attention):
-            raise ConfigError(f"tvaccine: layers_per_step {self.cfg.layers_per_step} > the model's "
-                              f"{len(attention)} decoder blocks")
+        n_layers = min(self.cfg.layers_per_step, len(attention))
+        if n_layers < self.cfg.layers_per_step and self.probabilities is None:
+            log.warning("tvaccine: layers_per_step %d > the model's %d blocks: every block is selected (= Vaccine)",
+                        self.cfg.layers_per_step, len(attention))
         step = trainer.state.global_step
         if self._prob_window != step // self.cfg.probability_every:
             self._prob_window = step // self.cfg.probability_every
@@ -126,7 +129,7 @@ class TVaccineDefense(Defense):
         if self._sel_window != step // self.cfg.resample_every:
             self._sel_window = step // self.cfg.resample_every
             assert self.probabilities is not None
-            self.selected = sample_layers(self.probabilities, self.cfg.layers_per_step,
+            self.selected = sample_layers(self.probabilities, n_layers,
                                           (trainer.args.seed, self._prob_window, self._sel_window))
 
     def unselected_params(self, raw: Any) -> list[Tensor]:
