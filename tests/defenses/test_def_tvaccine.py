@@ -141,3 +141,15 @@ def test_all_layers_selected_is_vaccine(lora_model, align_data, tmp_path):
     va.training_step(model, batch)
     for a, p in zip(got, [p for p in model.parameters() if p.requires_grad]):
         torch.testing.assert_close(a, p.grad)
+
+
+def test_paper_reference_is_not_comparable_to_a_harmful_only_table():
+    """The T-Vaccine reference (mixed p = 0.1 SST2 attack) is rendered next to a CTRAP table run, and the verdict
+    names the attack mismatch instead of a pass / fail."""
+    from tamperlab.report.references import HFT_REFERENCES, comparison_rows, hft_setting
+
+    run = hft_setting({"model": {"name_or_path": "meta-llama/Llama-2-7b-hf"}, "data": {"source": "hub"}},
+                      {"name": "beaver-dam"}, [100])
+    rows = comparison_rows(HFT_REFERENCES, {("tvaccine", "hs_io"): 15.0}, run)
+    assert [r["method"] for r in rows] == ["tvaccine"]
+    assert rows[0]["verdict"].startswith("not comparable: attack harmful n=100")
