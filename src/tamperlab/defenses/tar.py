@@ -63,7 +63,8 @@ class TARConfig(DefenseConfig):
 
     def __post_init__(self) -> None:
         if not self.adversary_lrs or not all(lr > 0 for lr in self.adversary_lrs):
-            raise ConfigError(f"tar: adversary_lrs must be a non-empty list of positive rates, got {self.adversary_lrs}")
+            raise ConfigError(f"tar: adversary_lrs must be a non-empty list of positive rates, got "
+                              f"{self.adversary_lrs}")
         if self.tr_every > self.inner_steps:
             raise ConfigError(f"tar: tr_every {self.tr_every} > inner_steps {self.inner_steps}: the "
                               "tamper-resistance loss would never be evaluated")

@@ -183,6 +183,7 @@ class HFTExperiment(Experiment):
                             log_fn=lambda r: run.log("attack_log", defense=spec.key, attack=atk.label, **r))
             trainer = build_trainer(model, tok, train_set.examples, atk.train, ckpt, self.cfg.model.prompt_format,
                                     self.cfg.model.max_length, self.cfg.seed, callbacks=[hook])
+            self.guard(spec, trainer, data)
             stats = run_training(trainer, ckpt, resume=True)
             model.eval()
             repair = self.repair(spec, model, tok, adapter, data)
@@ -202,7 +203,15 @@ class HFTExperiment(Experiment):
 
         return run.cached(key, do)
 
-    def repair(self, spec: DefenseSpec, model: Any, tok: Any, adapter: Path, data: HarmfulData) -> dict[str, Any] | None:
+    def guard(self, spec: DefenseSpec, trainer: Any, data: HarmfulData) -> None:
+        """Fine-tuning-stage defenses (Lisa) take part in the attacker's fine-tuning (defenses/lisa.py)."""
+        from ..defenses.lisa import guard_finetuning
+
+        guard_finetuning(spec.build(), trainer, data.align_refusal.examples, self.cfg.model.prompt_format,
+                         self.cfg.model.max_length, self.cfg.seed)
+
+    def repair(self, spec: DefenseSpec, model: Any, tok: Any, adapter: Path,
+               data: HarmfulData) -> dict[str, Any] | None:
         """Post-fine-tuning defenses (SafeLoRA, Antidote) repair the attacked model before it is measured; None for
         the others (defenses/post.py)."""
         from ..defenses.post import RepairContext, repair_attacked
