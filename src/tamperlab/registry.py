@@ -104,7 +104,8 @@ EXPERIMENTS: Registry[Any] = Registry(
 )
 DEFENSES: Registry[Any] = Registry(
     "defense", _mods("defenses.sft", "defenses.ctrap", "defenses.vaccine", "defenses.booster",
-                     "defenses.repnoise", "defenses.npo"),
+                     "defenses.repnoise", "defenses.npo", "defenses.tvaccine", "defenses.tar", "defenses.safelora",
+                     "defenses.antidote", "defenses.lisa"),
 )
 ATTACKS: Registry[Any] = Registry("attack", _mods("attacks.finetune"))
 JUDGES: Registry[Any] = Registry("judge", _mods("judges"))

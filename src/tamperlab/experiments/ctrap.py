@@ -183,11 +183,15 @@ class HFTExperiment(Experiment):
                             log_fn=lambda r: run.log("attack_log", defense=spec.key, attack=atk.label, **r))
             trainer = build_trainer(model, tok, train_set.examples, atk.train, ckpt, self.cfg.model.prompt_format,
                                     self.cfg.model.max_length, self.cfg.seed, callbacks=[hook])
+            self.guard(spec, trainer, data)
             stats = run_training(trainer, ckpt, resume=True)
             model.eval()
+            repair = self.repair(spec, model, tok, adapter, data)
             m, samples = ev.harm(model, data.eval_prompts.examples, desc=f"HS {spec.key}/{atk.label}")
             out: dict[str, Any] = {**m, "train": stats, "data": train_set.provenance,
                                    "trajectory": {str(k): v for k, v in sorted(rec.points.items())}}
+            if repair is not None:
+                out["repair"] = repair
             evalset = attack.task_eval(self.cfg.seed)
             if evalset is not None:
                 out["fa"], fa_samples = ev.task_accuracy(model, atk.task, evalset, atk.task_max_new_tokens)
@@ -198,6 +202,23 @@ class HFTExperiment(Experiment):
             return out
 
         return run.cached(key, do)
+
+    def guard(self, spec: DefenseSpec, trainer: Any, data: HarmfulData) -> None:
+        """Fine-tuning-stage defenses (Lisa) take part in the attacker's fine-tuning (defenses/lisa.py)."""
+        from ..defenses.lisa import guard_finetuning
+
+        guard_finetuning(spec.build(), trainer, data.align_refusal.examples, self.cfg.model.prompt_format,
+                         self.cfg.model.max_length, self.cfg.seed)
+
+    def repair(self, spec: DefenseSpec, model: Any, tok: Any, adapter: Path,
+               data: HarmfulData) -> dict[str, Any] | None:
+        """Post-fine-tuning defenses (SafeLoRA, Antidote) repair the attacked model before it is measured; None for
+        the others (defenses/post.py)."""
+        from ..defenses.post import RepairContext, repair_attacked
+
+        ctx = RepairContext(adapter, data.align_harmful.examples, tok, self.cfg.model.prompt_format,
+                            self.cfg.model.max_length)
+        return repair_attacked(spec.build(), model, ctx)
 
     # -- orchestration --------------------------------------------------------------------------------------
     def run(self, run: RunDir) -> dict[str, Any]:
