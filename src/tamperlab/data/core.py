@@ -104,9 +104,11 @@ def format_example(tokenizer: Any, ex: Example, fmt: str = "auto") -> str:
 
 def tokenize_example(tokenizer: Any, ex: Example, fmt: str = "auto", max_length: int = 256,
                      loss_on_prompt: bool = False) -> dict[str, list[int]]:
-    """Token ids of prompt + response + EOS; labels are -100 on the prompt (unless loss_on_prompt)."""
+    """Token ids of prompt + response + EOS; labels are -100 on the prompt (unless loss_on_prompt). An example
+    marked `meta["no_eos"]` (a response cut off by a generation budget) gets no EOS: it did not end there."""
     prompt_ids = tokenizer(format_example(tokenizer, ex, fmt), add_special_tokens=False)["input_ids"]
-    resp_ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    eos = [] if ex.meta.get("no_eos") else [tokenizer.eos_token_id]
+    resp_ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"] + eos
     # Keep the response: truncate the prompt from the left if both do not fit.
     if len(prompt_ids) + len(resp_ids) > max_length:
         resp_ids = resp_ids[: max(max_length // 2, max_length - len(prompt_ids))]
