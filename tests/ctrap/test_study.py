@@ -91,3 +91,23 @@ def test_shape_criteria_by_hand():
     assert shape(collapsed, CRIT)["harmful"] is True
     assert shape({**row, "benign_fa": _iv(70.0, 58.0, 80.0)}, CRIT)["benign"] is False
     assert shape({**row, "aligned_collapse": _iv(6.0, 2.0, 15.0)}, CRIT)["all"] is False
+
+
+def test_bad_variants_fail_at_load_time_with_the_usual_message(tmp_path):
+    import pytest
+
+    from tamperlab.errors import ConfigError
+
+    base = {"experiment": "study", "name": "s", "base": str(FIXTURE)}
+    with pytest.raises(ConfigError, match=r"variants\[x\]: unknown key 'lora.rr'; did you mean 'r'"):
+        load_recipe({**base, "variants": [{"name": "x", "set": {"lora.rr": 3}}]})
+    with pytest.raises(ConfigError, match=r"variants\[x\]: data.refusal_variants must be in \[0, 30\]"):
+        load_recipe({**base, "variants": [{"name": "x", "set": {"data.refusal_variants": 40}}]})
+    with pytest.raises(ConfigError, match="reference: 'booster' is not a defense"):
+        load_recipe({**base, "reference": "booster"})
+    with pytest.raises(ConfigError, match="duplicate names"):
+        load_recipe({**base, "variants": [{"name": "x"}, {"name": "x"}]})
+    with pytest.raises(ConfigError, match="study needs an hft / ctrap"):
+        load_recipe({**base, "base": "demo_eaas"})
+    v = load_recipe({**base, "variants": [{"name": "x", "set": {"attacks.0.train.learning_rate": 1.0e-5}}]})
+    assert v.cfg.sub_experiment(v.cfg.variants[0]).cfg.attacks[0].train.learning_rate == 1.0e-5  # YAML round trip
