@@ -8,10 +8,9 @@ import re
 import pytest
 
 from tamperlab.config import from_dict
-from tamperlab.data.core import Example, tokenize_example
+from tamperlab.data.core import Example, stable_hash, tokenize_example
 from tamperlab.data.packs import (REFUSAL_REASONS, REFUSAL_TEMPLATES, HarmfulDataConfig, build_offline,
                                   refusal_combination, short_qa, templated_refusal)
-from tamperlab.data.core import stable_hash
 from tamperlab.errors import ConfigError
 
 PROMPTS = [f"harmful question number {i}" for i in range(60)]
