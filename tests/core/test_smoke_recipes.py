@@ -165,6 +165,7 @@ def _expected_structure(kind: str, cfg, res: dict) -> None:
             assert row["aligned_collapse"]["n"] > 0 and row["harmful_hs"]["n"] > 0 and row["benign_fa"]["n"] > 0
             assert set(row["shape"]) == {"aligned", "harmful", "benign", "all"}
             assert set(row["diagnostics"]) == {cfg.defense, cfg.reference}
+            assert all({"aligned", "after harmful FT", "after benign FT"} == set(d) for d in row["diagnostics"].values())
     else:  # a new experiment kind: add its expected structure here
         raise AssertionError(f"no structure check for experiment {kind!r}")
 

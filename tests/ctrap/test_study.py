@@ -50,8 +50,14 @@ def test_study_table_equals_subruns_and_resumes(tmp_path):
         assert sorted(row["trajectory"]["harmful"], key=int) == ["0", "2"]
         assert row["trajectory"]["harmful"]["2"]["collapse_loss"] == ct["attacks"][ATTACK]["trajectory"]["2"][
             "collapse_loss"]
-        assert set(row["diagnostics"]) == {"ctrap", "sft"} and row["diagnostics"]["ctrap"]["n_answers"] == 8
-    assert (run.path / "report.md").read_text().count("| a |") == 3  # a study-table row + 2 diagnostics rows
+        diag = row["diagnostics"]
+        assert set(diag) == {"ctrap", "sft"} and set(diag["ctrap"]) == {"aligned", "after harmful FT"}
+        for key, cell in (("ctrap", ct), ("sft", sf)):  # same answers, same definitions as the evaluation's
+            for evaluation, m in (("aligned", cell["aligned"]), ("after harmful FT", cell["attacks"][ATTACK])):
+                assert diag[key][evaluation]["n_answers"] == m["n"] == 8
+                assert diag[key][evaluation]["collapse_rate"] == m["collapse_rate"]
+                assert diag[key][evaluation]["trap_token_rate"] == m["trap_token_rate"]
+    assert (run.path / "report.md").read_text().count("| a |") == 5  # a study-table row + 2 models × 2 evaluations
     # resume: both variants finished → skipped, their sub-runs untouched
     before = {v: (run.path / v / "log.jsonl").read_text() for v in "ab"}
     execute(load_recipe(_recipe(tmp_path)), resume=True)

@@ -3,11 +3,11 @@
 Each variant is the base recipe plus `--set`-style overrides (the config layer's `apply_overrides`, so a wrong key
 or value fails at load time with the usual message), run as its own run directory `<run>/<variant>/` through
 `experiments.base.execute`: a finished variant (metrics.json written under the same config) is skipped, an
-interrupted one continues from its stage cache. The study then reads every sub-run's metrics.json, adds forward-only
-trap diagnostics of the aligned models (metrics/trap_diagnostics.py, one cached stage per variant) and writes the
-study table (experiments/study_report.py): per variant, the aligned collapse rate, HS and collapse after harmful
-fine-tuning and FA and collapse after benign fine-tuning against the reference defense, with Wilson intervals,
-exact McNemar tests and a "shape reached?" verdict (docs/methods/ctrap_study.md).
+interrupted one continues from its stage cache. The study then reads every sub-run's metrics.json, adds
+forward-only trap diagnostics of the aligned and attacked models (metrics/trap_diagnostics.py, one cached stage per
+variant) and writes the study table (experiments/study_report.py): per variant, the aligned collapse rate, HS and
+collapse after harmful fine-tuning and FA and collapse after benign fine-tuning against the reference defense, with
+Wilson intervals, exact McNemar tests and a "shape reached?" verdict (docs/methods/ctrap_study.md).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class StudyConfig(RunConfig):
     reference: str = "sft"
     """Defense key it is compared with (HS gap, FA gap, paired tests)."""
     diagnostics: bool = True
-    """Forward-only trap diagnostics of each variant's aligned models (one cached stage per variant)."""
+    """Forward-only trap diagnostics of each variant's aligned and attacked models (one cached stage per variant)."""
     criteria: ShapeCriteria = field(default_factory=ShapeCriteria)
     """The "shape reached?" column's bounds."""
 
@@ -143,25 +143,55 @@ class StudyExperiment(Experiment):
         return path
 
     def diagnose(self, exp: Experiment, path: Path) -> dict[str, Any]:
-        """Trap diagnostics of each aligned model of the variant, on the answers its evaluation stored."""
+        """Trap diagnostics of the variant's defense and reference models — aligned, and after its first harmful
+        and first benign attack (the attack's last checkpoint, when it is the trained model) — each on the answers
+        its evaluation stored: {model: {evaluation: summary}}."""
         from ..defenses.ctrap import CTRAPConfig
         from ..metrics.trap_diagnostics import diagnose
         from ..models import load_adapter, load_model
 
         cfg = exp.cfg
-        spec = {d.key: d for d in cfg.defenses}[self.cfg.defense]  # type: ignore[attr-defined]
-        params = spec.config()
+        params = {d.key: d for d in cfg.defenses}[self.cfg.defense].config()  # type: ignore[attr-defined]
         trap_text = params.trap_text if isinstance(params, CTRAPConfig) else CTRAPConfig.trap_text
-        out: dict[str, Any] = {}
         sub = RunDir(path)
+        metrics = sub.load_metrics()["results"]
+        out: dict[str, Any] = {}
         for key in (self.cfg.defense, self.cfg.reference):
-            if not sub.has_stage(f"samples-aligned-{key}"):
-                continue  # evaluate_aligned: false
-            rows = sub.load_stage(f"samples-aligned-{key}")
-            base, tok = load_model(cfg.model, cfg.seed)  # type: ignore[attr-defined]
-            model = load_adapter(base, path / "models" / key, trainable=False)
-            out[key] = diagnose(model, tok, [r["prompt"] for r in rows], [r["output"] for r in rows], trap_text,
-                                cfg.model.prompt_format, cfg.model.max_length)  # type: ignore[attr-defined]
+            out[key] = {}
+            for evaluation, adapter, stage in self._evaluations(cfg, path, key, metrics[key]):
+                if not sub.has_stage(stage):
+                    continue  # evaluate_aligned: false
+                if adapter is None:
+                    out[key][evaluation] = {"skipped": "no LoRA checkpoint of the final attacked model"}
+                    continue
+                rows = sub.load_stage(stage)
+                base, tok = load_model(cfg.model, cfg.seed)  # type: ignore[attr-defined]
+                model = load_adapter(base, adapter, trainable=False)
+                out[key][evaluation] = diagnose(
+                    model, tok, [r["prompt"] for r in rows], [r["output"] for r in rows], trap_text,
+                    cfg.model.prompt_format, cfg.model.max_length)  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    def _evaluations(cfg: Any, path: Path, key: str, results: dict[str, Any]) -> list[tuple[str, Path | None, str]]:
+        """(evaluation, adapter dir or None, samples stage) of the aligned model and of the first harmful and first
+        benign attack. An attack's model is its highest checkpoint, used only when that checkpoint is the final
+        step (its trainer_state global_step = the steps the attack trained) and holds a LoRA adapter."""
+        import json
+
+        out: list[tuple[str, Path | None, str]] = [("aligned", path / "models" / key, f"samples-aligned-{key}")]
+        for kind in ("harmful", "benign"):
+            atk = next((a for a in cfg.attacks if a.kind == kind), None)
+            if atk is None or atk.label not in results.get("attacks", {}):
+                continue
+            ckpts = sorted((path / "checkpoints" / f"attack-{key}-{atk.label}").glob("checkpoint-*"),
+                           key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+            adapter = None
+            if ckpts and (ckpts[-1] / "adapter_config.json").exists():
+                state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
+                if state.get("global_step") == results["attacks"][atk.label]["train"]["steps"]:
+                    adapter = ckpts[-1]
+            out.append((f"after {kind} FT", adapter, f"samples-attack-{key}-{atk.label}"))
         return out
 
     def run(self, run: RunDir) -> dict[str, Any]:

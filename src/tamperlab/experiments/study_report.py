@@ -137,16 +137,22 @@ def write_study_report(run: RunDir) -> list[Path]:
         "shape (a/b/c)": "/".join(_mark(x["shape"][k]) for k in ("aligned", "harmful", "benign")),
         "shape reached": _mark(x["shape"]["all"]),
     } for x in rows], digits=1)
-    rep.heading("Trap diagnostics of the aligned models")
+    rep.heading("Trap diagnostics")
     rep.text("Forward-only, teacher-forced on each model's own greedy answers to the held-out harmful prompts "
+             "(aligned, and after the harmful / benign attack: the attack's final LoRA checkpoint) "
              "(metrics/trap_diagnostics.py): share of answers containing the trap token, mean p(trap) inside answers "
              "and at the end-of-turn position, how often the trap token beats the token that follows, the most "
              "frequent context before it; collapse by the official ≥ 30 %-of-words rule and as the trap-token share.")
     diag = []
     for x in rows:
-        for key, s in (x.get("diagnostics") or {}).items():
+        for key, s, evaluation in ((k, s, e) for k, by in (x.get("diagnostics") or {}).items() for e, s in by.items()):
+            if "skipped" in s:
+                diag.append({"variant": x["variant"], "model": key, "evaluation": evaluation,
+                             "answers with trap": s["skipped"]})
+                continue
             diag.append({
-                "variant": x["variant"], "model": key, "answers with trap": _pct(s.get("share_with_trap")),
+                "variant": x["variant"], "model": key, "evaluation": evaluation,
+                "answers with trap": _pct(s.get("share_with_trap")),
                 "mean p(trap) inside": s.get("mean_p_trap_inside"),
                 "p(trap) end-of-turn": (s.get("mean_p_trap") or {}).get("end-of-turn"),
                 "p(target) end-of-turn": s.get("mean_p_target_eot"),
