@@ -100,7 +100,7 @@ def _mods(*names: str) -> tuple[str, ...]:
 EXPERIMENTS: Registry[Any] = Registry(
     "experiment",
     _mods("experiments.ctrap", "experiments.ctrap_table", "experiments.extraction",
-          "experiments.fingerprints", "experiments.eaas"),
+          "experiments.fingerprints", "experiments.eaas", "experiments.study"),
 )
 DEFENSES: Registry[Any] = Registry(
     "defense", _mods("defenses.sft", "defenses.ctrap", "defenses.vaccine", "defenses.booster",

@@ -163,7 +163,8 @@ def encode_pair(tokenizer: Any, prompt_text: str, response: str, max_length: int
 def tokenize_example(tokenizer: Any, ex: Example, fmt: str = "auto", max_length: int = 256,
                      loss_on_prompt: bool = False, add_eos: bool = True,
                      part_max: int | None = None) -> dict[str, list[int]]:
-    """An Example rendered in `fmt` and encoded by `encode_pair` (see there for labels and truncation)."""
+    """An Example rendered in `fmt` and encoded by `encode_pair` (see there for labels and truncation). An example
+    marked `meta["no_eos"]` (a response cut off by a generation budget) gets no EOS: it did not end there."""
     fmt = resolve_format(tokenizer, fmt)
     return encode_pair(tokenizer, format_example(tokenizer, ex, fmt), response_lead(fmt) + ex.response, max_length,
-                       loss_on_prompt, add_eos, part_max)
+                       loss_on_prompt, add_eos and not ex.meta.get("no_eos"), part_max)
