@@ -195,6 +195,15 @@ def parse_results(res: dict[str, Any], requested: dict[str, str]) -> dict[str, A
     return out
 
 
+def _sample(s: dict[str, Any]) -> dict[str, Any]:
+    """One lm-eval per-item record, JSON-ready: its response after the task's filter and its 0/1 metrics."""
+    resp = s["filtered_resps"]
+    resp = [list(r) if isinstance(r, tuple) else r for r in resp] if isinstance(resp, list) else resp
+    raw = [r[0] if isinstance(r, list) and len(r) == 1 and isinstance(r[0], str) else r for r in s.get("resps", [])]
+    return {"doc_id": s["doc_id"], "target": s["target"], "response": resp, "raw": raw,
+            **{m: s[m] for m in s.get("metrics", []) if m in s}}
+
+
 def _n_items(res: dict[str, Any], task: str) -> int:
     """Items evaluated for a task, or summed over a group's subtasks (lm-eval's `n-samples` "effective")."""
     ns = res.get("n-samples", {})
@@ -209,9 +218,11 @@ def _n_items(res: dict[str, Any], task: str) -> int:
     return sum(int(ns[s]["effective"]) for s in subtasks)
 
 
-def evaluate_utility(model: Any, tok: Any, cfg: LMEvalConfig) -> dict[str, Any]:
+def evaluate_utility(model: Any, tok: Any, cfg: LMEvalConfig, samples: bool = False) -> dict[str, Any]:
     """Run the configured lm-eval tasks on the in-memory model; {} when off. Every rank runs the same (small)
-    evaluation: lm-eval is given a ready model, not a launcher, so it does not shard."""
+    evaluation: lm-eval is given a ready model, not a launcher, so it does not shard. `samples`: also return
+    lm-eval's per-item records (doc_id, target, filtered response, per-item metric) under each task's
+    "samples"."""
     if not cfg.enabled:
         return {}
     try:
@@ -229,11 +240,14 @@ def evaluate_utility(model: Any, tok: Any, cfg: LMEvalConfig) -> dict[str, Any]:
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=cfg.batch_size)
     with offline_hub() if all_shipped else contextlib.nullcontext():
         res = lm_eval.simple_evaluate(model=lm, tasks=list(run), limit=cfg.limit, num_fewshot=cfg.num_fewshot,
-                                      task_manager=task_manager(not all_shipped), log_samples=False,
+                                      task_manager=task_manager(not all_shipped), log_samples=samples,
                                       bootstrap_iters=1000, verbosity="WARNING")
     if was_training:
         model.train()
     out.update(parse_results(res, run))
+    if samples:
+        for task, asked in run.items():
+            out[asked]["samples"] = [_sample(s) for s in res.get("samples", {}).get(task, [])]
     return {t: out[t] for t in cfg.tasks}  # recipe order
 
 
