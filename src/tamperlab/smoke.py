@@ -121,6 +121,8 @@ RULES: dict[str, dict[str, Rule]] = {
     "tamperlab.experiments.hft_eval.EvalConfig": {
         "eval_steps": _steps, "n_trajectory_prompts": cap(1), "n_loss_probe": cap(1), "judge_params": _judge_params},
     "tamperlab.experiments.ctrap.HFTConfig": {"attacks": _sweep_ends},
+    # lm-eval utility: standard task names → the shipped offline stand-ins (no hub), 2 items per task
+    "tamperlab.metrics.lmeval.LMEvalConfig": {"offline": to(True), "limit": to(2), "batch_size": cap(2)},
     "tamperlab.defenses.base.DefenseConfig": {"helpful_batch_size": cap(2), "harmful_batch_size": cap(2)},
     # backdoor data extraction
     "tamperlab.experiments.extraction.ExtractionConfig": {"init_from": _init_from},
@@ -321,6 +323,9 @@ def substitutions(before: Any, after: Any) -> list[str]:
     out.append(f"training: every stage {SMOKE_STEPS} optimizer steps at batch ≤ 2")
     if len(getattr(before, "attacks", [])) != len(getattr(after, "attacks", [])):
         out.append(f"attacks: sweeps → their first and last setting ({len(after.attacks)} of {len(before.attacks)})")
+    if any(v for v in _values(to_dict(before), "lm_eval") if isinstance(v, dict) and v.get("tasks")):
+        out.append("lm-eval: standard tasks → the shipped offline stand-ins (tamperlab_mc / tamperlab_arith), "
+                   "2 items each; tasks without a stand-in skipped")
     if getattr(after, "removals", None):
         out.append("removals: each applied to one fingerprint, round robin (the table has empty cells)")
     out.append("data: hub datasets → packaged schema fixtures (data/fixtures/, placeholder rows); sizes, evaluation "

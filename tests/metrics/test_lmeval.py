@@ -158,9 +158,12 @@ def test_offline_mode_result_names_each_requested_task(tiny_model):
     assert list(out) == ["arc_easy", "boolq"]
     assert out["arc_easy"]["stand_in_for"] == "arc_easy" and out["arc_easy"]["task"] == "tamperlab_mc"
     assert "skipped" in out["boolq"]
-    rows = utility_rows([("sft", "(none: aligned)", {"lm_eval": out})])
-    assert rows[0]["task"] == "arc_easy (stand-in: tamperlab_mc)"
-    assert [r["metric"] for r in rows] == ["acc", "acc_norm", "skipped"]
+    rows = utility_rows([("sft", "(none: aligned)", {"lm_eval": out}), ("sft", "harmful", {"hs_io": 0.5})])
+    assert len(rows) == 1 and list(rows[0]) == ["defense", "attack", "arc_easy (stand-in: tamperlab_mc) · acc",
+                                                "arc_easy (stand-in: tamperlab_mc) · acc_norm", "boolq"]
+    m = out["arc_easy"]["metrics"]["acc"]
+    assert rows[0]["arc_easy (stand-in: tamperlab_mc) · acc"].startswith(f"{m['value']:.3f} ± ")
+    assert rows[0]["arc_easy (stand-in: tamperlab_mc) · acc"].endswith(" n=2") and rows[0]["boolq"] == "skipped"
 
 
 def test_config_validates_task_names():

@@ -251,6 +251,13 @@ def evaluate_utility(model: Any, tok: Any, cfg: LMEvalConfig, samples: bool = Fa
     return {t: out[t] for t in cfg.tasks}  # recipe order
 
 
+def add_utility(cell: dict[str, Any], model: Any, tok: Any, cfg: LMEvalConfig) -> None:
+    """Store the model's lm-eval utility in an evaluation cell under "lm_eval"; nothing when off, so a recipe
+    without `eval.lm_eval.tasks` keeps its cells exactly as before."""
+    if cfg.enabled:
+        cell["lm_eval"] = evaluate_utility(model, tok, cfg)
+
+
 # --- the shipped stand-in data ------------------------------------------------------------------------------------
 N_MC = 70
 """Items in tamperlab_mc.jsonl (10 per kind of the generator's 7)."""
@@ -282,27 +289,48 @@ def write_stand_in_data(directory: Path = TASKS_DIR) -> list[Path]:
 
 # --- report ---------------------------------------------------------------------------------------------------
 def utility_rows(cells: Sequence[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Report rows (defense, attack, task, metric, value [Wilson 95 %], ± stderr, n) from (defense, attack,
-    cell) triples whose cell carries an `lm_eval` block."""
+    """One report row per (defense, attack) cell that carries an `lm_eval` block; one column per task · metric
+    (`name (stand-in: task)` when a standard name ran on its stand-in): `value ± lm-eval stderr [Wilson 95 %] n=…`."""
     from ..stats import Interval
 
     rows = []
     for defense, attack, cell in cells:
-        for name, r in (cell.get("lm_eval") or {}).items():
-            base = {"defense": defense, "attack": attack,
-                    "task": name + (f" (stand-in: {r['task']})" if r.get("stand_in_for") else "")}
+        if not cell.get("lm_eval"):
+            continue
+        row: dict[str, Any] = {"defense": defense, "attack": attack}
+        for name, r in cell["lm_eval"].items():
+            label = name + (f" (stand-in: {r['task']})" if r.get("stand_in_for") else "")
             if "skipped" in r:
-                rows.append({**base, "metric": "skipped", "value": r["skipped"], "stderr": "", "n": ""})
+                row[label] = "skipped"
                 continue
             for metric, m in r["metrics"].items():
-                iv = m.get("interval")
-                value = Interval.from_dict(iv).fmt(3) if iv else f"{m['value']:.3f}"
-                rows.append({**base, "metric": metric, "value": value,
-                             "stderr": "" if m.get("stderr") is None else f"{m['stderr']:.3f}", "n": m["n"]})
+                text = f"{m['value']:.3f}" + ("" if m.get("stderr") is None else f" ± {m['stderr']:.3f}")
+                if m.get("interval"):
+                    iv = Interval.from_dict(m["interval"])
+                    text += f" [{iv.lo:.3f}, {iv.hi:.3f}]"
+                row[f"{label} · {metric}"] = f"{text} n={m['n']}"
+        rows.append(row)
     return rows
 
 
-UTILITY_NOTE = ("lm-evaluation-harness, run in-process on each model. value: lm-eval's metric [Wilson 95 % "
-                "interval over n items for acc / acc_norm / exact_match]; stderr: lm-eval's own (bootstrap or "
-                "sample) standard error. `tamperlab_mc` / `tamperlab_arith` are **generated stand-ins** shipped "
-                "with tamperlab (not MMLU / ARC / GSM8K): comparable across rows of this report only.")
+def hft_cells(rows: dict[str, Any], suffix: str = "") -> list[tuple[str, str, dict[str, Any]]]:
+    """(defense + suffix, attack, cell) for every evaluation of a harmful-fine-tuning result block {defense: {aligned,
+    attacks}}: the aligned model first as "(none: aligned)"."""
+    return [(d + suffix, a, m) for d, r in rows.items()
+            for a, m in ([("(none: aligned)", r["aligned"])] if "aligned" in r else []) + list(r.get("attacks", {}).items())]
+
+
+def report_section(rep: Any, cells: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+    """The "Utility (lm-evaluation-harness)" table of a report, when any cell carries lm-eval results."""
+    rows = utility_rows(cells)
+    if rows:
+        rep.heading("Utility (lm-evaluation-harness)", 3)
+        rep.table(rows)
+        rep.text(UTILITY_NOTE)
+
+
+UTILITY_NOTE = ("lm-evaluation-harness, run in-process on each model: value ± lm-eval's own standard error "
+                "[Wilson 95 % interval over the n items, for acc / acc_norm / exact_match] (fractions, higher is "
+                "better; `exact_match,<filter>` names lm-eval's answer-extraction filter). `tamperlab_mc` / "
+                "`tamperlab_arith` are **generated stand-ins** shipped with tamperlab, not MMLU / ARC / GSM8K: "
+                "comparable across rows of this report only. Skipped: a standard task without an offline stand-in.")
