@@ -146,24 +146,26 @@ def test_shipped_tasks_run_without_network(tiny_model, monkeypatch):
 def test_offline_mode_maps_standard_names_and_labels_skips():
     cfg = LMEvalConfig(tasks=["mmlu", "arc_easy", "gsm8k", "boolq", "tamperlab_mc"], offline=True)
     run, skipped = cfg.plan()
-    assert run == {"tamperlab_mc": "mmlu", "tamperlab_arith": "gsm8k"}  # arc_easy shares mmlu's stand-in
+    # mmlu and arc_easy share one stand-in: it runs once and answers both
+    assert run == {"tamperlab_mc": ["mmlu", "arc_easy", "tamperlab_mc"], "tamperlab_arith": ["gsm8k"]}
     assert list(skipped) == ["boolq"] and "no shipped stand-in" in skipped["boolq"]
-    assert LMEvalConfig(tasks=["mmlu", "gsm8k"]).plan() == ({"mmlu": "mmlu", "gsm8k": "gsm8k"}, {})
+    assert LMEvalConfig(tasks=["mmlu", "gsm8k"]).plan() == ({"mmlu": ["mmlu"], "gsm8k": ["gsm8k"]}, {})
     assert not LMEvalConfig().enabled
 
 
 def test_offline_mode_result_names_each_requested_task(tiny_model):
     model, tok = tiny_model
-    out = evaluate_utility(model, tok, LMEvalConfig(tasks=["arc_easy", "boolq"], limit=2, offline=True))
-    assert list(out) == ["arc_easy", "boolq"]
+    out = evaluate_utility(model, tok, LMEvalConfig(tasks=["arc_easy", "boolq", "mmlu"], limit=2, offline=True))
+    assert list(out) == ["arc_easy", "boolq", "mmlu"]
     assert out["arc_easy"]["stand_in_for"] == "arc_easy" and out["arc_easy"]["task"] == "tamperlab_mc"
+    assert out["mmlu"]["metrics"] == out["arc_easy"]["metrics"] and out["mmlu"]["stand_in_for"] == "mmlu"
     assert "skipped" in out["boolq"]
     rows = utility_rows([("sft", "(none: aligned)", {"lm_eval": out}), ("sft", "harmful", {"hs_io": 0.5})])
-    assert len(rows) == 1 and list(rows[0]) == ["defense", "attack", "arc_easy (stand-in: tamperlab_mc) · acc",
-                                                "arc_easy (stand-in: tamperlab_mc) · acc_norm", "boolq"]
+    assert len(rows) == 1 and list(rows[0])[:5] == ["defense", "attack", "arc_easy→tamperlab_mc · acc",
+                                                    "arc_easy→tamperlab_mc · acc_norm", "boolq"]
     m = out["arc_easy"]["metrics"]["acc"]
-    assert rows[0]["arc_easy (stand-in: tamperlab_mc) · acc"].startswith(f"{m['value']:.3f} ± ")
-    assert rows[0]["arc_easy (stand-in: tamperlab_mc) · acc"].endswith(" n=2") and rows[0]["boolq"] == "skipped"
+    assert rows[0]["arc_easy→tamperlab_mc · acc"].startswith(f"{m['value']:.3f} ± ")
+    assert rows[0]["arc_easy→tamperlab_mc · acc"].endswith(" n=2") and rows[0]["boolq"] == "skipped"
 
 
 def test_config_validates_task_names():
@@ -188,7 +190,7 @@ def test_group_results_sum_subtask_sizes():
            "groups": {"g": {"alias": "g", "acc,none": 0.4, "acc_stderr,none": 0.1}},
            "group_subtasks": {"g": ["a", "b"]}, "n-samples": {"a": {"effective": 4}, "b": {"effective": 6}},
            "versions": {"g": 2}}
-    r = parse_results(res, {"g": "g"})["g"]
+    r = parse_results(res, {"g": ["g"]})["g"]
     assert r["n"] == 10 and r["metrics"]["acc"]["interval"]["k"] == 4 and r["metrics"]["acc"]["stderr"] == 0.1
     res["groups"]["g"]["acc,none"] = 0.41  # not k/n: a mean of means gets no Wilson interval
-    assert "interval" not in parse_results(res, {"g": "g"})["g"]["metrics"]["acc"]
+    assert "interval" not in parse_results(res, {"g": ["g"]})["g"]["metrics"]["acc"]

@@ -112,16 +112,17 @@ class LMEvalConfig:
     def enabled(self) -> bool:
         return bool(self.tasks)
 
-    def plan(self) -> tuple[dict[str, str], dict[str, str]]:
-        """(task to run → requested name, requested name → reason it is skipped)."""
+    def plan(self) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """(task to run → the requested names it answers, requested name → reason it is skipped). Offline, several
+        standard names can share one stand-in: it runs once and each name gets its (labelled) result."""
         shipped = set(shipped_tasks())
-        run: dict[str, str] = {}
+        run: dict[str, list[str]] = {}
         skipped: dict[str, str] = {}
         for t in self.tasks:
             if t in shipped or not self.offline:
-                run.setdefault(t, t)
+                run.setdefault(t, []).append(t)
             elif t in STAND_INS:
-                run.setdefault(STAND_INS[t], t)
+                run.setdefault(STAND_INS[t], []).append(t)
             else:
                 skipped[t] = f"offline: no shipped stand-in for {t!r} (stand-ins exist for {sorted(STAND_INS)})"
         return run, skipped
@@ -171,12 +172,12 @@ def _metric_record(metric: str, value: float, stderr: Any, n: int) -> dict[str, 
     return rec
 
 
-def parse_results(res: dict[str, Any], requested: dict[str, str]) -> dict[str, Any]:
+def parse_results(res: dict[str, Any], requested: dict[str, list[str]]) -> dict[str, Any]:
     """lm-eval's `simple_evaluate` output → {requested name: {task, stand_in_for, n, metrics: {metric[,filter]:
     {value, stderr, n, interval}}}} for the tasks (or groups) that were asked for."""
     shipped = set(shipped_tasks())
     out: dict[str, Any] = {}
-    for task, asked in requested.items():
+    for task, names in requested.items():
         r = res.get("groups", {}).get(task) or res["results"].get(task)
         if r is None:
             raise ResourceError(f"lm-eval returned no result for task {task!r}")
@@ -188,10 +189,9 @@ def parse_results(res: dict[str, Any], requested: dict[str, str]) -> dict[str, A
             metric, _, filt = key.partition(",")
             name = metric if filt in ("", "none") else f"{metric},{filt}"
             metrics[name] = _metric_record(metric, value, r.get(f"{metric}_stderr,{filt}"), n)
-        out[asked] = {"task": task, "stand_in": task in shipped,
-                      "stand_in_for": asked if asked != task else None,
-                      "n": n, "metrics": metrics,
-                      "version": res.get("versions", {}).get(task)}
+        for asked in names:
+            out[asked] = {"task": task, "stand_in": task in shipped, "stand_in_for": asked if asked != task else None,
+                          "n": n, "metrics": metrics, "version": res.get("versions", {}).get(task)}
     return out
 
 
@@ -246,8 +246,9 @@ def evaluate_utility(model: Any, tok: Any, cfg: LMEvalConfig, samples: bool = Fa
         model.train()
     out.update(parse_results(res, run))
     if samples:
-        for task, asked in run.items():
-            out[asked]["samples"] = [_sample(s) for s in res.get("samples", {}).get(task, [])]
+        for task, names in run.items():
+            for asked in names:
+                out[asked]["samples"] = [_sample(s) for s in res.get("samples", {}).get(task, [])]
     return {t: out[t] for t in cfg.tasks}  # recipe order
 
 
@@ -290,7 +291,7 @@ def write_stand_in_data(directory: Path = TASKS_DIR) -> list[Path]:
 # --- report ---------------------------------------------------------------------------------------------------
 def utility_rows(cells: Sequence[tuple[str, str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """One report row per (defense, attack) cell that carries an `lm_eval` block; one column per task · metric
-    (`name (stand-in: task)` when a standard name ran on its stand-in): `value ± lm-eval stderr [Wilson 95 %] n=…`."""
+    (`name→task` when a standard name ran on its offline stand-in): `value ± lm-eval stderr [Wilson 95 %] n=…`."""
     from ..stats import Interval
 
     rows = []
@@ -299,7 +300,7 @@ def utility_rows(cells: Sequence[tuple[str, str, dict[str, Any]]]) -> list[dict[
             continue
         row: dict[str, Any] = {"defense": defense, "attack": attack}
         for name, r in cell["lm_eval"].items():
-            label = name + (f" (stand-in: {r['task']})" if r.get("stand_in_for") else "")
+            label = name + (f"→{r['task']}" if r.get("stand_in_for") else "")
             if "skipped" in r:
                 row[label] = "skipped"
                 continue
@@ -333,4 +334,5 @@ UTILITY_NOTE = ("lm-evaluation-harness, run in-process on each model: value ± l
                 "[Wilson 95 % interval over the n items, for acc / acc_norm / exact_match] (fractions, higher is "
                 "better; `exact_match,<filter>` names lm-eval's answer-extraction filter). `tamperlab_mc` / "
                 "`tamperlab_arith` are **generated stand-ins** shipped with tamperlab, not MMLU / ARC / GSM8K: "
-                "comparable across rows of this report only. Skipped: a standard task without an offline stand-in.")
+                "comparable across rows of this report only; `mmlu→tamperlab_mc`: the standard task was replaced by its "
+                "stand-in (offline / smoke run). Skipped: a standard task without an offline stand-in.")
