@@ -318,7 +318,8 @@ def hft_cells(rows: dict[str, Any], suffix: str = "") -> list[tuple[str, str, di
     """(defense + suffix, attack, cell) for every evaluation of a harmful-fine-tuning result block {defense: {aligned,
     attacks}}: the aligned model first as "(none: aligned)"."""
     return [(d + suffix, a, m) for d, r in rows.items()
-            for a, m in ([("(none: aligned)", r["aligned"])] if "aligned" in r else []) + list(r.get("attacks", {}).items())]
+            for a, m in ([("(none: aligned)", r["aligned"])] if "aligned" in r else [])
+            + list(r.get("attacks", {}).items())]
 
 
 def report_section(rep: Any, cells: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
@@ -334,5 +335,5 @@ UTILITY_NOTE = ("lm-evaluation-harness, run in-process on each model: value ± l
                 "[Wilson 95 % interval over the n items, for acc / acc_norm / exact_match] (fractions, higher is "
                 "better; `exact_match,<filter>` names lm-eval's answer-extraction filter). `tamperlab_mc` / "
                 "`tamperlab_arith` are **generated stand-ins** shipped with tamperlab, not MMLU / ARC / GSM8K: "
-                "comparable across rows of this report only; `mmlu→tamperlab_mc`: the standard task was replaced by its "
-                "stand-in (offline / smoke run). Skipped: a standard task without an offline stand-in.")
+                "comparable across rows of this report only; `mmlu→tamperlab_mc`: the standard task was replaced "
+                "by its stand-in (offline / smoke run). Skipped: a standard task without an offline stand-in.")
