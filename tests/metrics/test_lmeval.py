@@ -83,17 +83,20 @@ def _greedy(model, tok, prompt: str, max_new: int, until: list[str]) -> str:
 def test_generative_exact_match_equals_plain_greedy_generate(tiny_model, tmp_path, monkeypatch):
     model, tok = tiny_model
     model = _digit_model(model, tok)
-    docs = _rows("tamperlab_arith.jsonl")[:6]
-    texts = [_greedy(model, tok, CTX.format(q=d["question"]), 16, ["\n", "Question:"]) for d in docs]
+    docs = _rows("tamperlab_arith.jsonl")[:4]
+    # the shipped YAML's stop strings and filter (last integer of the answer); 8 new tokens instead of 48 (speed)
+    texts = [_greedy(model, tok, CTX.format(q=d["question"]), 8, ["\n\n", "Question:"]) for d in docs]
     preds = []
     for text in texts:
         nums = re.findall(r"-?[0-9]+", text)
-        preds.append(nums[0] if nums else "[invalid]")
-    assert sum(p != "[invalid]" for p in preds) >= 4  # the digit-scaled model answers with numbers
+        preds.append(nums[-1] if nums else "[invalid]")
+    assert sum(p != "[invalid]" for p in preds) >= 3  # the digit-scaled model answers with numbers
     # The shipped task config, on a copy of its data whose even items carry the answer this model gives: the
     # expected exact_match is then known in advance (≥ 1/2), not a trivial 0.
-    for name in ("tamperlab_arith.yaml", "loader.py"):
-        shutil.copy(lmeval.TASKS_DIR / name, tmp_path / name)
+    shutil.copy(lmeval.TASKS_DIR / "loader.py", tmp_path / "loader.py")
+    yaml_text = (lmeval.TASKS_DIR / "tamperlab_arith.yaml").read_text()
+    assert "max_gen_toks: 48" in yaml_text
+    (tmp_path / "tamperlab_arith.yaml").write_text(yaml_text.replace("max_gen_toks: 48", "max_gen_toks: 8"))
     rows = [{**d, "answer": p if i % 2 == 0 and p != "[invalid]" else d["answer"]}
             for i, (d, p) in enumerate(zip(docs, preds))]
     (tmp_path / "tamperlab_arith.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -104,15 +107,15 @@ def test_generative_exact_match_equals_plain_greedy_generate(tiny_model, tmp_pat
     finally:
         lmeval.task_manager.cache_clear()
     r = out["tamperlab_arith"]
-    assert r["n"] == 6
+    assert r["n"] == 4
     by_doc = {s["doc_id"]: s for s in r["samples"]}
     for i in range(len(docs)):
         assert by_doc[i]["raw"] == [texts[i]]  # lm-eval's generation, cut at its stop strings = plain greedy
         assert by_doc[i]["response"] == [preds[i]]  # after the task's first-number filter
     expected = np.mean([p == row["answer"] for p, row in zip(preds, rows)])
     assert expected >= 0.5
-    em = r["metrics"]["exact_match,first-number"]
-    assert em["value"] == pytest.approx(expected) and em["interval"]["k"] == round(expected * 6)
+    em = r["metrics"]["exact_match,last-number"]
+    assert em["value"] == pytest.approx(expected) and em["interval"]["k"] == round(expected * 4)
 
 
 def test_shipped_tasks_run_without_network(tiny_model, monkeypatch):
