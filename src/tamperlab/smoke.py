@@ -127,6 +127,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "eval_steps": _steps, "n_trajectory_prompts": cap(1), "n_loss_probe": cap(1), "judge_params": _judge_params},
     "tamperlab.experiments.ctrap.HFTConfig": {"attacks": _sweep_ends},
     "tamperlab.experiments.study.StudyConfig": {"variants": _ends},
+    # lm-eval utility: standard task names → the shipped offline stand-ins (no hub), 2 items per task
+    "tamperlab.metrics.lmeval.LMEvalConfig": {"offline": to(True), "limit": to(2), "batch_size": cap(2)},
     "tamperlab.defenses.base.DefenseConfig": {"helpful_batch_size": cap(2), "harmful_batch_size": cap(2)},
     # backdoor data extraction
     "tamperlab.experiments.extraction.ExtractionConfig": {"init_from": _init_from},
@@ -330,6 +332,9 @@ def substitutions(before: Any, after: Any) -> list[str]:
     if len(getattr(before, "variants", [])) != len(getattr(after, "variants", [])):
         out.append(f"variants: the first and the last ({len(after.variants)} of {len(before.variants)}), each "
                    "sub-run smoke-shrunk the same way")
+    if any(v for v in _values(to_dict(before), "lm_eval") if isinstance(v, dict) and v.get("tasks")):
+        out.append("lm-eval: standard tasks → the shipped offline stand-ins (tamperlab_mc / tamperlab_arith), "
+                   "2 items each; tasks without a stand-in skipped")
     if getattr(after, "removals", None):
         out.append("removals: each applied to one fingerprint, round robin (the table has empty cells)")
     out.append("data: hub datasets → packaged schema fixtures (data/fixtures/, placeholder rows); sizes, evaluation "

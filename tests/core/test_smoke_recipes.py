@@ -127,8 +127,22 @@ def test_hub_loaders_read_every_fixture():
 
 
 # --- every packaged recipe, end to end ---------------------------------------------------------------------------
+def _lm_eval_cells(cfg, rows: dict) -> None:
+    """eval.lm_eval set: every aligned / attacked cell has one result per requested task, offline (stand-in or
+    labelled skip) on 2 items; unset: no cell has any."""
+    cells = [m for r in rows.values() for m in ([r["aligned"]] if "aligned" in r else []) + list(r["attacks"].values())]
+    for m in cells:
+        if not cfg.eval.lm_eval.tasks:
+            assert "lm_eval" not in m
+            continue
+        assert list(m["lm_eval"]) == cfg.eval.lm_eval.tasks
+        for r in m["lm_eval"].values():
+            assert "skipped" in r or (r["stand_in"] and r["n"] == 2 and r["metrics"])
+
+
 def _expected_structure(kind: str, cfg, res: dict) -> None:
     if kind in ("ctrap", "hft"):
+        _lm_eval_cells(cfg, res)
         assert list(res) == [d.key for d in cfg.defenses]
         for row in res.values():
             assert row["alignment"]["steps"] == smoke.SMOKE_STEPS
@@ -140,6 +154,7 @@ def _expected_structure(kind: str, cfg, res: dict) -> None:
         seeds = [str(s) for s in (cfg.seeds or [cfg.seed])]
         assert res["defenses"] == [d.key for d in cfg.defenses] and list(res["per_seed"]) == seeds
         for rows in res["per_seed"].values():
+            _lm_eval_cells(cfg, rows)
             for row in rows.values():
                 assert row["alignment"]["steps"] == smoke.SMOKE_STEPS
                 assert list(row["attacks"]) == [a.label for a in cfg.attacks]

@@ -19,6 +19,7 @@ from ..data.packs import HarmfulData, HarmfulDataConfig, build_harmful_data
 from ..defenses.base import AlignmentData, Defense
 from ..errors import ConfigError
 from ..metrics.hft import METRIC_DEFINITIONS
+from ..metrics.lmeval import add_utility
 from ..models import LoraSettings, ModelConfig, apply_lora, load_adapter, load_model, save_model
 from ..registry import DEFENSES, EXPERIMENTS
 from ..runs import RunDir
@@ -157,6 +158,7 @@ class HFTExperiment(Experiment):
             ev = self.evaluator((model, tok))
             m, samples = ev.harm(model, data.eval_prompts.examples, desc=f"HS {spec.key} aligned")
             save_samples(run, f"samples-aligned-{spec.key}", samples)
+            add_utility(m, model, tok, self.cfg.eval.lm_eval)
             return m
 
         return run.cached(f"eval-aligned-{spec.key}", do)
@@ -199,6 +201,8 @@ class HFTExperiment(Experiment):
                 out.update(fa_fields(fa_samples))
                 save_samples(run, f"samples-fa-{spec.key}-{atk.label}", fa_samples)
             save_samples(run, f"samples-{key}", samples)
+            if key == f"attack-{spec.key}-{atk.label}":  # a fixed attack, not an attacker-sweep trial
+                add_utility(out, model, tok, self.cfg.eval.lm_eval)
             return out
 
         return run.cached(key, do)

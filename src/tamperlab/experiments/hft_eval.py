@@ -20,6 +20,7 @@ from ..generation import GenerationConfig, generate
 from ..config import PosInt, Registered, from_dict
 from ..errors import ConfigError
 from ..judges import CATEGORIES, JudgePanel
+from ..metrics.lmeval import LMEvalConfig
 from ..metrics.hft import accuracy, answer_stats, is_collapsed, mean_loss, trap_token_rate
 from ..registry import JUDGES, TASKS
 from ..runs import RunDir, atomic_write_json, atomic_write_text
@@ -54,6 +55,9 @@ class EvalConfig:
     """Collapse token text (must match the CTRAP defense's)."""
     n_loss_probe: PosInt = 16
     """Examples in the collapse-loss / harmful-loss probe batches."""
+    lm_eval: LMEvalConfig = field(default_factory=LMEvalConfig)
+    """Utility through lm-evaluation-harness on the aligned model and after each fixed attack (not per sweep
+    trial); empty `tasks` = off (docs/methods/utility.md)."""
 
     def __post_init__(self) -> None:
         if not self.trap_text.strip():

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..metrics.lmeval import hft_cells, report_section
 from ..report.cells import fmt2, cell_interval, judge_hs, pairwise, panel_agreement
 from ..report.render import Panel, Report, plot_grid, provenance_block
 from ..report.samples import write_sample_view
@@ -80,6 +81,7 @@ def write_hft_report(run: RunDir) -> list[Path]:
              "the primary judge flags, with / without the question (lower is better). FA: fine-tune accuracy on the "
              "benign task (higher is better). collapse %: answers dominated by the trap word; degenerate %: answers "
              "the degeneracy detector flags (their own category).")
+    report_section(rep, hft_cells(results))
 
     attacks = list(dict.fromkeys(a for r in results.values() for a in r["attacks"]))
     groups = {a: {d: r["attacks"][a] for d, r in results.items() if a in r["attacks"]} for a in attacks}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..metrics.lmeval import hft_cells, report_section
 from ..report.cells import cell_interval, judge_hs, pairwise, panel_agreement, seeds_cell
 from ..report.render import Panel, Report, plot_bars, plot_grid, provenance_block
 from ..report.samples import write_sample_view
@@ -340,6 +341,8 @@ def write_table_report(run: RunDir) -> list[Path]:
         rep.heading("After alignment, before any attack")
         rep.table([{"Method": d, **{METRIC_NAMES[m]: table_cell(per_seed, d, None, m)
                                     for m in ("hs_io", "hs_o", "collapse_rate")}} for d in defenses])
+    report_section(rep, [c for s, rows in per_seed.items()
+                         for c in hft_cells(rows, "" if len(per_seed) == 1 else f" (seed {s})")])
     panel = judge.get("panel") or []
     if len(panel) > 1:
         rep.heading("Judge panel")
