@@ -288,8 +288,6 @@ def _load_error(spec: str, e: Exception) -> ResourceError:
 
 def check_hub_reachable(spec: str, what: str = "model") -> None:
     """Fail fast (instead of minutes of retries) when `spec` is neither local, cached, nor fetchable."""
-    import socket
-
     if Path(spec).exists() or os.environ.get("HF_HUB_OFFLINE") == "1":
         return
     if spec.startswith((".", "/", "~")):
@@ -301,12 +299,31 @@ def check_hub_reachable(spec: str, what: str = "model") -> None:
             return
     except Exception:
         pass
+    reason = hub_unreachable()
+    if reason:
+        raise ResourceError(
+            f"cannot load {what} {spec!r}: not a local directory, not in the Hugging Face cache, and the hub is "
+            f"unreachable ({reason}). Download it on a connected machine and pass its local path.")
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (offline flag or a failed 3-second connect), None when it can.
+    Libraries that fetch from the hub otherwise retry for minutes before failing."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return "HF_HUB_OFFLINE=1"
+    return _hub_connect_error()
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_connect_error() -> str | None:
+    """The connect attempt, once per process."""
+    import socket
+
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
     except OSError as e:
-        raise ResourceError(
-            f"cannot load {what} {spec!r}: not a local directory, not in the Hugging Face cache, and the hub is "
-            f"unreachable ({e}). Download it on a connected machine and pass its local path.") from None
+        return str(e) or type(e).__name__
+    return None
 
 
 # Random-init model families for tests and smoke runs: the architecture class of a real family (attention

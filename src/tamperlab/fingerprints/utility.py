@@ -191,6 +191,11 @@ def lm_eval_accuracy(model: Any, tok: Any, tasks: Sequence[str], limit: int | No
         from lm_eval.models.huggingface import HFLM
     except ImportError:
         raise ResourceError("lm-eval is not installed (pip install lm-eval)") from None
+    from ..models import hub_unreachable
+
+    # The tasks' data comes from the hub: offline, lm-eval would retry for minutes before failing.
+    if (reason := hub_unreachable()) is not None:
+        raise ResourceError(f"lm-eval tasks {list(tasks)} need the Hugging Face hub, which is unreachable ({reason})")
     try:
         lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
         res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, log_samples=False)
