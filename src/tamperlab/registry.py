@@ -138,7 +138,7 @@ class Registry(Generic[T]):
             new = self._aliases[name]
             if name not in self._warned:
                 self._warned.add(name)
-                log.warning("%s %r is a deprecated name of %r; use %r", self.kind, name, new, new)
+                log.warning("%s %r is deprecated: use %r", self.kind, name, new)
             return new
         return name
 

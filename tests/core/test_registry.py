@@ -25,7 +25,7 @@ def test_core_components_registered():
     assert {"sft", "ctrap"} <= set(ALL_REGISTRIES["defenses"].names())
     assert {"embedded", "beaver-dam", "llama-guard"} <= set(ALL_REGISTRIES["judges"].names())
     assert {"sst2", "agnews", "gsm8k"} <= set(ALL_REGISTRIES["tasks"].names())
-    assert "ctrap" in ALL_REGISTRIES["experiments"].names()
+    assert "hft" in ALL_REGISTRIES["experiments"].names() and "ctrap" in ALL_REGISTRIES["experiments"]  # ctrap: an alias
 
 
 def test_cli_list(capsys):
