@@ -82,6 +82,7 @@ def test_fingerprint_through_a_fingerprints_recipe(plugins, tmp_path):
     assert fsr["n"] == 2  # its two pairs were embedded and verified
 
 
+@pytest.mark.slow  # the EaaS experiment loads the sentence embedder and serves HTTP: ~50 s on 2 loaded cores
 def test_watermark_through_an_eaas_recipe(plugins, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exp = load_recipe("demo_eaas", [
