@@ -391,8 +391,6 @@ def build_watermark(name: str, config: dict[str, Any] | Any | None = None, state
     return wm
 
 
-
-
 def load_watermark(folder: str | Path) -> Any:
     """Restore a watermark saved with `.save(folder)` (any registered kind)."""
     p = Path(folder) / "watermark.json"
