@@ -7,6 +7,8 @@ Rules (see docs/recipes.md):
     annotated `Signed`; fields carry stronger constraints with `typing.Annotated` (`PosInt`, `PosFloat`,
     `Fraction`, `Range(lo, hi)`, `OneOf(...)`, `Registered("defenses")`), checked by `from_dict` — one mechanism,
     not scattered `if`s; cross-field rules live in the dataclass's `__post_init__`;
+  * **named components**: a mapping annotated `ByName("attacks")` is the config of the registered component its
+    `name` picks (a tagged union: `attacks: [{kind: harmful}, {name: myattack, strength: 2}]`);
   * **parent defaults**: a partly given nested section starts from the value its *parent* gives that field (the
     parent's `default_factory`), not from the section class's own defaults — `alignment: {max_steps: 120}` keeps
     the experiment's alignment batch size. A list given in a recipe replaces the default list; each of its items
