@@ -61,8 +61,9 @@ class AttackSpec:
         return self.name
 
     def describe(self) -> dict[str, Any]:
-        """What report tables need to place this attack in a column."""
-        return {"label": self.key, "kind": self.name}
+        """What report tables need to place this attack in a column (label, kind, data size n, harmful ratio p,
+        benign task); an attack without these gives None."""
+        return {"label": self.key, "kind": self.name, "n": None, "p": None, "task": None}
 
 
 @dataclass
