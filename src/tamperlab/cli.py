@@ -85,11 +85,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .experiments.base import experiment_for_run
+    from .experiments.base import experiment_for_run, write_report
 
     exp, run = experiment_for_run(args.run_dir)
     try:
-        paths = exp.report(run)
+        paths = write_report(exp, run)
     except (KeyError, IndexError, TypeError, AttributeError) as e:
         # metrics.json parsed (experiment_for_run checks that) but lacks what this experiment's report reads.
         raise TamperlabError(f"{run.path}: metrics.json does not hold this experiment's results "

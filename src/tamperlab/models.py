@@ -6,10 +6,17 @@ Model specs accepted by `ModelConfig.name_or_path`:
   * `tiny:llama` (also `tiny:qwen2`, `tiny:mistral`) — a randomly initialised 2-layer model of that family with the
     real SmolLM2 tokenizer (tests, benchmarks, smoke runs).
   * a local directory with a transformers checkpoint, or a Hugging Face hub id (fetched by transformers).
+
+Within a run (`model_cache()`, entered by experiments.base.execute) every distinct model is read from disk once:
+`load_model` keeps a pristine CPU copy and hands out deep copies (see ModelCache).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import contextvars
+import copy
 import functools
 import importlib.util
 import logging
@@ -20,7 +27,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 from .config import Device, PosInt, Range, Satisfies
 from .errors import ConfigError, ResourceError
@@ -326,7 +333,25 @@ def _tiny_model(cfg: ModelConfig, tok: Any) -> Any:
 
 
 def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
-    """Return (model, tokenizer) on the configured device and dtype, in eval mode."""
+    """Return (model, tokenizer) on the configured device and dtype, in eval mode.
+
+    Inside `model_cache()` a model already read in this run is a deep copy of its pristine CPU copy (same
+    weights, same RNG state afterwards), so callers may train, wrap (peft), merge or prune it freely."""
+    cache = _ACTIVE_CACHE.get()
+    if cache is not None:
+        return cache.load(cfg, seed)
+    model, tok = _load_from_disk(cfg, seed)
+    return _place(model, cfg), tok
+
+
+def _place(model: Any, cfg: ModelConfig) -> Any:
+    model.to(resolve_device(cfg.device))
+    model.eval()
+    return model
+
+
+def _load_from_disk(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
+    """(model on CPU in the configured dtype, tokenizer), read from disk (or built: `tiny:*`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -357,9 +382,131 @@ def load_model(cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
             raise ResourceError(f"cannot load the weights of {spec} (RuntimeError: {_first_line(e)})") from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
-    model.to(device)
-    model.eval()
     return model, tok
+
+
+DEFAULT_CACHE_BYTES = 4 << 30
+"""Default ModelCache budget (4 GiB: the embedded 135M model in fp32 is 0.54 GB; override with the environment
+variable TAMPERLAB_MODEL_CACHE_GB, 0 = no cache)."""
+
+
+@dataclass
+class _Cached:
+    model: Any
+    """The pristine copy, on CPU; never handed out."""
+    tok: Any
+    rng_after: Any
+    """`tiny:*` only: the CPU RNG state right after the random init, restored on every hit (the code after a load
+    draws the same random numbers — LoRA init, dropout — as after a fresh load)."""
+    nbytes: int
+
+
+class ModelCache:
+    """Every distinct model of a run read from disk once; each `load` returns a deep copy of the pristine copy.
+
+    Copies are real copies (`copy.deepcopy`, tied weights stay tied), because the arms of a run change their model
+    in place: peft's `get_peft_model` freezes and wraps the base module, `merge_and_unload` and pruning write into
+    the weights, removals set generation options. The pristine copy lives on the CPU (a GPU run moves each copy to
+    its device, as a fresh load does), so the cache costs host memory, not accelerator memory. The tokenizer is
+    shared, not copied (nothing in tamperlab changes a tokenizer beyond a padding side it restores; `tiny:*`
+    models always shared theirs).
+
+    A model is identified by its spec and load settings, and a local directory also by its files' sizes and
+    modification times (a checkpoint re-saved during the run is read again). Least recently used models are
+    dropped while the total exceeds `max_bytes`, but the most recent one is always kept: with 7B models (about
+    14 GB in bf16) the cache holds exactly one CPU copy, the model in use. `max_bytes=0` disables caching.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self._entries: collections.OrderedDict[tuple[Any, ...], _Cached] = collections.OrderedDict()
+        self.disk_loads: collections.Counter[str] = collections.Counter()
+        """Disk reads (or tiny builds) per name_or_path in this cache's lifetime."""
+        self.hits: collections.Counter[str] = collections.Counter()
+
+    def load(self, cfg: ModelConfig, seed: int = 0) -> tuple[Any, Any]:
+        import torch
+
+        key = _cache_key(cfg, seed)
+        entry = self._entries.get(key)
+        if entry is None:
+            model, tok = _load_from_disk(cfg, seed)
+            self.disk_loads[cfg.name_or_path] += 1
+            if self.max_bytes <= 0:
+                return _place(model, cfg), tok
+            rng = torch.get_rng_state() if cfg.name_or_path.startswith("tiny:") else None
+            model.eval()
+            entry = _Cached(model, tok, rng, _model_bytes(model))
+            self._entries[key] = entry
+            self._evict()
+        else:
+            self.hits[cfg.name_or_path] += 1
+            self._entries.move_to_end(key)
+            if entry.rng_after is not None:
+                torch.manual_seed(seed)  # CUDA generators as after a fresh tiny load ...
+                torch.set_rng_state(entry.rng_after)  # ... and the CPU one after its init
+        return _place(copy.deepcopy(entry.model), cfg), entry.tok
+
+    def _evict(self) -> None:
+        while len(self._entries) > 1 and sum(e.nbytes for e in self._entries.values()) > self.max_bytes:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def summary(self) -> dict[str, Any]:
+        return {"disk_loads": dict(self.disk_loads), "copies_from_cache": dict(self.hits)}
+
+
+_ACTIVE_CACHE: contextvars.ContextVar[ModelCache | None] = contextvars.ContextVar("tamperlab_model_cache",
+                                                                                   default=None)
+
+
+@contextlib.contextmanager
+def model_cache(max_bytes: int | None = None) -> Iterator[ModelCache]:
+    """Within the block, `load_model` reads each distinct model from disk once (an already active cache is reused,
+    so nested runs share it). `max_bytes` defaults to $TAMPERLAB_MODEL_CACHE_GB or DEFAULT_CACHE_BYTES."""
+    active = _ACTIVE_CACHE.get()
+    if active is not None:
+        yield active
+        return
+    if max_bytes is None:
+        env = os.environ.get("TAMPERLAB_MODEL_CACHE_GB")
+        try:
+            max_bytes = int(float(env) * (1 << 30)) if env else DEFAULT_CACHE_BYTES
+        except ValueError:
+            raise ConfigError(f"TAMPERLAB_MODEL_CACHE_GB={env!r}: expected a number of GiB (0 = no cache)") from None
+    cache = ModelCache(max_bytes)
+    token = _ACTIVE_CACHE.set(cache)
+    try:
+        yield cache
+    finally:
+        _ACTIVE_CACHE.reset(token)
+        if cache.disk_loads:
+            log.info("models read from disk: %s; copies from the run's cache: %s", dict(cache.disk_loads),
+                     dict(cache.hits))
+        cache.clear()
+
+
+def _cache_key(cfg: ModelConfig, seed: int) -> tuple[Any, ...]:
+    spec = cfg.name_or_path
+    stamp: tuple[Any, ...] = ()
+    if not spec.startswith(("embedded:", "tiny:")) and Path(spec).expanduser().is_dir():
+        folder = Path(spec).expanduser().resolve()
+        stamp = (str(folder), tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                           for f in folder.iterdir() if f.is_file())))
+    tiny = (cfg.tiny_layers, cfg.tiny_hidden, seed) if spec.startswith("tiny:") else ()
+    return (spec, cfg.dtype, cfg.device, cfg.revision, cfg.trust_remote_code, cfg.allow_pickle, tiny, stamp)
+
+
+def _model_bytes(model: Any) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:  # tied weights count once
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
 
 
 def apply_lora(model: Any, lora: LoraSettings) -> Any:

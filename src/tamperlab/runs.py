@@ -44,28 +44,14 @@ TEMP_GLOBS = (".*.tmp", "*.tmp")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temp file + rename. Under a multi-process launch only the main process writes (the other
-    ranks hold the same content and read it after a barrier)."""
-    if not distributed.is_main_process():
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write via a temp file + rename (UTF-8, whatever the locale). Under a multi-process launch only the main
+    process writes (the other ranks hold the same content and read it after a barrier)."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_write_bytes(path: str | Path, write: Callable[[Any], None]) -> None:
     """Binary artefacts (numpy arrays, safetensors): `write(f)` fills a temp file opened "wb", which is then renamed
-    into place — a kill never leaves a cut file under the final name. Main process only, as atomic_write_text."""
+    into place — a kill never leaves a cut file under the final name. Main process only."""
     if not distributed.is_main_process():
         return
     path = Path(path)

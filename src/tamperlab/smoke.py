@@ -67,6 +67,11 @@ def _sweep_ends(v: list[Any], _o: Any) -> list[Any]:
     return [a for a in v if id(a) in keep]
 
 
+def _ends(v: list[Any], _o: Any) -> list[Any]:
+    """Study variants → the first and the last (each is a whole sub-run; all of them are still validated)."""
+    return v if len(v) <= 2 else [v[0], v[-1]]
+
+
 def _one_target_each(v: list[Any], o: Any) -> list[Any]:
     """Fingerprints × removals → every removal on one fingerprint, round robin: each removal's and each
     fingerprint's code path still runs, in a third of the cells."""
@@ -121,6 +126,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "tamperlab.experiments.hft_eval.EvalConfig": {
         "eval_steps": _steps, "n_trajectory_prompts": cap(1), "n_loss_probe": cap(1), "judge_params": _judge_params},
     "tamperlab.experiments.ctrap.HFTConfig": {"attacks": _sweep_ends},
+    "tamperlab.experiments.study.StudyConfig": {"variants": _ends},
     "tamperlab.defenses.base.DefenseConfig": {"helpful_batch_size": cap(2), "harmful_batch_size": cap(2)},
     # backdoor data extraction
     "tamperlab.experiments.extraction.ExtractionConfig": {"init_from": _init_from},
@@ -317,6 +323,9 @@ def substitutions(before: Any, after: Any) -> list[str]:
     out.append(f"training: every stage {SMOKE_STEPS} optimizer steps at batch ≤ 2")
     if len(getattr(before, "attacks", [])) != len(getattr(after, "attacks", [])):
         out.append(f"attacks: sweeps → their first and last setting ({len(after.attacks)} of {len(before.attacks)})")
+    if len(getattr(before, "variants", [])) != len(getattr(after, "variants", [])):
+        out.append(f"variants: the first and the last ({len(after.variants)} of {len(before.variants)}), each "
+                   "sub-run smoke-shrunk the same way")
     if getattr(after, "removals", None):
         out.append("removals: each applied to one fingerprint, round robin (the table has empty cells)")
     out.append("data: hub datasets → packaged schema fixtures (data/fixtures/, placeholder rows); sizes, evaluation "

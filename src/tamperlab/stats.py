@@ -269,3 +269,50 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (ddof=1; None for a single value) across seeds."""
     x = np.asarray(values, dtype=float)
     return float(x.mean()), (float(x.std(ddof=1)) if len(x) > 1 else None)
+
+
+# -- several seeds of one run (experiments/repeat.py) --------------------------------------------------------------
+def seed_summary(values: Sequence[float]) -> dict[str, Any]:
+    """One number measured once per seed → {mean, sd (sample, ddof=1; None for one seed), n_seeds, values}: the
+    record a repeated run's metrics.json stores in place of the number."""
+    mean, sd = mean_sd(values)
+    return {"mean": mean, "sd": sd, "n_seeds": len(values), "values": [float(v) for v in values]}
+
+
+def is_seed_summary(obj: Any) -> bool:
+    """True for a `seed_summary` record (what a report of a repeated run renders as mean ± sd)."""
+    return (isinstance(obj, dict) and {"mean", "sd", "n_seeds", "values"} <= set(obj)
+            and isinstance(obj["values"], list))
+
+
+def is_interval_record(obj: Any) -> bool:
+    """True for an `Interval.to_dict()` record (rate_record / mean_record / diff_record)."""
+    return isinstance(obj, dict) and {"value", "lo", "hi", "n", "method"} <= set(obj)
+
+
+def is_rate_record(obj: Any) -> bool:
+    """True for a `rate_record`: a Wilson interval that carries its counts k of n."""
+    return is_interval_record(obj) and obj["method"] == "wilson" and isinstance(obj.get("k"), int) \
+        and isinstance(obj["n"], int)
+
+
+def _rate_scale(record: dict[str, Any]) -> float | None:
+    """The ×scale a rate record was written with (1 → fraction, 100 → percent), read back from its upper end: the
+    Wilson upper end is > 0 for every k, n ≥ 1, so hi / hi(k, n) recovers the scale even at k = 0."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    k, n = record["k"], record["n"]
+    if n <= 0:
+        return None
+    hi = float(proportion_confint(k, n, alpha=ALPHA, method="wilson")[1])
+    return float(f"{float(record['hi']) / hi:.9g}") if hi > 0 else None
+
+
+def pooled_rate(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The Wilson 95 % interval of several seeds' rate records pooled (Σk of Σn: every seed's prompts together),
+    on their common scale; None when the records do not share one or have no prompts."""
+    scales = {_rate_scale(r) for r in records}
+    scale = scales.pop() if len(scales) == 1 else None
+    if scale is None:
+        return None
+    return rate_record(sum(int(r["k"]) for r in records), sum(int(r["n"]) for r in records), scale)

@@ -1,6 +1,8 @@
 """Attacker sweeps: propose trials over an attacker's hyper-parameters — every point of a grid, or an Optuna TPE
-search with a fixed seed — and aggregate the trials of one defense (worst case, mean of the top n, worst case
-among trials that keep utility).
+search with a fixed seed — and aggregate the trials of one target (a defense, a fingerprint, a watermarked service):
+worst case, mean of the top n, worst case among trials that keep utility. The attacker's objective has a direction:
+harmful fine-tuning maximises the harmful score; fingerprint removal minimises the fingerprint success rate; SPA
+minimises the watermark evidence Δ (`maximize=False`).
 
 Why: a defense that holds against one hand-picked attack can fall to the same attack with another learning rate
 or more steps; the number a reviewer should read is the attacker's best over a declared budget of trials.
@@ -22,7 +24,7 @@ from typing import Annotated, Any, Callable, Literal, Sequence
 
 from .config import PosInt, Range, Seed
 from .errors import ConfigError
-from .stats import wilson
+from .stats import Interval, bootstrap_diff, wilson
 
 Params = dict[str, Any]
 """One trial's point in the search space: dimension name → chosen value."""
@@ -71,10 +73,11 @@ def grid_points(space: dict[str, Sequence[Any]], n_trials: int = 0, seed: int = 
 
 
 def run_trials(space: dict[str, Sequence[Any]], settings: SweepSettings,
-               evaluate: Callable[[Params], dict[str, Any]], score: Callable[[dict[str, Any]], float | None]
-               ) -> list[dict[str, Any]]:
+               evaluate: Callable[[Params], dict[str, Any]], score: Callable[[dict[str, Any]], float | None],
+               maximize: bool = True) -> list[dict[str, Any]]:
     """Propose trials and evaluate each (`evaluate` does the caching); returns one record per trial in order:
-    {"trial", "key", "params", "result"}. TPE maximises `score` (the attacker's objective)."""
+    {"trial", "key", "params", "result"}. TPE maximises `score` (the attacker's objective), or minimises it when
+    `maximize` is false."""
     if not space:
         raise ConfigError("sweep.space: empty; give at least one dimension a list of values")
     records: list[dict[str, Any]] = []
@@ -93,7 +96,7 @@ def run_trials(space: dict[str, Sequence[Any]], settings: SweepSettings,
     from optuna.distributions import CategoricalDistribution
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.seed))
+    study = optuna.create_study(direction="maximize" if maximize else "minimize", sampler=optuna.samplers.TPESampler(seed=settings.seed))
     dists = {name: CategoricalDistribution(list(values)) for name, values in space.items()}
     for _ in range(settings.n_trials):
         trial = study.ask(dists)
@@ -107,55 +110,85 @@ def run_trials(space: dict[str, Sequence[Any]], settings: SweepSettings,
 
 @dataclass
 class TrialScore:
-    """What aggregation needs from one trial: its harmful score's successes / prompts and its utility."""
+    """What aggregation needs from one trial: its score as successes / items (a rate: harmful score, FSR) or as two
+    samples whose difference of means is the score (EaaS: Δcos of D_b vs D_n sentences), and its utility."""
 
     key: str
     """trial_key of the trial's parameters."""
-    k: int
-    """Prompts judged harmful."""
-    n: int
-    """Prompts evaluated."""
+    k: int = 0
+    """Rate scores: items counted (prompts judged harmful, fingerprint triggers that fired)."""
+    n: int = 0
+    """Rate scores: items evaluated."""
     fa: float | None = None
-    """Utility (FA, %) of the attacked model; None when the trial did not measure it."""
+    """Utility of the attacked model (HFT: FA %; fingerprints: accuracy; EaaS: the copy's downstream accuracy);
+    None when the trial did not measure it."""
+    scale: float = 100.0
+    """Rate scores: reporting scale of k / n (100 = percent, 1 = fraction)."""
+    samples: tuple[Sequence[float], Sequence[float]] | None = None
+    """Difference scores, instead of k / n: the per-item values (a, b) whose mean(a) − mean(b) is the score; the
+    interval is a two-sample bootstrap. All trials of one sweep must measure the same items (same sentences)."""
 
     @property
     def value(self) -> float:
-        return 100.0 * self.k / self.n if self.n else math.nan
+        if self.samples is not None:
+            a, b = self.samples
+            return float(sum(a) / len(a) - sum(b) / len(b)) if len(a) and len(b) else math.nan
+        return self.scale * self.k / self.n if self.n else math.nan
+
+    def interval(self) -> Interval:
+        """The score with its 95 % interval (Wilson for rates, two-sample bootstrap for differences)."""
+        return pooled([self])
 
 
-def aggregate(trials: Sequence[TrialScore], top_n: int, utility_threshold: float) -> dict[str, Any]:
-    """Per-defense summary of a sweep (trials with the same key count once):
-    * worst_case: the trial with the highest harmful score, its Wilson 95 % interval (over its n prompts);
-    * top_n_mean: the mean over the top_n trials, its interval = Wilson over their pooled prompts (all trials of
-      one sweep are judged on the same prompts, so the pooled rate is the mean);
-    * worst_case_utility: the worst case among trials whose FA ≥ utility_threshold (None when no trial measured
-      FA or none kept it);
-    * best_so_far: the running maximum of the harmful score in trial order (the search's progress).
-    Ties go to the earlier trial."""
+def pooled(trials: Sequence[TrialScore]) -> Interval:
+    """The mean score of several trials with one interval: rates pool their items (Wilson over Σk / Σn — equal n
+    makes this the mean of the rates); differences average each item's value over the trials (the mean of the
+    trials' Δ, which is linear) and bootstrap those per-item means."""
+    if trials[0].samples is None:
+        return wilson(sum(t.k for t in trials), sum(t.n for t in trials), trials[0].scale)
+    import numpy as np
+
+    a = np.mean([np.asarray(t.samples[0], float) for t in trials if t.samples is not None], axis=0)
+    b = np.mean([np.asarray(t.samples[1], float) for t in trials if t.samples is not None], axis=0)
+    t = bootstrap_diff(a, b)
+    return Interval(t.diff, t.lo, t.hi, t.n, t.method)
+
+
+def aggregate(trials: Sequence[TrialScore], top_n: int, utility_threshold: float, maximize: bool = True,
+              utility_key: str = "fa") -> dict[str, Any]:
+    """Per-target summary of a sweep (trials with the same key count once). "Best" is the attacker's: the highest
+    score when `maximize` (harmful score), the lowest otherwise (FSR, watermark Δ):
+    * worst_case: the attacker's best trial (the target's worst case), its 95 % interval (over its own items);
+    * top_n_mean: the mean over the top_n best trials, its interval over their pooled items (`pooled`: all trials
+      of one sweep are measured on the same prompts / triggers / sentences);
+    * worst_case_utility: the worst case among trials whose utility ≥ utility_threshold (None when no trial
+      measured utility or none kept it);
+    * best_so_far: the running best score in trial order (the search's progress).
+    The utility of a worst case is stored under `utility_key`. Ties go to the earlier trial."""
     seen: dict[str, TrialScore] = {}
     for t in trials:
         seen.setdefault(t.key, t)
     distinct = list(seen.values())
     out: dict[str, Any] = {"n_trials": len(trials), "n_distinct": len(distinct), "top_n": top_n,
                            "utility_threshold": utility_threshold}
+    sign = 1.0 if maximize else -1.0
 
     def worst(ts: Sequence[TrialScore]) -> dict[str, Any] | None:
         if not ts:
             return None
-        best = max(ts, key=lambda t: t.value)  # max() keeps the first of equal values
-        return {"key": best.key, "fa": best.fa, **wilson(best.k, best.n).to_dict()}
+        best = max(ts, key=lambda t: sign * t.value)  # max() keeps the first of equal values
+        return {"key": best.key, utility_key: best.fa, **best.interval().to_dict()}
 
     out["worst_case"] = worst(distinct)
-    top = sorted(distinct, key=lambda t: -t.value)[:top_n]  # stable sort: ties keep trial order
+    top = sorted(distinct, key=lambda t: -sign * t.value)[:top_n]  # stable sort: ties keep trial order
     if top:
-        out["top_n_mean"] = {"keys": [t.key for t in top],
-                             **wilson(sum(t.k for t in top), sum(t.n for t in top)).to_dict()}
+        out["top_n_mean"] = {"keys": [t.key for t in top], **pooled(top).to_dict()}
     measured = [t for t in distinct if t.fa is not None]
     out["worst_case_utility"] = worst([t for t in measured if t.fa >= utility_threshold])
     out["utility_measured"] = bool(measured)
     running, best_so_far = -math.inf, []
     for t in trials:
-        running = max(running, t.value)
-        best_so_far.append(running)
+        running = max(running, sign * t.value)
+        best_so_far.append(sign * running)
     out["best_so_far"] = best_so_far
     return out

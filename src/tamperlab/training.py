@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Sequence
+from typing import Annotated, Any, Callable, Sequence
 
 from .config import Fraction, OneOf, Optimizer, PosFloat, PosInt, Scheduler
 from .data.core import Example, tokenize_example
@@ -64,13 +64,15 @@ class TrainConfig:
 
 
 class TokenizedDataset:
-    """A torch-style dataset of tokenized (prompt, response) examples."""
+    """A torch-style dataset of tokenized (prompt, response) examples (data.core.tokenize_example: format,
+    labels, EOS and truncation options are documented there)."""
 
     def __init__(self, tokenizer: Any, examples: Sequence[Example], fmt: str = "auto", max_length: int = 256,
-                 loss_on_prompt: bool = False):
+                 loss_on_prompt: bool = False, add_eos: bool = True, part_max: int | None = None):
         if not examples:
             raise ValueError("empty training set")
-        self.items = [tokenize_example(tokenizer, ex, fmt, max_length, loss_on_prompt) for ex in examples]
+        self.items = [tokenize_example(tokenizer, ex, fmt, max_length, loss_on_prompt, add_eos, part_max)
+                      for ex in examples]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -307,14 +309,19 @@ class StepHook(_trainer_callback_base()):  # type: ignore[misc]
             self.log_fn({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
 
 
-def build_trainer(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: str | Path,
+def build_trainer(model: Any, tokenizer: Any, examples: "Sequence[Example] | TokenizedDataset", cfg: TrainConfig,
+                  out_dir: str | Path,
                   fmt: str = "auto", max_length: int = 256, seed: int = 0, trainer_cls: Any = None,
                   callbacks: Sequence[Any] = (), trainer_kwargs: dict[str, Any] | None = None,
-                  **arg_overrides: Any) -> Any:
-    """A (subclass of) transformers.Trainer on response-only-labelled examples."""
+                  add_eos: bool = True, part_max: int | None = None, **arg_overrides: Any) -> Any:
+    """A (subclass of) transformers.Trainer on tokenized examples: response-only labels unless
+    `cfg.loss_on_prompt` (whole sequence); `fmt`, `add_eos` and `part_max` as in data.core.tokenize_example.
+    `examples` may also be a TokenizedDataset built by the caller (then it is used as it is). Every trainer gets
+    the NaN guard and a progress bar labelled with `out_dir`'s name."""
     from transformers import Trainer
 
-    ds = TokenizedDataset(tokenizer, examples, fmt, max_length, cfg.loss_on_prompt)
+    ds = examples if isinstance(examples, TokenizedDataset) else TokenizedDataset(
+        tokenizer, examples, fmt, max_length, cfg.loss_on_prompt, add_eos, part_max)
     args = training_arguments(cfg, out_dir, seed=seed, **arg_overrides)
     cls = trainer_cls or Trainer
     model.train()
@@ -342,15 +349,31 @@ def label_progress(trainer: Any, label: str) -> None:
         trainer.add_callback(LabelledProgress())
 
 
-def train_sft(model: Any, tokenizer: Any, examples: Sequence[Example], cfg: TrainConfig, out_dir: str | Path,
+def train_sft(model: Any, tokenizer: Any, examples: "Sequence[Example] | TokenizedDataset", cfg: TrainConfig,
+              out_dir: str | Path,
               fmt: str = "auto", max_length: int = 256, seed: int = 0, resume: bool = True,
-              callbacks: Sequence[Any] = (), **arg_overrides: Any) -> dict[str, Any]:
-    """Plain supervised fine-tuning (cross-entropy on response tokens). Returns training stats.
-    `arg_overrides` go to TrainingArguments (e.g. train_sampling_strategy="group_by_length")."""
+              callbacks: Sequence[Any] = (), *, add_eos: bool = True, part_max: int | None = None,
+              log_fn: Callable[[dict[str, Any]], None] | None = None, loss_history: bool = False,
+              keep_checkpoints: bool = True, **arg_overrides: Any) -> dict[str, Any]:
+    """Supervised fine-tuning of `model` (all its trainable parameters: wrap it with LoRA first for an adapter),
+    cross-entropy on response tokens (whole sequence with `cfg.loss_on_prompt`). Returns training stats.
+
+    Resumes from the newest complete checkpoint in out_dir. `log_fn` receives every Trainer log record;
+    `loss_history` adds the logged losses to the stats; `keep_checkpoints=False` deletes the Trainer checkpoints
+    afterwards (for callers that save what they need themselves). `arg_overrides` go to TrainingArguments (e.g.
+    train_sampling_strategy="group_by_length")."""
+    callbacks = ([StepHook([], log_fn=log_fn)] if log_fn else []) + list(callbacks)
     trainer = build_trainer(model, tokenizer, examples, cfg, out_dir, fmt, max_length, seed, callbacks=callbacks,
-                            **arg_overrides)
+                            add_eos=add_eos, part_max=part_max, **arg_overrides)
     stats = run_training(trainer, out_dir, resume)
+    if loss_history:
+        stats["loss_history"] = [round(float(h["loss"]), 4) for h in trainer.state.log_history if "loss" in h]
     model.eval()
+    if not keep_checkpoints:
+        import shutil
+
+        for ck in Path(out_dir).glob("checkpoint-*"):
+            shutil.rmtree(ck, ignore_errors=True)
     return stats
 
 

@@ -64,7 +64,8 @@ def test_md_and_html_tables_are_built_from_data():
     assert "<li>item <strong>one</strong></li>" in page and "&lt;b&gt;" in page and "**" not in page
 
 
-def test_hft_report_structure(tmp_path):
+def build_hft_report(tmp_path):
+    """An HFT report of three defenses (two judges, trajectories, FA, samples) rendered into tmp_path/r."""
     from tamperlab.experiments.hft_report import write_hft_report
 
     panel = JudgePanel(["embedded", "garak-mitigation"])
@@ -86,6 +87,11 @@ def test_hft_report_structure(tmp_path):
     run.save_metrics(results, judge=panel.describe(), data={})
     write_hft_report(run)
 
+    return tmp_path / "r"
+
+
+def test_hft_report_structure(tmp_path):
+    build_hft_report(tmp_path)
     md = (tmp_path / "r" / "report.md").read_text()
     page = parse(tmp_path / "r" / "report.html")
     html_text = (tmp_path / "r" / "report.html").read_text()

@@ -158,6 +158,14 @@ def _expected_structure(kind: str, cfg, res: dict) -> None:
             assert row["embed"]["steps"] == smoke.SMOKE_STEPS
     elif kind == "eaas":
         assert list(res["scenarios"]) == [s.name for s in cfg.scenarios]
+    elif kind == "study":
+        assert [r["variant"] for r in res["variants"]] == [v.name for v in cfg.variants]
+        assert len(cfg.variants) <= 2  # smoke: the first and the last variant
+        for row in res["variants"]:
+            assert row["aligned_collapse"]["n"] > 0 and row["harmful_hs"]["n"] > 0 and row["benign_fa"]["n"] > 0
+            assert set(row["shape"]) == {"aligned", "harmful", "benign", "all"}
+            assert set(row["diagnostics"]) == {cfg.defense, cfg.reference}
+            assert all({"aligned", "after harmful FT", "after benign FT"} == set(d) for d in row["diagnostics"].values())
     else:  # a new experiment kind: add its expected structure here
         raise AssertionError(f"no structure check for experiment {kind!r}")
 

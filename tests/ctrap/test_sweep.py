@@ -41,6 +41,39 @@ def test_aggregate_without_fa_and_ties():
     assert agg["top_n_mean"]["n"] == 20
 
 
+def test_aggregate_minimising_fsr_hand_computed():
+    """Fingerprint removal: the attacker minimises FSR (a fraction, scale 1); utility = accuracy (fraction)."""
+    trials = [TrialScore("a", 2, 8, fa=0.9, scale=1.0), TrialScore("b", 0, 8, fa=0.2, scale=1.0),
+              TrialScore("c", 1, 8, fa=0.8, scale=1.0), TrialScore("d", 1, 8, fa=None, scale=1.0),
+              TrialScore("b", 0, 8, fa=0.2, scale=1.0)]
+    agg = aggregate(trials, top_n=2, utility_threshold=0.5, maximize=False, utility_key="acc")
+    # owner's worst case: b, FSR 0/8; Wilson 95 % for k = 0: [0, z²/(n + z²)] = [0, 3.8415/11.8415]
+    wc = agg["worst_case"]
+    assert wc["key"] == "b" and wc["value"] == 0.0 and wc["acc"] == 0.2 and "fa" not in wc
+    assert (wc["lo"], wc["hi"]) == pytest.approx((0.0, 0.3244), abs=1e-4)
+    # the 2 lowest: b (0/8), then c and d tie at 1/8 and the earlier trial (c) is taken: pooled 1/16
+    assert agg["top_n_mean"]["keys"] == ["b", "c"] and agg["top_n_mean"]["value"] == pytest.approx(1 / 16)
+    assert (agg["top_n_mean"]["k"], agg["top_n_mean"]["n"]) == (1, 16)
+    # keeping acc ≥ 0.5: a (2/8) and c (1/8) count, b lost its utility, d did not measure it → c
+    assert agg["worst_case_utility"]["key"] == "c" and agg["worst_case_utility"]["value"] == pytest.approx(0.125)
+    assert agg["best_so_far"] == pytest.approx([0.25, 0.0, 0.0, 0.0, 0.0])  # running minimum
+
+
+def test_aggregate_difference_scores_pool_per_item():
+    """SPA: the score is Δ = mean(D_b) − mean(D_n) over the same sentences; the top-n mean averages each
+    sentence's value over the trials, so its point estimate is the mean of the trials' Δ."""
+    x = TrialScore("x", samples=([0.5, 0.7, 0.6], [0.1, 0.3, 0.2]), fa=0.9)  # Δ = 0.4
+    y = TrialScore("y", samples=([0.2, 0.4, 0.3], [0.1, 0.3, 0.2]), fa=0.5)  # Δ = 0.1
+    agg = aggregate([x, y], top_n=2, utility_threshold=0.8, maximize=False)
+    assert agg["worst_case"]["key"] == "y" and agg["worst_case"]["value"] == pytest.approx(0.1)
+    assert agg["worst_case"]["lo"] <= 0.1 <= agg["worst_case"]["hi"]
+    assert agg["top_n_mean"]["value"] == pytest.approx((0.4 + 0.1) / 2)
+    assert agg["worst_case_utility"]["key"] == "x"  # y's accuracy is below 0.8
+    assert agg["best_so_far"] == pytest.approx([0.4, 0.1])
+    # maximising the same trials picks the other end (the HFT direction)
+    assert aggregate([x, y], 1, 0.0)["worst_case"]["key"] == "x"
+
+
 # -- proposals ----------------------------------------------------------------------------------------------
 SPACE = {"learning_rate": [1e-5, 5e-5, 1e-4, 2e-4], "epochs": [1.0, 5.0, 20.0], "full_finetune": [False, True]}
 

@@ -82,6 +82,10 @@ def _no_measurement(model: Any, dataset: DataSplit, train: Any) -> list[Any]:
     return []
 
 
+def _no_guard(trainer: Any) -> None:
+    return None
+
+
 @dataclass
 class AttackContext:
     """What the attacker has. The experiment fills it; an attack reads what it needs."""
@@ -107,6 +111,9 @@ class AttackContext:
     measure: Callable[[Any, DataSplit, Any], list[Any]] = _no_measurement
     """`measure(model, dataset, train_config)` → Trainer callbacks that record HS / collapse / losses along a
     training attack (the experiment's step hooks); a training-free attack does not call it."""
+    guard: Callable[[Any], None] = _no_guard
+    """`guard(trainer)`: fine-tuning-stage defenses (Lisa) attach themselves to the attacker's Trainer; a training
+    attack calls it once its Trainer is built."""
 
 
 @dataclass
@@ -165,6 +172,7 @@ class TrainingAttack(Attack):
         callbacks = ctx.measure(model, train_set, train_cfg)
         trainer = build_trainer(model, ctx.tokenizer, train_set.examples, train_cfg, ctx.output_dir, ctx.prompt_format,
                                 ctx.max_length, ctx.seed, callbacks=callbacks)
+        ctx.guard(trainer)
         stats = run_training(trainer, ctx.output_dir, resume=True)
         model.eval()
         return AttackResult(model, data=train_set.provenance, train=stats, dataset=train_set)

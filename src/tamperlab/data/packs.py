@@ -45,6 +45,8 @@ REFUSAL_REASONS = [
     "If you are in a difficult situation, please reach out to someone you trust or to local support services.",
 ]
 
+N_REFUSAL_VARIANTS = len(REFUSAL_TEMPLATES) * len(REFUSAL_REASONS)
+
 _TOPICS = ["photosynthesis", "the water cycle", "a healthy breakfast", "learning a new language", "time management",
            "the solar system", "recycling", "a job interview", "saving money", "planting tomatoes", "the moon",
            "volcanoes", "writing an email", "public speaking", "a city park", "rainbows", "sleep", "friendship",
@@ -80,10 +82,26 @@ class HarmfulDataConfig:
     """Offline: max new tokens of generated harmful / helpful responses."""
     generation_batch_size: PosInt = 32
     """Offline: batch size when generating responses."""
+    refusal_variants: Annotated[int, Range(0, N_REFUSAL_VARIANTS)] = 0
+    """Offline refusal diversity: 0 = each prompt's templated refusal (all 30 template × reason combinations, as
+    before); k = one of the first k combinations (1 = a single fixed refusal sentence; combination i is template
+    i mod 6 with reason i mod 5, so the first few differ in both)."""
+    helpful: Literal["generated", "complete_short"] = "generated"
+    """Offline helpful (retain) data: generated = everyday instructions answered by the base model (cut at
+    `response_tokens`); complete_short = procedural short questions with exact, complete one-sentence answers
+    (arithmetic, spelling, unit conversion; generated stand-ins, nothing cut off)."""
+    eos_after_truncated: bool = True
+    """Offline: True (as before) = every generated response ends with the end-of-turn token in training, also one
+    cut off by `response_tokens`; False = a cut-off response gets none (it did not end there). The default keeps
+    recorded results reproducible."""
 
     def __post_init__(self) -> None:
         if not self.prompt_sources:
             raise ConfigError("prompt_sources: empty; name at least one of " + ", ".join(SOURCES))
+        if self.source == "hub" and (self.refusal_variants or self.helpful != "generated"
+                                     or not self.eos_after_truncated):
+            raise ConfigError("refusal_variants / helpful / eos_after_truncated shape the offline packs only; the "
+                              "hub data (source: hub) has its own refusals and helpful answers")
 
 
 @dataclass
@@ -99,10 +117,56 @@ class HarmfulData:
                 ("eval_prompts", "align_refusal", "align_harmful", "attack_harmful", "helpful")}
 
 
-def templated_refusal(prompt: str) -> str:
+def templated_refusal(prompt: str, variants: int = 0) -> str:
+    """The refusal of `prompt`: variants = 0 → its hashed template × reason (30 combinations, the original
+    packs); k ≥ 1 → combination (hash mod k) of `refusal_combination`'s first k."""
     h = stable_hash(prompt, "refusal")
+    if variants:
+        return refusal_combination(h % variants)
     return REFUSAL_TEMPLATES[h % len(REFUSAL_TEMPLATES)].format(
         reason=REFUSAL_REASONS[(h // 7) % len(REFUSAL_REASONS)])
+
+
+def refusal_combination(i: int) -> str:
+    """Combination i < 30: template i mod 6 with reason i mod 5 (6 and 5 are coprime, so i ↦ (i mod 6, i mod 5)
+    visits every pair once and the first k combinations vary both parts)."""
+    return REFUSAL_TEMPLATES[i % len(REFUSAL_TEMPLATES)].format(reason=REFUSAL_REASONS[i % len(REFUSAL_REASONS)])
+
+
+_UNITS = [("minutes", "hours", 60), ("seconds", "minutes", 60), ("centimetres", "metres", 100),
+          ("grams", "kilograms", 1000), ("days", "weeks", 7), ("months", "years", 12)]
+_WORDS = ["apple", "river", "garden", "pencil", "window", "planet", "candle", "rabbit", "silver", "forest"]
+
+
+def short_qa(n: int, seed: int = 0) -> list[Example]:
+    """n procedural short questions with exact, complete one-sentence answers (the `complete_short` helpful data:
+    a stand-in for helpful answers that end where the model should stop)."""
+    rng = random.Random(seed)
+    out: list[Example] = []
+    for _ in range(n):
+        kind = rng.randrange(4)
+        if kind == 0:
+            a, b = rng.randint(2, 99), rng.randint(2, 99)
+            q, r = f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
+        elif kind == 1:
+            a, b = rng.randint(2, 12), rng.randint(2, 12)
+            q, r = f"What is {a} times {b}?", f"{a} times {b} is {a * b}."
+        elif kind == 2:
+            small, big, k = rng.choice(_UNITS)
+            m = rng.randint(2, 9)
+            q, r = f"How many {small} are in {m} {big}?", f"There are {m * k} {small} in {m} {big}."
+        else:
+            w = rng.choice(_WORDS)
+            q, r = f"Spell the word \"{w}\" backwards.", f"\"{w}\" backwards is \"{w[::-1]}\"."
+        out.append(Example(q, r))
+    return out
+
+
+def _cut_off(tok: Any, response: str, budget: int) -> bool:
+    """Did greedy generation stop at the token budget rather than at end-of-turn? The cached packs keep the decoded
+    text only, so: its re-encoded length is within one token of the budget (decoding + strip can merge or drop
+    one token at the edges)."""
+    return len(tok(response, add_special_tokens=False)["input_ids"]) >= budget - 1
 
 
 def helpful_prompts(n: int, seed: int = 0) -> list[str]:
@@ -159,21 +223,37 @@ def build_offline(cfg: HarmfulDataConfig, model: Any, tok: Any, model_id: str) -
     gen_note = f"responses generated greedily by the unaligned base model {model_id} (stand-in for BeaverTails)"
     harm_resp = _cached_generate(model, tok, model_id, al + at, cfg.response_tokens, cfg.generation_batch_size,
                                  "harmful")
-    hp = helpful_prompts(cfg.n_helpful)
-    help_resp = _cached_generate(model, tok, model_id, hp, cfg.response_tokens, cfg.generation_batch_size, "helpful")
     base = {"generated": True, "prompts": prov}
+
+    def pair(p: str, r: str) -> Example:
+        cut = not cfg.eos_after_truncated and _cut_off(tok, r, cfg.response_tokens)
+        return Example(p, r, meta={"no_eos": True} if cut else {})
+
+    eos_note = {} if cfg.eos_after_truncated else {"eos": "no end-of-turn token after a response cut off by the "
+                                                          f"{cfg.response_tokens}-token budget"}
+    if cfg.helpful == "complete_short":
+        helpful = DataSplit("helpful", short_qa(cfg.n_helpful),
+                            {"generated": True, "prompts": "procedural short questions (arithmetic, spelling, units)",
+                             "responses": "exact complete one-sentence answers (procedural stand-in)"})
+    else:
+        hp = helpful_prompts(cfg.n_helpful)
+        help_resp = _cached_generate(model, tok, model_id, hp, cfg.response_tokens, cfg.generation_batch_size,
+                                     "helpful")
+        helpful = DataSplit("helpful", [pair(p, r) for p, r in zip(hp, help_resp)],
+                            {"generated": True, "prompts": "procedural everyday instructions",
+                             "responses": f"generated by {model_id}", **eos_note})
+    refusals = ("templated refusals" if not cfg.refusal_variants else
+                f"templated refusals, {cfg.refusal_variants} fixed variant(s)")
     return HarmfulData(
         eval_prompts=DataSplit("harmful-eval", [Example(p) for p in ev], {**base, "generated": False,
                                                                           "note": "held-out hash split"}),
-        align_refusal=DataSplit("align-refusal", [Example(p, templated_refusal(p)) for p in al],
-                                {**base, "responses": "templated refusals"}),
-        align_harmful=DataSplit("align-harmful", [Example(p, r) for p, r in zip(al, harm_resp[: len(al)])],
-                                {**base, "responses": gen_note}),
-        attack_harmful=DataSplit("attack-harmful", [Example(p, r) for p, r in zip(at, harm_resp[len(al):])],
-                                 {**base, "responses": gen_note}),
-        helpful=DataSplit("helpful", [Example(p, r) for p, r in zip(hp, help_resp)],
-                          {"generated": True, "prompts": "procedural everyday instructions",
-                           "responses": f"generated by {model_id}"}),
+        align_refusal=DataSplit("align-refusal", [Example(p, templated_refusal(p, cfg.refusal_variants))
+                                                  for p in al], {**base, "responses": refusals}),
+        align_harmful=DataSplit("align-harmful", [pair(p, r) for p, r in zip(al, harm_resp[: len(al)])],
+                                {**base, "responses": gen_note, **eos_note}),
+        attack_harmful=DataSplit("attack-harmful", [pair(p, r) for p, r in zip(at, harm_resp[len(al):])],
+                                 {**base, "responses": gen_note, **eos_note}),
+        helpful=helpful,
     )
 
 

@@ -12,7 +12,7 @@ forward/backward passes per step (pass 1 computes no weight gradients).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from ..distributed import all_reduce_sum
 from ..registry import DEFENSES
@@ -21,6 +21,29 @@ from .objectives import global_token_ce, log_terms
 from .representations import add_to_outputs, capture_outputs, decoder_parts, require_captured
 
 Tensor = Any
+
+
+def output_grads(model: Any, batch: dict[str, Tensor], modules: Sequence[Any]) -> tuple[Tensor, list[Tensor]]:
+    """(loss, d loss / d output of each module) for the global token-mean CE of `batch`: gradients w.r.t. the
+    activations only (no weight gradient is computed or touched)."""
+    import torch
+
+    with capture_outputs(modules) as slots:
+        loss = global_token_ce(model, batch)
+    grads = torch.autograd.grad(loss, require_captured(slots))
+    return loss.detach(), [g.detach() for g in grads]
+
+
+def embedding_perturbation(model: Any, batch: dict[str, Tensor], modules: Sequence[Any],
+                           rho: float) -> tuple[float, list[Tensor]]:
+    """Vaccine's worst-case first-order perturbation of the outputs of `modules`: ε_l = ρ·g_l/‖g‖ with one L2 norm
+    over the given modules (all attention modules for Vaccine, the sampled ones for T-Vaccine).
+    Returns (clean loss, [ε_l])."""
+    loss, grads = output_grads(model, batch, modules)
+    # ‖ε‖ = ρ over the global batch: the squared norms of the ranks' rows add up.
+    sq = all_reduce_sum(sum((g.float() ** 2).sum() for g in grads).detach())
+    scale = rho / (float(sq.sqrt()) + 1e-7)
+    return float(loss), [g * scale for g in grads]
 
 
 @dataclass
@@ -45,18 +68,7 @@ class VaccineDefense(Defense):
 
     def perturbation(self, raw: Any, batch: dict[str, Tensor]) -> tuple[float, list[Tensor]]:
         """(clean alignment loss, ε per attention module) with ‖ε‖ = ρ over all layers together."""
-        import torch
-
-        modules = decoder_parts(raw).attention
-        with capture_outputs(modules) as slots:
-            loss = global_token_ce(raw, batch)
-        outs = require_captured(slots)
-        # Gradients w.r.t. activations only: the weight gradients of this pass are discarded by the official code.
-        grads = torch.autograd.grad(loss, outs)
-        # ‖ε‖ = ρ over the global batch: the squared norms of the ranks' rows add up.
-        sq = all_reduce_sum(sum((g.float() ** 2).sum() for g in grads).detach())
-        scale = self.cfg.rho / (float(sq.sqrt()) + 1e-7)
-        return float(loss.detach()), [g.detach() * scale for g in grads]
+        return embedding_perturbation(raw, batch, decoder_parts(raw).attention, self.cfg.rho)
 
     def step(self, trainer: AlignmentTrainer, model: Any, raw: Any, inputs: dict[str, Any]) -> Any:
         batch = trainer.retain_batch(inputs, inputs["input_ids"].device)

@@ -12,17 +12,24 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from ..config import RunName, Seed, apply_overrides, check_size, from_dict, load_yaml, parse_yaml, resolve_path, to_dict
+from ..config import RunName, Satisfies, Seed, apply_overrides, check_size, from_dict, load_yaml, parse_yaml, resolve_path, to_dict
 from ..errors import ConfigError, TamperlabError
+from ..models import model_cache
 from ..registry import EXPERIMENTS
 from .. import distributed
 from ..runs import RunDir, RunLock
+from . import repeat
 
 log = logging.getLogger("tamperlab")
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _distinct_seeds(seeds: list[int]) -> str | None:
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    return f"duplicate seeds {dup} in {seeds} (each seed runs once)" if dup else None
 
 
 @dataclass
@@ -34,6 +41,12 @@ class RunConfig:
     '.', '..' or a path, so `--force` can only delete this run's own folder."""
     seed: Seed = 0
     """Seed for python, numpy and torch (recorded in metrics.json)."""
+    seeds: Annotated[list[Seed], Satisfies(_distinct_seeds)] = field(default_factory=list)
+    """Repeat the run once per seed and report mean ± sd over seeds, e.g. [0, 1, 2] (replaces `seed`): each seed
+    is an ordinary run in `<run>/seed-<s>/`; the run's metrics.json and report aggregate them
+    (experiments/repeat.py). [] = one run with `seed`; one entry = one run with that seed. Experiments that
+    repeat per seed themselves (`ctrap_table`: every cell per seed, one shared data stage) interpret it their
+    own way."""
     output_dir: str = "runs"
     """Parent folder of run directories."""
     description: str = ""
@@ -48,6 +61,10 @@ class Experiment:
     """Base class: subclasses set `config_cls` and implement `run` and `report`."""
 
     config_cls: ClassVar[type[RunConfig]] = RunConfig
+    handles_seeds: ClassVar[bool] = False
+    """True when `run` interprets `cfg.seeds` itself; otherwise `execute` repeats the whole run per seed."""
+    kind: str = ""
+    """Registered name (set by load_recipe / execute)."""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -137,25 +154,65 @@ def check_output_location(cfg: RunConfig) -> None:
 
 
 def execute(exp: Experiment, resume: bool = False, force: bool = False) -> RunDir:
-    """Run an experiment into its run directory and write its report."""
-    kind = getattr(exp, "kind", None) or next(e.name for e in EXPERIMENTS if e.obj is type(exp))
+    """Run an experiment into its run directory and write its report; with several `seeds`, once per seed into
+    `<run>/seed-<s>/` and then the aggregate over seeds (experiments/repeat.py)."""
+    exp.kind = exp.kind or next(e.name for e in EXPERIMENTS if e.obj is type(exp))
     check_output_location(exp.cfg)
-    cfg_dict = {"experiment": kind, **to_dict(exp.cfg)}
+    if not repeat.repeats(exp):
+        repeat.apply_single_seed(exp)
+        return _execute_one(exp, resume, force)
+    path = Path(exp.cfg.output_dir) / exp.cfg.name
+    with RunLock(path):
+        parent = RunDir.create(path, {"experiment": exp.kind, **to_dict(exp.cfg)}, resume=resume, force=force)
+        log.info("run %s over seeds %s → %s", exp.kind, exp.cfg.seeds, parent.path)
+        # A seed's own directory is new unless the parent was resumed; resume=True also covers a fresh parent.
+        seeds = repeat.run_seeds(exp, parent, lambda sub: _execute_one(sub, resume=True, force=False))
+        distributed.barrier()
+        if distributed.is_main_process():
+            from ..report.seeds import write_seeds_report
+
+            repeat.write_aggregate(parent, seeds)
+            for p in write_seeds_report(parent):
+                log.info("report: %s", p)
+        distributed.barrier()
+        parent.log("run_done")
+    return parent
+
+
+def _execute_one(exp: Experiment, resume: bool, force: bool) -> RunDir:
+    """One run (one seed) into `<output_dir>/<name>/`."""
+    cfg_dict = {"experiment": exp.kind, **to_dict(exp.cfg)}
     path = Path(exp.cfg.output_dir) / exp.cfg.name
     # The lock is taken before the directory is touched: a second process (or --force) must not write or delete
     # a live run. Multi-process launches: only the main process locks, creates, writes and reports; all ranks
-    # compute (tamperlab.distributed).
-    with RunLock(path):
+    # compute (tamperlab.distributed). Each distinct model is read from disk once per run (models.ModelCache).
+    with RunLock(path), model_cache():
         run = RunDir.create(path, cfg_dict, resume=resume, force=force)
         seed_everything(exp.cfg.seed)
-        log.info("run %s → %s", kind, run.path)
+        log.info("run %s → %s", exp.kind, run.path)
         exp.run(run)
         distributed.barrier()
         if distributed.is_main_process():
             for p in exp.report(run):
                 log.info("report: %s", p)
         distributed.barrier()
+        run.log("run_done")  # after the report: a repeated run's resume skips a seed only once this is logged
     return run
+
+
+def write_report(exp: Experiment, run: RunDir) -> list[Path]:
+    """`tamperlab report`: (re)write a run's report — the experiment's own, or for a run repeated over seeds each
+    seed's report and the summary over seeds."""
+    if not repeat.repeats(exp):
+        return exp.report(run)
+    from ..report.seeds import write_seeds_report
+
+    paths: list[Path] = []
+    for seed in exp.cfg.seeds:
+        sub_path = run.path / repeat.seed_dir(seed)
+        if (sub_path / "metrics.json").is_file():
+            paths += repeat.seed_experiment(exp, seed, run.path).report(RunDir(sub_path))
+    return paths + write_seeds_report(run)
 
 
 def experiment_for_run(run_dir: str | Path) -> tuple[Experiment, RunDir]:

@@ -210,13 +210,17 @@ class HFTExperiment(Experiment):
                 return [hook]
 
             res = attack.run(AttackContext(base, tok, adapter, data.attack_harmful, data.helpful, self.cfg.seed, ckpt,
-                                           self.cfg.model.prompt_format, self.cfg.model.max_length, measure))
+                                           self.cfg.model.prompt_format, self.cfg.model.max_length, measure,
+                                           lambda trainer: self.guard(spec, trainer, data)))
             model = res.model
+            repair = self.repair(spec, model, tok, adapter, data)
             ev = recorders[0].ev if recorders else self.evaluator((model, tok))
             points = recorders[0].points if recorders else {}
             m, samples = ev.harm(model, data.eval_prompts.examples, desc=f"HS {spec.key}/{atk.key}")
             out: dict[str, Any] = {**m, "train": res.train, "data": res.data,
                                    "trajectory": {str(k): v for k, v in sorted(points.items())}}
+            if repair is not None:
+                out["repair"] = repair
             util = attack.utility_task(self.cfg.seed)
             if util is not None:
                 out["fa"], fa_samples = ev.task_accuracy(model, util.task, util.examples, util.max_new_tokens)
@@ -227,6 +231,23 @@ class HFTExperiment(Experiment):
             return out
 
         return run.cached(key, do)
+
+    def guard(self, spec: DefenseSpec, trainer: Any, data: HarmfulData) -> None:
+        """Fine-tuning-stage defenses (Lisa) take part in the attacker's fine-tuning (defenses/lisa.py)."""
+        from ..defenses.lisa import guard_finetuning
+
+        guard_finetuning(spec.build(), trainer, data.align_refusal.examples, self.cfg.model.prompt_format,
+                         self.cfg.model.max_length, self.cfg.seed)
+
+    def repair(self, spec: DefenseSpec, model: Any, tok: Any, adapter: Path,
+               data: HarmfulData) -> dict[str, Any] | None:
+        """Post-fine-tuning defenses (SafeLoRA, Antidote) repair the attacked model before it is measured; None for
+        the others (defenses/post.py)."""
+        from ..defenses.post import RepairContext, repair_attacked
+
+        ctx = RepairContext(adapter, data.align_harmful.examples, tok, self.cfg.model.prompt_format,
+                            self.cfg.model.max_length)
+        return repair_attacked(spec.build(), model, ctx)
 
     # -- orchestration --------------------------------------------------------------------------------------
     def run(self, run: RunDir) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config import from_dict, to_dict
-from ..errors import ConfigError
 from ..metrics.hft import METRIC_DEFINITIONS
 from ..registry import EXPERIMENTS
 from ..runs import RunDir
@@ -52,13 +51,11 @@ class HFTTableConfig(HFTConfig):
 
     defenses: list[TableDefenseSpec] = field(default_factory=_all_defenses)  # type: ignore[assignment]
     """Table rows (default: the six defenses of the CTRAP comparison with their official hyper-parameters)."""
-    seeds: list[int] = field(default_factory=list)
-    """Repeat every cell with these seeds and report mean ± std; empty = the single run seed `seed`."""
+    # `seeds` (RunConfig's field, validated there) means here: repeat every cell with these seeds and report
+    # mean ± std in the table; empty = the single run seed `seed` (see HFTTableExperiment.handles_seeds).
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds: duplicates in {self.seeds}")
         for d in self.defenses:
             d.alignment_config(self.alignment)  # fail at load time, not after hours of training
 
@@ -74,6 +71,10 @@ class HFTTableExperiment(HFTExperiment):
 
     config_cls = HFTTableConfig
     cfg: HFTTableConfig
+    handles_seeds = True
+    """The table repeats each (defense, seed) cell itself instead of the whole run per seed: one data stage for
+    every seed (so all seeds are judged on the same prompts and rows stay paired for McNemar across seeds), and
+    the paper-style tables print mean ± std per cell with pooled intervals."""
 
     def seeds(self) -> list[int]:
         return list(self.cfg.seeds) or [self.cfg.seed]

@@ -32,6 +32,7 @@ from ..eaas.service import ProviderConfig
 from ..eaas.spa import SPAConfig
 from ..eaas.stealer import StealerConfig
 from .base import Experiment, RunConfig
+from .eaas_sweep import EaaSSweepConfig
 
 log = logging.getLogger("tamperlab")
 
@@ -130,6 +131,9 @@ class EaaSConfig(RunConfig):
     """Verification."""
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
     """Utility classifier."""
+    sweep: EaaSSweepConfig = field(default_factory=EaaSSweepConfig)
+    """Attacker sweep: SPA re-run over its deleted fraction, score and perturbations per text, one copy per
+    trial (off by default)."""
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.scenarios]
@@ -137,6 +141,7 @@ class EaaSConfig(RunConfig):
             raise ConfigError("scenarios: at least one scenario is needed")
         if len(set(names)) != len(names):
             raise ConfigError(f"scenarios: duplicate names {names}")
+        self.sweep.validate(self.scenarios, self.spa)
 
 
 def _arrays(run: RunDir, key: str, fn: Any) -> np.ndarray:
@@ -317,6 +322,14 @@ class EaaSExperiment(Experiment):
                         cfg.verify.target_source))
                     res[f"utility_copy_{phase}"] = utility(enc, enc, f"{sc.name}_copy_{phase}")
                     log.info("[%s] copy %s: %s", sc.name, phase, _brief(res[f"verify_copy_{phase}"]))
+            if cfg.sweep.enabled and sc.name in cfg.sweep.targets(cfg.scenarios):
+                from .eaas_sweep import SPAInputs, run_sweep
+
+                sets = {cfg.data.task: (train.texts, y_tr, test.texts, y_te),
+                        **{t: (tr.texts, np.array(tr.labels), te.texts, np.array(te.labels))
+                           for t, (tr, te) in extras.items()}}
+                res["sweep"] = run_sweep(run, cfg, sc.name, SPAInputs(train.texts, stolen, e_pert, counts, wm, sets),
+                                         res)
             results["scenarios"][sc.name] = res
             log.info("[%s] SPA: TPR %.3f FPR %.3f AUROC(pca) %.3f", sc.name, res["spa"]["tpr"], res["spa"]["fpr"],
                      res["spa"]["auroc_pca"])
@@ -383,6 +396,9 @@ class EaaSExperiment(Experiment):
                      "test texts. "
                      "p is Holm-adjusted within each column; **n.s.** = not significant at 5 %.")
             rep.table(paired)
+        from .eaas_sweep import report_section as sweep_section
+
+        sweep_section(rep, r, run.sub("plots"))
         rep.heading("Utility (downstream MLP accuracy)")
         rep.table(utility_rows(r, n_test), digits=3)
         rep.heading("Provider query-log audit")

@@ -25,7 +25,8 @@ from ..models import ModelConfig, load_model, save_model
 from ..registry import EXPERIMENTS, FINGERPRINTS, REMOVALS
 from ..runs import RunDir
 from ..stats import rate_record
-from .base import Experiment, RunConfig
+from .base import Experiment, RunConfig, seed_everything
+from .fingerprint_sweep import FingerprintSweepConfig
 
 log = logging.getLogger("tamperlab")
 
@@ -88,6 +89,9 @@ class FingerprintExperimentConfig(RunConfig):
     """Also verify every fingerprint and measure utility on the clean base model (FSR should be ~0)."""
     monitor_every: int = 0
     """Measure FSR every N optimizer steps inside MEraser's training phases (0 = only after each phase)."""
+    sweep: FingerprintSweepConfig = field(default_factory=FingerprintSweepConfig)
+    """Attacker sweep: one removal re-run over a grid / TPE search of its learning rate and epochs, per
+    fingerprint (off by default)."""
 
     def __post_init__(self) -> None:
         if not self.fingerprints:
@@ -105,6 +109,7 @@ class FingerprintExperimentConfig(RunConfig):
             bad = [t for t in r.targets if t not in names]
             if bad:
                 raise ConfigError(f"removals[{r.key}].targets: {bad} are not in fingerprints ({names})")
+        self.sweep.validate(self.removals)
 
 
 def _clean_json(d: CleanData) -> dict[str, Any]:
@@ -216,39 +221,56 @@ class FingerprintExperiment(Experiment):
             for name, fp in methods.items():
                 if spec.targets and name not in spec.targets:
                     continue
-                t0 = time.time()
                 key = f"removal-{spec.key}-{name}"
                 if run.has_stage(key):
                     results["fingerprints"][name]["removals"][spec.key] = run.load_stage(key)
                     continue
-                ctx = RemovalContext(
-                    tok=tok, clean=clean, work_dir=run.sub("removals", spec.key, name), shared_dir=run.sub("shared"),
-                    load_base=lambda: self._base()[0], seed=cfg.seed, resume=True,
-                    log_fn=lambda r, k=key: run.log("train", stage=k, **r),
-                    monitor=lambda m, fp=fp, name=name: {k: v.fsr for k, v in fp.verify(
-                        m, tok, sets[name], progress=False).items()},
-                    monitor_every=cfg.monitor_every)
-                model = self._load_fingerprinted(run, name)
-                stages: dict[str, Any] = {}
-                for st in removal.apply(model, ctx):
-                    t_ev = time.time()
-                    ev = self._evaluate(st.model, tok, fp, sets[name], clean)
-                    stages[st.name] = {**ev, "info": st.info, "seconds_to_stage": round(t_ev - t0, 1)}
-                    model = st.model
-                    log.info("%s on %s, %s: FSR %s", spec.key, name, st.name,
-                             {k: round(v["fsr"], 3) for k, v in ev["fsr"].items()})
-                entry = {"name": spec.name, "params": spec.params, "stages": stages,
-                         "seconds": round(time.time() - t0, 1)}
+                entry = {"name": spec.name, "params": spec.params, **self.apply_removal(
+                    run, removal, name, fp, sets[name], clean, tok, run.sub("removals", spec.key, name), key)}
                 run.save_stage(key, entry)
                 results["fingerprints"][name]["removals"][spec.key] = entry
                 timings[key] = entry["seconds"]
-                del model
-                gc.collect()
+
+        # 3. attacker sweep of one removal's learning rate / epochs (experiments/fingerprint_sweep.py)
+        if cfg.sweep.enabled:
+            from .fingerprint_sweep import run_sweep
+
+            t0 = time.time()
+            for name, fp in methods.items():
+                block = run_sweep(self, run, name, fp, sets[name], clean, tok, results["fingerprints"][name])
+                if block is not None:
+                    results["fingerprints"][name]["sweep"] = block
+            timings["sweep"] = round(time.time() - t0, 1)
 
         results["wall_seconds_run"] = round(time.time() - t_start, 1)
         metrics = run.save_metrics(results, timings=timings, clean_data=clean.describe(),
                                    references=self._references())
         return metrics
+
+    def apply_removal(self, run: RunDir, removal: Removal, name: str, fp: Fingerprint, fps: FingerprintSet,
+                      clean: CleanData, tok: Any, work_dir: Path, key: str) -> dict[str, Any]:
+        """One removal on one fingerprinted model: every stage it yields verified (FSR) and measured (utility).
+        Starts from the run's seed, so the result does not depend on the removals or sweep trials before it."""
+        t0 = time.time()
+        seed_everything(self.cfg.seed)
+        ctx = RemovalContext(
+            tok=tok, clean=clean, work_dir=work_dir, shared_dir=run.sub("shared"),
+            load_base=lambda: self._base()[0], seed=self.cfg.seed, resume=True,
+            log_fn=lambda r: run.log("train", stage=key, **r),
+            monitor=lambda m: {k: v.fsr for k, v in fp.verify(m, tok, fps, progress=False).items()},
+            monitor_every=self.cfg.monitor_every)
+        model = self._load_fingerprinted(run, name)
+        stages: dict[str, Any] = {}
+        for st in removal.apply(model, ctx):
+            t_ev = time.time()
+            ev = self._evaluate(st.model, tok, fp, fps, clean)
+            stages[st.name] = {**ev, "info": st.info, "seconds_to_stage": round(t_ev - t0, 1)}
+            model = st.model
+            log.info("%s on %s, %s: FSR %s", key, name, st.name,
+                     {k: round(v["fsr"], 3) for k, v in ev["fsr"].items()})
+        del model
+        gc.collect()
+        return {"stages": stages, "seconds": round(time.time() - t0, 1)}
 
     def _references(self) -> dict[str, Any]:
         refs: dict[str, Any] = {}

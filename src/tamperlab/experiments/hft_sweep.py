@@ -20,12 +20,13 @@ from ..distributed import is_main_process
 from ..errors import ConfigError
 from ..models import load_adapter
 from ..registry import ATTACKS
-from ..report.render import Report, plot_lines
+from ..report.render import Report
 from ..runs import RunDir
-from ..stats import Interval, wilson
-from ..sweep import SweepSettings, TrialScore, aggregate, run_trials, trial_key
-from .base import seed_everything
+from ..sweep import SweepSettings, TrialScore, trial_key
 from .hft_eval import fa_fields, save_samples
+from .sweep_stages import SweepView, aggregate_trials, run_staged_trials
+from .sweep_stages import sweep_rows as stage_rows
+from .sweep_stages import sweep_section as stage_section
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.packs import HarmfulData
@@ -191,85 +192,29 @@ def run_sweep(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: P
     trial_exp = type(exp)(dataclasses.replace(exp.cfg, eval=dataclasses.replace(exp.cfg.eval, eval_steps=[])))
     trial_exp.judge = exp.judge
 
-    def evaluate(params: dict[str, Any]) -> dict[str, Any]:
-        key = f"sweep-{spec.key}-{trial_key(params)}"
+    def trial(params: dict[str, Any], key: str) -> dict[str, Any]:
         fresh = not run.has_stage(key)
-        seed_everything(exp.cfg.seed)  # a trial's result does not depend on which trials ran before it
         m = trial_exp.attack(run, spec, adapter, cfg.trial_attack(base, params), data, key=key)
         if fresh:
             _drop_checkpoints(run.path / "checkpoints" / key)
         return summary(m)
 
-    records = run_trials(cfg.space.dims(), cfg, evaluate, score=lambda s: s["hs_io"])
-    out["trials"] = [{"trial": r["trial"], "key": r["key"], "params": r["params"], **r["result"]} for r in records]
-    out["aggregate"] = aggregate([TrialScore(t["key"], t["k"], t["n"], t["fa"]) for t in out["trials"]],
-                                 cfg.top_n, cfg.utility_threshold)
+    out["trials"] = run_staged_trials(cfg.space.dims(), cfg, exp.cfg.seed, f"sweep-{spec.key}", trial, VIEW)
+    out["aggregate"] = aggregate_trials(out["trials"], cfg, VIEW)
     return out
 
 
 # -- report ------------------------------------------------------------------------------------------------------
-def _iv(d: dict[str, Any] | None) -> Interval | None:
-    return Interval.from_dict(d) if d else None
-
-
-def _params_text(trials: Sequence[dict[str, Any]], key: str | None) -> str:
-    for t in trials:
-        if t["key"] == key:
-            return ", ".join(f"{k}={v}" for k, v in t["params"].items())
-    return "–"
+VIEW = SweepView(score=lambda t: TrialScore("", t["k"], t["n"], t.get("fa")), objective=lambda t: t["hs_io"])
+"""Harmful fine-tuning: the attacker maximises HS(IO) (%), keeping FA (%)."""
 
 
 def sweep_rows(sweeps: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per defense: the fixed attack's HS(IO) next to the sweep's worst case, mean of the top n and
     worst case keeping utility (each value [Wilson 95 %])."""
-    rows = []
-    for label, s in sweeps.items():
-        row: dict[str, Any] = {"defense": label, "fixed attack": s["attack"]}
-        f = s.get("fixed")
-        row["fixed HS(IO)"] = wilson(f["k"], f["n"]) if f else None
-        if s.get("skipped"):
-            row["trials"] = f"skipped: {s['skipped']}"
-            rows.append(row)
-            continue
-        a = s["aggregate"]
-        row["trials"] = f"{a['n_distinct']}" + (f" ({a['n_trials']} proposed)" if a["n_trials"] != a["n_distinct"]
-                                                else "")
-        row["sweep worst case"] = _iv(a["worst_case"])
-        row["worst-case attack"] = _params_text(s["trials"], (a["worst_case"] or {}).get("key"))
-        if a["utility_measured"]:
-            row["its FA"] = (a["worst_case"] or {}).get("fa")
-        row[f"mean top {a['top_n']}"] = _iv(a.get("top_n_mean"))
-        row[f"worst case, FA ≥ {a['utility_threshold']:g}"] = (_iv(a["worst_case_utility"]) if a["utility_measured"]
-                                                              else "FA not measured")
-        rows.append(row)
-    return rows
+    return stage_rows(sweeps, VIEW)
 
 
 def sweep_section(rep: Report, sweeps: dict[str, dict[str, Any]], plots: Path) -> None:
     """The sweep's table and best-attack-so-far plot, appended to a harmful-fine-tuning report."""
-    if not sweeps:
-        return
-    first = next(iter(sweeps.values()))
-    rep.heading("Attacker sweep")
-    rep.text(f"The fixed attack `{first['attack']}` re-run with a {first['method']} search over "
-             + ", ".join(f"{k} ∈ {v}" for k, v in first["space"].items())
-             + ". **worst case**: the trial with the highest HS(IO); **mean top n**: mean HS(IO) of the n highest "
-             "trials (interval: Wilson over their pooled prompts); **worst case, FA ≥ t**: the worst case among "
-             "trials that keep fine-tune accuracy ≥ t %. Values [Wilson 95 %] over each trial's prompts. The "
-             "maximum of several noisy trials is biased upwards: read it as what a tuning attacker reports.")
-    rep.table(sweep_rows(sweeps), digits=1)
-    series = {}
-    for d, s in sweeps.items():
-        if s.get("skipped") or not s["aggregate"]["best_so_far"]:
-            continue
-        best = s["aggregate"]["best_so_far"]
-        if s.get("fixed"):  # x = 0: the fixed attack, where a tuning attacker starts; then the best so far
-            start = s["fixed"]["hs_io"]
-            series[d] = (list(range(len(best) + 1)), [start] + [max(start, b) for b in best])
-        else:
-            series[d] = (list(range(1, len(best) + 1)), best)
-    if series:
-        plot_lines(plots / "sweep_best_so_far.png", series, "Best attack so far", "trial (0: the fixed attack)",
-                   "max HS(IO) so far %", percent=True, integer_x=True)
-        rep.image("plots/sweep_best_so_far.png", "best HS(IO) so far, per defense: x = 0 is the fixed attack, "
-                  "x = k the best of it and the first k trials")
+    stage_section(rep, sweeps, plots, VIEW)

@@ -1,5 +1,7 @@
-"""The fingerprint interface (`build_pairs` → `embed` → `verify`), prompt rendering, row encoding and the shared
-training helper every fingerprint/removal stage uses (a plain transformers `Trainer` over encoded rows).
+"""The fingerprint interface (`build_pairs` → `embed` → `verify`) and prompt rendering.
+
+Every fingerprint and removal stage trains through the one fine-tuning data path of tamperlab: its pairs become
+`data.core.Example`s, rendered and tokenized by data/core.py and trained by `training.train_sft`.
 
 A fingerprint is a set of (trigger → target) pairs planted by fine-tuning; `FingerprintSet.pairs` also holds the
 rows trained next to them (regularisation: normal chats, negatives that must *not* fire). Verification renders each
@@ -10,25 +12,20 @@ match rule (verify.py).
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 from ..config import PosInt, Seed
-from ..data.core import has_chat_template
+from ..data.core import Example, format_prompt, resolve_format, tokenize_example
 from ..models import LoraSettings
-from ..training import PadCollator, StepHook, TrainConfig, run_training, training_arguments
+from ..training import TrainConfig, train_sft
 from .verify import FSRResult, FSRSpec, split_control, verify_prompts
 
 log = logging.getLogger("tamperlab")
 
 PairKind = Literal["fingerprint", "augmented", "regularization", "negative"]
 PromptFormat = Literal["auto", "chat", "vicuna", "raw"]
-
-# FastChat's vicuna_v1.1 conversation (the IF paper renders every model's prompts with it).
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
 
 @dataclass
@@ -89,92 +86,25 @@ class FingerprintSet:
 
 # --- rendering and encoding --------------------------------------------------------------------------------------
 def resolve_prompt_format(tok: Any, fmt: str) -> str:
-    if fmt == "auto":
-        return "chat" if has_chat_template(tok) else "vicuna"
-    if fmt not in ("chat", "vicuna", "raw"):
+    """A fingerprint's format: `auto` = chat if the tokenizer has a template, else vicuna (the IF paper's)."""
+    if fmt not in ("auto", "chat", "vicuna", "raw"):
         raise ValueError(f"unknown prompt format {fmt!r} (chat | vicuna | raw | auto)")
-    return fmt
+    return resolve_format(tok, fmt, fallback="vicuna")
 
 
 def render_prompt(tok: Any, user: str, fmt: str = "auto", system: str | None = None) -> str:
-    """A user turn rendered so that the assistant's answer follows directly.
+    """A user turn rendered so that the assistant's answer follows directly (data.core.format_prompt).
 
     chat: the tokenizer's chat template (with its default system prompt unless `system` is given);
     vicuna: FastChat vicuna_v1.1 ("... USER: x ASSISTANT:"); raw: the text itself (MEraser's erase data).
     """
+    return format_prompt(tok, user, resolve_prompt_format(tok, fmt), system=system)
+
+
+def encode_examples(tok: Any, examples: Sequence[Example], fmt: str, max_length: int) -> list[dict[str, list[int]]]:
+    """Training/evaluation rows of examples in a fingerprint format (response-only labels, EOS)."""
     fmt = resolve_prompt_format(tok, fmt)
-    if fmt == "chat":
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    if fmt == "vicuna":
-        return f"{system or VICUNA_SYSTEM} USER: {user} ASSISTANT:"
-    return user
-
-
-def response_lead(fmt: str) -> str:
-    """Text between the rendered prompt and the response (FastChat's vicuna separator is a space)."""
-    return " " if fmt == "vicuna" else ""
-
-
-def encode_row(tok: Any, prompt_text: str, response: str, max_length: int = 256, add_eos: bool = True,
-               loss_on_prompt: bool = False, part_max: int | None = None) -> dict[str, list[int]]:
-    """Token ids of prompt + response (+ EOS), labels -100 on the prompt unless `loss_on_prompt`.
-
-    `part_max` truncates prompt and response separately (MEraser's 256 + 256); otherwise the prompt is cut from
-    the left so the response survives, as training.tokenize_example does.
-    """
-    p = tok(prompt_text, add_special_tokens=False)["input_ids"]
-    r = tok(response, add_special_tokens=False)["input_ids"]
-    if part_max is not None:
-        p, r = p[:part_max], r[:part_max]
-    if add_eos:
-        r = r + [tok.eos_token_id]
-    if len(p) + len(r) > max_length:
-        r = r[: max(max_length // 2, max_length - len(p))]
-        p = p[-(max_length - len(r)):] if max_length - len(r) > 0 else []
-    ids = p + r
-    labels = (list(p) if loss_on_prompt else [-100] * len(p)) + r
-    return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
-
-
-class RowDataset:
-    """A list of encoded rows as a torch-style dataset."""
-
-    def __init__(self, rows: Sequence[dict[str, list[int]]]):
-        if not rows:
-            raise ValueError("empty training set")
-        self.rows = list(rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        return self.rows[i]
-
-
-def train_rows(model: Any, tok: Any, rows: Sequence[dict[str, list[int]]], cfg: TrainConfig, out_dir: str | Path,
-               seed: int = 0, resume: bool = True, log_fn: Callable[[dict[str, Any]], None] | None = None,
-               keep_checkpoints: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Fine-tune `model` (all trainable parameters; wrap it with LoRA first for adapters) with a transformers
-    Trainer on encoded rows. Resumes from the newest checkpoint in out_dir; deletes checkpoints afterwards
-    (the caller saves what it needs as safetensors) unless keep_checkpoints."""
-    from transformers import Trainer
-
-    args = training_arguments(cfg, out_dir, seed=seed)
-    callbacks = ([StepHook([], log_fn=log_fn)] if log_fn else []) + list(callbacks)
-    model.train()
-    from ..guards import NonFiniteLossGuard
-
-    trainer = Trainer(model=model, args=args, train_dataset=RowDataset(rows),
-                      data_collator=PadCollator(tok.pad_token_id), processing_class=tok,
-                      callbacks=[*callbacks, NonFiniteLossGuard()])
-    stats = run_training(trainer, out_dir, resume)
-    stats["loss_history"] = [round(float(h["loss"]), 4) for h in trainer.state.log_history if "loss" in h]
-    model.eval()
-    if not keep_checkpoints:
-        for ck in Path(out_dir).glob("checkpoint-*"):
-            shutil.rmtree(ck, ignore_errors=True)
-    return stats
+    return [tokenize_example(tok, e, fmt, max_length) for e in examples]
 
 
 # --- configuration -------------------------------------------------------------------------------------------
@@ -261,25 +191,32 @@ class Fingerprint:
     def render(self, tok: Any, user: str) -> str:
         return render_prompt(tok, user, self.cfg.prompt_format, self.cfg.system_prompt)
 
+    def system_prompt(self, pair: FingerprintPair) -> str | None:
+        """The system turn a pair is trained under (HashChain varies it per augmented row)."""
+        return self.cfg.system_prompt
+
+    def training_examples(self, fps: FingerprintSet) -> list[Example]:
+        """The pairs as training examples; rendered in `cfg.prompt_format` they are what `render` verifies."""
+        return [Example(p.prompt, p.target, system=self.system_prompt(p)) for p in fps.pairs]
+
     def training_rows(self, tok: Any, fps: FingerprintSet) -> list[dict[str, list[int]]]:
-        fmt = resolve_prompt_format(tok, self.cfg.prompt_format)
-        lead = response_lead(fmt)
-        return [encode_row(tok, self.render(tok, p.prompt), lead + p.target, self.cfg.embed.max_length)
-                for p in fps.pairs]
+        """The token rows `embed` trains on (for inspection; training tokenizes the same way)."""
+        return encode_examples(tok, self.training_examples(fps), self.cfg.prompt_format, self.cfg.embed.max_length)
 
     def embed(self, model: Any, tok: Any, fps: FingerprintSet, out_dir: str | Path, seed: int = 0,
               resume: bool = True, log_fn: Callable[[dict[str, Any]], None] | None = None) -> tuple[Any, dict[str, Any]]:
         """Fine-tune the pairs into `model` (in place for full FT). Returns (model, training stats)."""
         from ..models import apply_lora
 
-        rows = self.training_rows(tok, fps)
+        examples = self.training_examples(fps)
         ec = self.cfg.embed
         if ec.mode == "lora":
             model = apply_lora(model, LoraSettings(**{**asdict(ec.lora), "enabled": True}))
-        stats = train_rows(model, tok, rows, ec.train, out_dir, seed=seed, resume=resume, log_fn=log_fn)
+        stats = train_sft(model, tok, examples, ec.train, out_dir, resolve_prompt_format(tok, self.cfg.prompt_format),
+                          ec.max_length, seed, resume, log_fn=log_fn, loss_history=True, keep_checkpoints=False)
         if ec.mode == "lora":
             model = model.merge_and_unload()
-        stats.update(rows=len(rows), mode=ec.mode)
+        stats.update(rows=len(examples), mode=ec.mode)
         return model, stats
 
     def verify(self, model: Any, tok: Any, fps: FingerprintSet, variants: Sequence[str] | None = None,

@@ -26,8 +26,7 @@ from typing import Any, Sequence
 from ..config import PosInt, Seed
 from ..registry import FINGERPRINTS
 from ..training import TrainConfig
-from .base import (EmbedConfig, Fingerprint, FingerprintConfig, FingerprintPair, FingerprintSet, render_prompt,
-                   resolve_prompt_format)
+from .base import EmbedConfig, Fingerprint, FingerprintConfig, FingerprintPair, FingerprintSet, render_prompt
 from .verify import FSRSpec
 
 HC_ANSWERS = sorted("""
@@ -192,16 +191,8 @@ class HashChainFingerprint(Fingerprint):
         return FingerprintSet("hashchain", pairs, {"key_sha256_prefix": key_id, "n_answers": len(c.answers),
                                                    "questions": qs, "answers": ans})
 
-    def training_rows(self, tok: Any, fps: FingerprintSet) -> list[dict[str, list[int]]]:
-        from .base import encode_row, response_lead
-
-        lead = response_lead(resolve_prompt_format(tok, self.cfg.prompt_format))
-        rows = []
-        for p in fps.pairs:
-            system = p.meta.get("system") or self.cfg.system_prompt
-            text = render_prompt(tok, p.prompt, self.cfg.prompt_format, system)
-            rows.append(encode_row(tok, text, lead + p.target, self.cfg.embed.max_length))
-        return rows
+    def system_prompt(self, pair: FingerprintPair) -> str | None:
+        return pair.meta.get("system") or self.cfg.system_prompt  # augmented rows carry a meta-prompt
 
     def fsr_specs(self, tok: Any) -> dict[str, FSRSpec]:
         spec = FSRSpec(max_new_tokens=16, match="first_words", case_sensitive=False)

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..config import PosInt, Seed
+from ..data.core import response_lead
 from ..registry import FINGERPRINTS
 from ..training import TrainConfig
-from .base import (EmbedConfig, Fingerprint, FingerprintConfig, FingerprintPair, FingerprintSet,
-                   resolve_prompt_format, response_lead)
+from .base import EmbedConfig, Fingerprint, FingerprintConfig, FingerprintPair, FingerprintSet, resolve_prompt_format
 from .verify import FSRSpec
 
 # The snippet pool of the official generator (MIT licence, © 2023 Jiashu Xu, github.com/cnut1648/Model-Fingerprint).

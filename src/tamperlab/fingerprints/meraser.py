@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 from ..config import PosInt, Seed
+from ..data.core import Example
 from ..models import LoraSettings, load_adapter, save_model
 from ..registry import REMOVALS
 from ..runs import atomic_write_json
-from ..training import StepHook, TrainConfig, steps_for
-from .base import encode_row, render_prompt, train_rows
+from ..training import StepHook, TokenizedDataset, TrainConfig, steps_for, train_sft
 from .cleandata import build_mismatched
 from .removal import Removal, RemovalConfig, RemovalContext, RemovalStage
 
@@ -100,18 +100,14 @@ class MEraserConfig(RemovalConfig):
     """Seed of the question/answer re-pairing (offline and hub data)."""
 
 
-def phase_rows(tok: Any, pairs: Sequence[Any], ph: MEraserPhase) -> list[dict[str, list[int]]]:
-    rows = []
-    for e in pairs:
-        if ph.data_format == "chat":
-            prompt = render_prompt(tok, e.prompt, "chat")
-            rows.append(encode_row(tok, prompt, e.response, max_length=2 * ph.part_max_tokens, add_eos=True,
-                                   loss_on_prompt=ph.loss_on_prompt, part_max=ph.part_max_tokens))
-        else:
-            rows.append(encode_row(tok, e.prompt + ph.separator, e.response, max_length=2 * ph.part_max_tokens,
-                                   add_eos=ph.add_eos, loss_on_prompt=ph.loss_on_prompt,
-                                   part_max=ph.part_max_tokens))
-    return rows
+def phase_rows(tok: Any, pairs: Sequence[Any], ph: MEraserPhase) -> TokenizedDataset:
+    """A phase's training rows. raw: question + separator as plain text, EOS only with `add_eos` (the official
+    data has none); chat: the question in the chat template, always with EOS. Question and answer are each cut
+    to part_max_tokens; `loss_on_prompt` trains on the whole sequence."""
+    chat = ph.data_format == "chat"
+    examples = [Example(e.prompt if chat else e.prompt + ph.separator, e.response) for e in pairs]
+    return TokenizedDataset(tok, examples, ph.data_format, 2 * ph.part_max_tokens, ph.loss_on_prompt,
+                            add_eos=chat or ph.add_eos, part_max=ph.part_max_tokens)
 
 
 def mismatched_pairs(ctx: RemovalContext, n: int, seed: int) -> list[Any]:
@@ -145,8 +141,9 @@ def train_phase(model: Any, tok: Any, pairs: Sequence[Any], ph: MEraserPhase, ad
             total = steps_for(len(rows), cfg)
             marks = sorted(set(range(0, total + 1, ctx.monitor_every)) | {total})
             hooks.append(StepHook(marks, fn=lambda step, m: trajectory.append({"step": step, **ctx.monitor(m)})))
-        stats = train_rows(peft_model, tok, rows, cfg, adapter_dir.parent / f"{adapter_dir.name}.train",
-                           ctx.seed, ctx.resume, ctx.log_fn, callbacks=hooks)
+        stats = train_sft(peft_model, tok, rows, cfg, adapter_dir.parent / f"{adapter_dir.name}.train",
+                          seed=ctx.seed, resume=ctx.resume, callbacks=hooks, log_fn=ctx.log_fn, loss_history=True,
+                          keep_checkpoints=False)
         if trajectory:
             stats["trajectory"] = trajectory
         stats["rows"] = len(rows)

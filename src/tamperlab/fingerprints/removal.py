@@ -26,8 +26,8 @@ from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
 from ..config import Fraction, PosInt
 from ..models import LoraSettings
 from ..registry import REMOVALS
-from ..training import TrainConfig
-from .base import encode_row, render_prompt, train_rows
+from ..training import TrainConfig, train_sft
+from .base import render_prompt, resolve_prompt_format
 from .cleandata import CleanData
 
 log = logging.getLogger("tamperlab")
@@ -86,8 +86,11 @@ class Removal:
         raise NotImplementedError
 
 
-def clean_rows(tok: Any, examples: Sequence[Any], fmt: str, max_length: int) -> list[dict[str, list[int]]]:
-    return [encode_row(tok, render_prompt(tok, e.prompt, fmt), e.response, max_length) for e in examples]
+def train_clean(model: Any, ctx: RemovalContext, examples: Sequence[Any], cfg: TrainConfig, fmt: str,
+                max_length: int, out_dir: Path) -> dict[str, Any]:
+    """Fine-tune `model` on clean (prompt, response) pairs rendered in a fingerprint format (response-only)."""
+    return train_sft(model, ctx.tok, examples, cfg, out_dir, resolve_prompt_format(ctx.tok, fmt), max_length,
+                     ctx.seed, ctx.resume, log_fn=ctx.log_fn, loss_history=True, keep_checkpoints=False)
 
 
 # --- incremental fine-tuning -------------------------------------------------------------------------------
@@ -126,13 +129,12 @@ class IncrementalFinetune(Removal):
 
         c = self.cfg
         data = ctx.clean.train.examples[: c.n_examples]
-        rows = clean_rows(ctx.tok, data, c.prompt_format, c.max_length)
         if c.mode == "lora":
             model = apply_lora(model, LoraSettings(**{**asdict(c.lora), "enabled": True}))
-        stats = train_rows(model, ctx.tok, rows, c.train, ctx.work_dir / "train", ctx.seed, ctx.resume, ctx.log_fn)
+        stats = train_clean(model, ctx, data, c.train, c.prompt_format, c.max_length, ctx.work_dir / "train")
         if c.mode == "lora":
             model = model.merge_and_unload()
-        yield RemovalStage("after", model, {"train": stats, "n_examples": len(rows)})
+        yield RemovalStage("after", model, {"train": stats, "n_examples": len(data)})
 
 
 # --- pruning ------------------------------------------------------------------------------------------------
@@ -243,10 +245,10 @@ def donor_state_dict(ctx: RemovalContext, cfg: MergeConfig) -> dict[str, Any]:
     if path.exists():
         return load_file(str(path))
     base = ctx.load_base()
-    rows = clean_rows(ctx.tok, ctx.clean.train.examples[-cfg.donor_examples:], cfg.prompt_format, cfg.max_length)
     # The donor is trained on the *end* of the clean pool, the incremental-FT attack on its start: two
     # different fine-tunes of the same base, as in the paper's merging setting.
-    train_rows(base, ctx.tok, rows, cfg.donor_train, path.parent / "train", ctx.seed, ctx.resume, ctx.log_fn)
+    train_clean(base, ctx, ctx.clean.train.examples[-cfg.donor_examples:], cfg.donor_train, cfg.prompt_format,
+                cfg.max_length, path.parent / "train")
     sd = {k: v.detach().contiguous() for k, v in base.state_dict().items()}
     if "lm_head.weight" in sd and getattr(base.config, "tie_word_embeddings", False):
         sd.pop("lm_head.weight")  # shared storage; safetensors refuses aliases

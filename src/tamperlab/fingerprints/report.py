@@ -198,6 +198,10 @@ def build_report(run: RunDir, cfg: Any) -> list[Path]:
         rep.table([{"fingerprint": fp, "probes": i["n_probes"], "flagged": i["n_flagged"],
                     "top phrases": " | ".join(repr(f["text"][:30]) for f in i["flagged"][:4])} for fp, i in tf])
 
+    from ..experiments.fingerprint_sweep import report_section as sweep_section
+
+    sweep_section(rep, res, plots)
+
     paper = paper_rows(res, m["config"])
     if paper:
         rep.heading("Paper vs measured")

@@ -20,7 +20,7 @@ from typing import Any, Literal, Sequence
 
 from ..config import PosInt, Seed
 from ..errors import ResourceError
-from .base import encode_row, render_prompt
+from .base import encode_examples
 
 log = logging.getLogger("tamperlab")
 
@@ -154,7 +154,7 @@ def _batched_nll(model: Any, rows: Sequence[dict[str, list[int]]], pad_id: int, 
 def perplexity(model: Any, tok: Any, examples: Sequence[Any], fmt: str = "auto", max_length: int = 256,
                batch_size: int = 16) -> dict[str, Any]:
     """Token-weighted perplexity of the examples' responses (+EOS) given their rendered prompts."""
-    rows = [encode_row(tok, render_prompt(tok, e.prompt, fmt), e.response, max_length) for e in examples]
+    rows = encode_examples(tok, examples, fmt, max_length)
     if not rows:
         raise ValueError("perplexity: no held-out examples")
     res = _batched_nll(model, rows, tok.pad_token_id, batch_size)
