@@ -76,6 +76,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             continue
         for e in reg:
             table.add_row(stage, e.name, e.doc)
+        for old, new in reg.aliases().items():
+            table.add_row(stage, old, f"deprecated name of {new}")
     con = Console()
     con.print(table)
     con.print("packaged recipes: " + ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))))

@@ -7,6 +7,8 @@ Rules (see docs/recipes.md):
     annotated `Signed`; fields carry stronger constraints with `typing.Annotated` (`PosInt`, `PosFloat`,
     `Fraction`, `Range(lo, hi)`, `OneOf(...)`, `Registered("defenses")`), checked by `from_dict` — one mechanism,
     not scattered `if`s; cross-field rules live in the dataclass's `__post_init__`;
+  * **named components**: a mapping annotated `ByName("attacks")` is the config of the registered component its
+    `name` picks (a tagged union: `attacks: [{kind: harmful}, {name: myattack, strength: 2}]`);
   * **parent defaults**: a partly given nested section starts from the value its *parent* gives that field (the
     parent's `default_factory`), not from the section class's own defaults — `alignment: {max_steps: 120}` keeps
     the experiment's alignment batch size. A list given in a recipe replaces the default list; each of its items
@@ -123,6 +125,35 @@ class Registered(Check):
 
 
 @dataclass(frozen=True)
+class ByName:
+    """A mapping that configures a registered component of registry `stage`, chosen by its `key` entry: the rest
+    of the mapping is validated against *that component's* config class (a tagged union). An absent or empty `key`
+    means `default`. E.g. `attacks: [{kind: harmful}, {name: myattack, strength: 2}]`."""
+
+    stage: str
+    key: str = "name"
+    default: str = ""
+    hint: str = ""
+    """Appended to an unknown-name error (e.g. what the key used to mean)."""
+
+    def resolve(self, value: dict[str, Any], where: str) -> tuple[type, dict[str, Any]]:
+        from .registry import ALL_REGISTRIES
+
+        name = value.get(self.key) or self.default
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}.{self.key}: expected a name, got {_show(name)}")
+        reg = ALL_REGISTRIES[self.stage]
+        try:
+            cls = reg.config_for(name)
+            name = reg.canonical(name)
+        except ConfigError as e:
+            raise ConfigError(f"{where}.{self.key}: {e}{self.hint}") from None
+        if cls is None or not dataclasses.is_dataclass(cls):  # pragma: no cover - a registration bug
+            raise ConfigError(f"{where}.{self.key}: {reg.kind} {name!r} has no config class")
+        return cls, {**value, self.key: name}
+
+
+@dataclass(frozen=True)
 class Satisfies(Check):
     """A one-off predicate `fn(value) -> error text or None`."""
 
@@ -233,6 +264,10 @@ def _coerce(value: Any, tp: Any, where: str, default: Any = None, signed: bool =
         return value
     if origin is Annotated:
         base, *meta = get_args(tp)
+        pick = next((m for m in meta if isinstance(m, ByName)), None)
+        if pick is not None and isinstance(value, dict):
+            base, value = pick.resolve(value, where)  # the named component's own config class
+            default = None
         # A field with its own lower bound (Range) or marked Signed skips the default ">= 0" rule.
         own_bound = any(isinstance(m, Signed) or (isinstance(m, Range) and m.lo is not None) for m in meta)
         value = _coerce(value, base, where, default, signed or own_bound)
@@ -524,5 +559,5 @@ def check_range(where: str, name: str, value: float, lo: float, hi: float) -> No
 
 
 __all__ = ["from_dict", "to_dict", "load_yaml", "parse_yaml", "apply_overrides", "check_positive", "check_range",
-           "Range", "Signed", "OneOf", "Registered", "Satisfies", "PosInt", "PosFloat", "Fraction", "Seed", "Device",
+           "Range", "Signed", "OneOf", "Registered", "ByName", "Satisfies", "PosInt", "PosFloat", "Fraction", "Seed", "Device",
            "Optimizer", "Scheduler", "RunName", "typing"]

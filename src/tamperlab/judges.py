@@ -286,11 +286,7 @@ class GarakPrefixesJudge(GarakRefusalJudge):
 
 
 def make_judge(name: str, params: dict[str, Any] | None = None) -> Judge:
-    from .config import from_dict
-
-    entry = JUDGES.entry(name)
-    cfg = from_dict(entry.config, params or {}, f"judge.{name}") if entry.config else None
-    return entry.obj(cfg)
+    return JUDGES.build(name, params, f"judge.{name}")
 
 
 class JudgePanel:

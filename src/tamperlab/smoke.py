@@ -62,7 +62,7 @@ def _sweep_ends(v: list[Any], _o: Any) -> list[Any]:
     and a two-point curve remain, at a fraction of the cells."""
     groups: dict[tuple[str, str], list[Any]] = {}
     for a in v:
-        groups.setdefault((a.kind, a.task if a.uses_task else ""), []).append(a)
+        groups.setdefault((getattr(a, "kind", a.key), a.task if getattr(a, "uses_task", False) else ""), []).append(a)
     keep = {id(x) for g in groups.values() for x in (g[0], g[-1])}
     return [a for a in v if id(a) in keep]
 
@@ -82,7 +82,7 @@ def _one_target_each(v: list[Any], o: Any) -> list[Any]:
 
 
 def _label_first(v: str, o: Any) -> str:
-    return v or o.label  # freeze the size-derived label (harmful-n100) before n shrinks
+    return v or o.key  # freeze the size-derived label (harmful-n100) before n shrinks
 
 
 def _init_from(v: str, _o: Any) -> str:
@@ -122,7 +122,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "n_eval": cap(2), "n_align": cap(8), "n_attack": cap(12), "n_helpful": cap(8), "response_tokens": cap(8),
         "align_start": cap(4)},
     "tamperlab.attacks.finetune.AttackConfig": {
-        "name": _label_first, "n": per_hundred, "n_task_eval": cap(2), "task_max_new_tokens": cap(4)},
+        "label": _label_first, "n": per_hundred, "n_task_eval": cap(2), "task_max_new_tokens": cap(4)},
     "tamperlab.experiments.hft_eval.EvalConfig": {
         "eval_steps": _steps, "n_trajectory_prompts": cap(1), "n_loss_probe": cap(1), "judge_params": _judge_params},
     "tamperlab.experiments.ctrap.HFTConfig": {"attacks": _sweep_ends},
@@ -288,17 +288,13 @@ def _shrink(obj: Any) -> None:
 
 
 def _shrink_params(params: dict[str, Any], registry: str, component: str) -> dict[str, Any]:
-    from .config import from_dict, to_dict
-    from .fingerprints.base import deep_merge
+    from .config import to_dict
     from .registry import ALL_REGISTRIES
 
     reg = ALL_REGISTRIES[registry]
-    if component not in reg:
+    if component not in reg or reg.config_for(component) is None:
         return params  # e.g. watermark "none"; an unknown name fails later with the registry's own message
-    cls = reg.config_for(component)
-    if cls is None:
-        return params
-    cfg = from_dict(cls, deep_merge(to_dict(cls()), params or {}), f"{registry}[{component}]")
+    cfg = reg.config(component, params, f"{registry}[{component}]")
     _shrink(cfg)
     return to_dict(cfg)
 

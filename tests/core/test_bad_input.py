@@ -16,7 +16,7 @@ import pytest
 
 from tamperlab.cli import main
 
-BASE = "experiment: ctrap\nmodel: {name_or_path: 'tiny:llama'}\n"
+BASE = "experiment: hft\nmodel: {name_or_path: 'tiny:llama'}\n"
 
 
 def _r(extra: str) -> str:
@@ -27,32 +27,32 @@ def _r(extra: str) -> str:
 RECIPE_CASES: list[tuple[str, str | bytes | None, list[str], str]] = [
     # --- YAML syntax and encoding ---------------------------------------------------------------------------
     ("yaml-unclosed-flow", "experiment: [unclosed\n", [], ":2:1: not valid YAML"),
-    ("yaml-bad-indent", "experiment: ctrap\nalignment:\n  max_steps: 3\n batch_size: 2\n", [], "not valid YAML"),
-    ("yaml-tab-indent", "experiment: ctrap\nalignment:\n\tmax_steps: 3\n", [], "not valid YAML"),
-    ("yaml-undefined-alias", "experiment: ctrap\nseed: *nope\n", [], "not valid YAML"),
-    ("yaml-duplicate-colon", "experiment: ctrap: x\n", [], "not valid YAML"),
-    ("yaml-unclosed-quote", "experiment: 'ctrap\n", [], "not valid YAML"),
+    ("yaml-bad-indent", "experiment: hft\nalignment:\n  max_steps: 3\n batch_size: 2\n", [], "not valid YAML"),
+    ("yaml-tab-indent", "experiment: hft\nalignment:\n\tmax_steps: 3\n", [], "not valid YAML"),
+    ("yaml-undefined-alias", "experiment: hft\nseed: *nope\n", [], "not valid YAML"),
+    ("yaml-duplicate-colon", "experiment: hft: x\n", [], "not valid YAML"),
+    ("yaml-unclosed-quote", "experiment: 'hft\n", [], "not valid YAML"),
     ("yaml-python-tag", "experiment: !!python/object/apply:os.system ['true']\n", [], "not valid YAML"),
     ("binary-garbage", bytes(range(256)) * 4, [], "not"),
-    ("utf16-no-bom", "experiment: ctrap\nnmae: x\n".encode("utf-16-le"), [], "not"),
-    ("utf16-bom-bad-key", "experiment: ctrap\nnmae: x\n".encode("utf-16"), [], "unknown key 'nmae'"),
-    ("latin1-bytes", b"experiment: ctrap\ndescription: caf\xe9 \xff\xfe\n", [], "not"),
+    ("utf16-no-bom", "experiment: hft\nnmae: x\n".encode("utf-16-le"), [], "not"),
+    ("utf16-bom-bad-key", "experiment: hft\nnmae: x\n".encode("utf-16"), [], "unknown key 'nmae'"),
+    ("latin1-bytes", b"experiment: hft\ndescription: caf\xe9 \xff\xfe\n", [], "not"),
     ("nul-byte", b"experiment: ctrap\x00\n", [], "not"),
-    ("deep-flow-nesting", "experiment: ctrap\ndescription: " + "[" * 20000 + "]" * 20000 + "\n", [], "nested"),
-    ("deep-block-nesting", "experiment: ctrap\n" + "".join("  " * i + f"k{i}:\n" for i in range(300)), [],
+    ("deep-flow-nesting", "experiment: hft\ndescription: " + "[" * 20000 + "]" * 20000 + "\n", [], "nested"),
+    ("deep-block-nesting", "experiment: hft\n" + "".join("  " * i + f"k{i}:\n" for i in range(300)), [],
      "nested too deeply"),
-    ("recursive-alias", "experiment: ctrap\ndescription: &x [*x]\n", [], "nested too deeply"),
-    ("alias-bomb", "experiment: ctrap\na: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+    ("recursive-alias", "experiment: hft\ndescription: &x [*x]\n", [], "nested too deeply"),
+    ("alias-bomb", "experiment: hft\na: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
      "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
      "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n", [], "too large"),
     ("empty-file", "", [], "must be a mapping"),
-    ("top-level-list", "- experiment: ctrap\n", [], "must be a mapping"),
+    ("top-level-list", "- experiment: hft\n", [], "must be a mapping"),
     ("top-level-scalar", "ctrap\n", [], "must be a mapping"),
     ("non-string-key", BASE + "1: 2\n", [], "unknown key '1'"),
     # --- experiment ----------------------------------------------------------------------------------------
     ("no-experiment", "name: x\n", [], "experiment"),
-    ("unknown-experiment", "experiment: ctrapp\n", [], "did you mean 'ctrap'"),
-    ("experiment-list", "experiment: [ctrap]\n", [], "experiment: expected a name"),
+    ("unknown-experiment", "experiment: hftt\n", [], "did you mean 'hft'"),
+    ("experiment-list", "experiment: [hft]\n", [], "experiment: expected a name"),
     ("experiment-int", "experiment: 5\n", [], "experiment: expected a name"),
     # --- keys and types ------------------------------------------------------------------------------------
     ("unknown-top-key", _r("alignmnet: {max_steps: 3}\n"), [], "did you mean 'alignment'"),
@@ -100,9 +100,9 @@ RECIPE_CASES: list[tuple[str, str | bytes | None, list[str], str]] = [
     ("lora-r-zero", _r("lora: {r: 0}\n"), [], "lora.r must be in"),
     ("lora-dropout-1.5", _r("lora: {dropout: 1.5}\n"), [], "dropout must be in"),
     ("lora-no-targets", _r("lora: {target_modules: []}\n"), [], "target_modules: empty"),
-    ("tiny-hidden-12", "experiment: ctrap\nmodel: {name_or_path: 'tiny:llama', tiny_hidden: 12}\n", [],
+    ("tiny-hidden-12", "experiment: hft\nmodel: {name_or_path: 'tiny:llama', tiny_hidden: 12}\n", [],
      "multiple of 8"),
-    ("tiny-layers-zero", "experiment: ctrap\nmodel: {name_or_path: 'tiny:llama', tiny_layers: 0}\n", [],
+    ("tiny-layers-zero", "experiment: hft\nmodel: {name_or_path: 'tiny:llama', tiny_layers: 0}\n", [],
      "tiny_layers must be in"),
     # --- names: defenses, attacks, judges, tasks, optimizers, schedulers, devices, dtypes, sources -------------
     ("defenses-empty", _r("defenses: []\n"), [], "defenses: empty"),
@@ -122,19 +122,19 @@ RECIPE_CASES: list[tuple[str, str | bytes | None, list[str], str]] = [
     ("optimizer-unknown", _r("alignment: {optim: adamw_torchh}\n"), [], "did you mean 'adamw_torch'"),
     ("scheduler-unknown", _r("alignment: {lr_scheduler: cosinee}\n"), [], "did you mean 'cosine'"),
     ("bf16-unknown", _r("alignment: {bf16: maybe}\n"), [], "unknown bf16 setting"),
-    ("device-unknown", "experiment: ctrap\nmodel: {name_or_path: 'tiny:llama', device: gpu0}\n", [],
+    ("device-unknown", "experiment: hft\nmodel: {name_or_path: 'tiny:llama', device: gpu0}\n", [],
      "unknown device 'gpu0'"),
-    ("dtype-unknown", "experiment: ctrap\nmodel: {name_or_path: 'tiny:llama', dtype: float8}\n", [],
+    ("dtype-unknown", "experiment: hft\nmodel: {name_or_path: 'tiny:llama', dtype: float8}\n", [],
      "is not one of"),
     ("prompt-source-unknown", _r("data: {prompt_sources: [harmbenchh]}\n"), [], "did you mean 'harmbench'"),
     ("prompt-sources-empty", _r("data: {prompt_sources: []}\n"), [], "prompt_sources: empty"),
     ("data-source-unknown", _r("data: {source: web}\n"), [], "is not one of"),
     # --- model ---------------------------------------------------------------------------------------------
-    ("model-missing-dir", "experiment: ctrap\nmodel: {name_or_path: ./no/such/model}\n", [], "no such directory"),
-    ("model-embedded-unknown", "experiment: ctrap\nmodel: {name_or_path: 'embedded:llama-70b'}\n", [],
+    ("model-missing-dir", "experiment: hft\nmodel: {name_or_path: ./no/such/model}\n", [], "no such directory"),
+    ("model-embedded-unknown", "experiment: hft\nmodel: {name_or_path: 'embedded:llama-70b'}\n", [],
      "unknown embedded model"),
-    ("model-tiny-unknown", "experiment: ctrap\nmodel: {name_or_path: 'tiny:gpt2'}\n", [], "unknown tiny model"),
-    ("model-empty", "experiment: ctrap\nmodel: {name_or_path: ''}\n", [], "name_or_path: empty"),
+    ("model-tiny-unknown", "experiment: hft\nmodel: {name_or_path: 'tiny:gpt2'}\n", [], "unknown tiny model"),
+    ("model-empty", "experiment: hft\nmodel: {name_or_path: ''}\n", [], "name_or_path: empty"),
     # --- run names (--force deletes <output_dir>/<name>) -----------------------------------------------------
     ("name-dot", _r("name: '.'\n"), [], "invalid run name"),
     ("name-empty", _r("name: ''\n"), [], "invalid run name"),
@@ -272,7 +272,7 @@ ENV_CASES: list[tuple[str, Callable[[Path, Any], list[str]], str]] = [
     ("report-empty-metrics", lambda t, m: ["report", _run_dir(t, metrics="")], "corrupt"),
     ("report-wrong-metrics", lambda t, m: ["report", _run_dir(t, metrics=json.dumps({"x": 1}))],
      "does not hold this experiment's results"),
-    ("report-corrupt-config", lambda t, m: ["report", _run_dir(t, config="experiment: [ctrap\n")],
+    ("report-corrupt-config", lambda t, m: ["report", _run_dir(t, config="experiment: 'hft\n")],
      "not valid YAML"),
     ("report-config-not-mapping", lambda t, m: ["report", _run_dir(t, config="- 1\n")], "not a run configuration"),
     ("argparse-missing-recipe", lambda t, m: ["run"], "required"),

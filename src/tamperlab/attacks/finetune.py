@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..models import load_adapter
 from ..registry import ATTACKS, TASKS
 from ..training import TrainConfig
+from .base import AttackSpec, TrainingAttack, UtilityTask
 
 
 def _attack_train() -> TrainConfig:
@@ -31,11 +32,9 @@ def _attack_train() -> TrainConfig:
 
 
 @dataclass
-class AttackConfig:
-    """One fine-tuning attack."""
+class AttackConfig(AttackSpec):
+    """One fine-tuning attack (`name: finetune`, the default attack of a recipe's `attacks` entry)."""
 
-    name: str = ""
-    """Label in tables (default: derived from kind, n, p and task)."""
     kind: Literal["harmful", "mixed", "benign"] = "harmful"
     """harmful (p=1), mixed (0<p<1 with a task), benign (p=0, a task)."""
     n: PosInt = 100
@@ -63,10 +62,7 @@ class AttackConfig:
     def p(self) -> float:
         return {"harmful": 1.0, "benign": 0.0}.get(self.kind, self.harmful_ratio)
 
-    @property
-    def label(self) -> str:
-        if self.name:
-            return self.name
+    def default_label(self) -> str:
         if self.kind == "harmful":
             return f"harmful-n{self.n}"
         if self.kind == "benign":
@@ -77,13 +73,20 @@ class AttackConfig:
     def uses_task(self) -> bool:
         return self.p < 1.0
 
+    def describe(self) -> dict[str, Any]:
+        return {"label": self.key, "kind": self.kind, "n": self.n, "p": self.p,
+                "task": self.task if self.uses_task else None}
+
 
 @ATTACKS.register("finetune", config=AttackConfig)
-class FineTuneAttack:
+class FineTuneAttack(TrainingAttack):
     """Harmful / mixed / benign fine-tuning of the protected model."""
 
+    config_cls = AttackConfig
+    cfg: AttackConfig
+
     def __init__(self, cfg: AttackConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         if (cfg.uses_task or cfg.measure_fa) and cfg.task not in TASKS:
             TASKS.get(cfg.task)  # raises with suggestions
 
@@ -91,7 +94,7 @@ class FineTuneAttack:
         n_harm = int(self.cfg.p * self.cfg.n)
         n_task = int((1 - self.cfg.p) * self.cfg.n)
         if n_harm > len(harmful_pool):
-            raise ConfigError(f"attack {self.cfg.label}: needs {n_harm} harmful samples, the attack pool has "
+            raise ConfigError(f"attack {self.cfg.key}: needs {n_harm} harmful samples, the attack pool has "
                               f"{len(harmful_pool)} (raise data.n_attack)")
         examples: list[Example] = list(harmful_pool.examples[:n_harm])
         prov: dict[str, Any] = {"harmful": n_harm, "harmful_source": harmful_pool.provenance}
@@ -100,7 +103,7 @@ class FineTuneAttack:
             examples += task.examples
             prov.update(task=self.cfg.task, task_samples=len(task), task_source=task.provenance)
         random.Random(seed).shuffle(examples)
-        return DataSplit(f"attack-{self.cfg.label}", examples, prov)
+        return DataSplit(f"attack-{self.cfg.key}", examples, prov)
 
     def prepare(self, base: Any, adapter_dir: str | Path) -> Any:
         """The model the attacker trains: the released LoRA kept trainable, or (full_finetune) merged into the
@@ -111,7 +114,9 @@ class FineTuneAttack:
             model.requires_grad_(True)
         return model
 
-    def task_eval(self, seed: int = 0) -> DataSplit | None:
+    def utility_task(self, seed: int = 0) -> UtilityTask | None:
+        """FA on the attack's benign task (mixed / benign), or on `task` after a harmful attack with measure_fa."""
         if not (self.cfg.uses_task or self.cfg.measure_fa):
             return None
-        return TASKS.get(self.cfg.task).load("eval", self.cfg.n_task_eval, self.cfg.task_source, seed)
+        evalset = TASKS.get(self.cfg.task).load("eval", self.cfg.n_task_eval, self.cfg.task_source, seed)
+        return UtilityTask(self.cfg.task, evalset, self.cfg.task_max_new_tokens)

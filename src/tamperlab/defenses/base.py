@@ -156,7 +156,13 @@ def relabel_all(batch: dict[str, Any], token_id: int) -> dict[str, Any]:
     return {**batch, "labels": torch.where(labels != -100, torch.full_like(labels, token_id), labels)}
 
 
-def trap_token_id(tokenizer: Any, trap_text: str = "an error") -> int:
+TRAP_TEXT = "an error"
+"""Default collapse-trap text: the trap token e is its last token (the word-initial " error"). A defense that plants
+a trap has a `trap_text` config field (CTRAPConfig); the harmful-fine-tuning evaluation measures collapse to that
+defense's trap (experiments/ctrap.py), so the text is set in one place."""
+
+
+def trap_token_id(tokenizer: Any, trap_text: str = TRAP_TEXT) -> int:
     """The collapse token e: the last piece of tokenizer(trap_text), i.e. the word-initial " error"."""
     ids = tokenizer(trap_text, add_special_tokens=False)["input_ids"]
     if not ids:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..registry import DEFENSES
-from .base import AlignmentTrainer, Defense, DefenseConfig, relabel_all, trap_token_id
+from .base import TRAP_TEXT, AlignmentTrainer, Defense, DefenseConfig, relabel_all, trap_token_id
 from .objectives import global_token_ce
 from .lookahead import add_to_grads, loss_and_grads, normalized_step_scale, perturbed, trainable
 
@@ -26,8 +26,9 @@ class CTRAPConfig(DefenseConfig):
     """Radius of the simulated (normalised) harmful step."""
     lam: float = 0.1
     """Weight λ of the collapse loss."""
-    trap_text: str = "an error"
-    """The collapse token e is the last token of this text (" error")."""
+    trap_text: str = TRAP_TEXT
+    """The collapse token e is the last token of this text (" error"). The experiment's collapse measurement
+    (eval.trap_text) follows it."""
 
 
 @DEFENSES.register("ctrap", config=CTRAPConfig)

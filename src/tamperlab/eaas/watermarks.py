@@ -385,22 +385,10 @@ class WARDEN(EmbMarker):
 def build_watermark(name: str, config: dict[str, Any] | Any | None = None, state: dict[str, Any] | None = None,
                     folder: Path | None = None) -> Watermark:
     """Registry lookup + strict config; optionally restore a saved secret."""
-    from ..config import from_dict
-
-    entry = WATERMARKS.entry(name)
-    cfg_cls = entry.config
-    if cfg_cls is not None and not isinstance(config, cfg_cls):
-        cfg = from_dict(cfg_cls, config if isinstance(config, dict) else {}, where="watermark_config")
-    else:
-        cfg = config
-    wm = entry.obj(cfg)
+    wm = WATERMARKS.build(name, config, "watermark_config")
     if state is not None:
         wm.load_state(state, folder)
     return wm
-
-
-# SAW (the defence) is a watermark too: importing it registers it.
-from . import defense as _defense  # noqa: E402,F401
 
 
 def load_watermark(folder: str | Path) -> Any:

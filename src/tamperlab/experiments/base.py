@@ -114,10 +114,9 @@ def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | None
     else:
         data = load_yaml(resolve_recipe_path(str(recipe)))
     data = apply_overrides(data, list(overrides or []), _defaults_at)
-    cls = _config_class(data)
+    _config_class(data)
     kind = data.pop("experiment")
-    cfg = from_dict(cls, data)
-    exp = EXPERIMENTS.get(kind)(cfg)
+    exp = EXPERIMENTS.build(kind, data, where="")
     exp.kind = kind
     return exp
 

@@ -12,16 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from ..attacks.finetune import AttackConfig, FineTuneAttack
-from ..config import Registered, from_dict
+from ..attacks.base import Attack, AttackContext, AttackSpec
+from ..attacks.finetune import AttackConfig
+from ..config import ByName, Registered
 from ..data.core import DataSplit, Example
 from ..data.packs import HarmfulData, HarmfulDataConfig, build_harmful_data
-from ..defenses.base import AlignmentData, Defense
+from ..defenses.base import TRAP_TEXT, AlignmentData, Defense
 from ..errors import ConfigError
 from ..metrics.hft import METRIC_DEFINITIONS
 from ..metrics.lmeval import add_utility
 from ..models import LoraSettings, ModelConfig, apply_lora, load_adapter, load_model, save_model
-from ..registry import DEFENSES, EXPERIMENTS
+from ..registry import ATTACKS, DEFENSES, EXPERIMENTS
 from ..runs import RunDir
 from ..training import StepHook, TrainConfig, build_trainer, run_training, steps_for
 from .base import Experiment, RunConfig
@@ -46,14 +47,20 @@ class DefenseSpec:
         self.config()  # unknown / bad params fail at load time, before any compute
 
     def config(self) -> Any:
-        return from_dict(DEFENSES.config_for(self.name), self.params, f"defenses[{self.key}].params")
+        return DEFENSES.config(self.name, self.params, f"defenses[{self.key}].params")
 
     def build(self) -> Defense:
-        return DEFENSES.get(self.name)(self.config())
+        return DEFENSES.build(self.name, self.config())
 
     @property
     def key(self) -> str:
         return self.label or self.name
+
+
+RecipeAttack = Annotated[AttackSpec, ByName(
+    "attacks", default="finetune",
+    hint=" (`name` picks the attack; a fine-tuning attack's table label is `label`)")]
+"""One `attacks` entry: the config of the registered attack its `name` picks."""
 
 
 def _alignment_train() -> TrainConfig:
@@ -78,9 +85,10 @@ class HFTConfig(RunConfig):
     """Alignment optimizer (official: AdamW lr 5e-4, wd 0.1, constant, 20 epochs)."""
     defenses: list[DefenseSpec] = field(default_factory=lambda: [DefenseSpec("sft"), DefenseSpec("ctrap")])
     """Defenses to compare."""
-    attacks: list[AttackConfig] = field(default_factory=lambda: [AttackConfig(kind="harmful", n=100),
+    attacks: list[RecipeAttack] = field(default_factory=lambda: [AttackConfig(kind="harmful", n=100),
                                                                  AttackConfig(kind="benign", n=200, task="sst2")])
-    """Fine-tuning attacks applied to every aligned model."""
+    """Attacks applied to every aligned model: each entry's `name` picks a registered attack (default `finetune`,
+    harmful / mixed / benign fine-tuning) and the rest of the entry is that attack's config."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Judge, decoding and trajectory settings."""
     evaluate_aligned: bool = True
@@ -94,10 +102,25 @@ class HFTConfig(RunConfig):
         keys = [d.key for d in self.defenses]
         if len(set(keys)) != len(keys):
             raise ConfigError(f"defenses: duplicate labels {keys}; give each a distinct `label`")
-        labels = [a.label for a in self.attacks]
+        labels = [a.key for a in self.attacks]
         if len(set(labels)) != len(labels):
-            raise ConfigError(f"attacks: duplicate labels {labels}; give each a distinct `name`")
+            raise ConfigError(f"attacks: duplicate labels {labels}; give each a distinct `label`")
         self.sweep.validate(self.attacks)
+        self.eval.trap_text = self._trap_text()
+
+    def _trap_text(self) -> str:
+        """The one collapse-trap text of the run: the `trap_text` of the trap-planting defenses (one value), else
+        eval.trap_text, else the default. eval.trap_text may repeat the defenses' value, not contradict it."""
+        traps = {d.key: t for d in self.defenses if (t := getattr(d.config(), "trap_text", None)) is not None}
+        if len(set(traps.values())) > 1:
+            raise ConfigError(f"defenses set different trap_text values {traps}; the evaluation measures one trap")
+        if not traps:
+            return self.eval.trap_text or TRAP_TEXT
+        trap = next(iter(traps.values()))
+        if self.eval.trap_text and self.eval.trap_text != trap:
+            raise ConfigError(f"eval.trap_text {self.eval.trap_text!r} differs from the defenses' trap_text {trap!r}: "
+                              "set it once, in the defense's params (the evaluation follows it)")
+        return trap
 
 
 def _data_to_json(d: HarmfulData) -> dict[str, Any]:
@@ -163,43 +186,49 @@ class HFTExperiment(Experiment):
 
         return run.cached(f"eval-aligned-{spec.key}", do)
 
-    def attack(self, run: RunDir, spec: DefenseSpec, adapter: Path, atk: AttackConfig,
+    def attack(self, run: RunDir, spec: DefenseSpec, adapter: Path, atk: AttackSpec,
                data: HarmfulData, key: str | None = None) -> dict[str, Any]:
         """One attack on one aligned adapter, cached as stage `key` (default `attack-<defense>-<attack>`; attacker
-        sweeps pass one key per trial)."""
-        key = key or f"attack-{spec.key}-{atk.label}"
+        sweeps pass one key per trial). The attack is the registered component its `name` picks."""
+        key = key or f"attack-{spec.key}-{atk.key}"
 
         def do() -> dict[str, Any]:
             base, tok = self._base()
-            attack = FineTuneAttack(atk)
-            model = attack.prepare(base, adapter)
-            train_set = attack.dataset(data.attack_harmful, self.cfg.seed)
-            ev = self.evaluator((model, tok))
+            attack: Attack = ATTACKS.build(atk.name, atk)
             ckpt = run.sub("checkpoints", key)
-            harmful_probe = [e for e in train_set.examples if e.response and e in data.attack_harmful.examples]
-            rec = TrajectoryRecorder(ev, data.eval_prompts.examples[: self.cfg.eval.n_trajectory_prompts],
-                                     ev.probes(data.helpful.examples, harmful_probe or data.attack_harmful.examples),
-                                     ckpt / "trajectory.json")
-            total = steps_for(len(train_set), atk.train)
-            hook = StepHook([s for s in self.cfg.eval.eval_steps if s <= total], rec,
-                            log_fn=lambda r: run.log("attack_log", defense=spec.key, attack=atk.label, **r))
-            trainer = build_trainer(model, tok, train_set.examples, atk.train, ckpt, self.cfg.model.prompt_format,
-                                    self.cfg.model.max_length, self.cfg.seed, callbacks=[hook])
-            self.guard(spec, trainer, data)
-            stats = run_training(trainer, ckpt, resume=True)
-            model.eval()
+            recorders: list[TrajectoryRecorder] = []
+
+            def measure(model: Any, train_set: Any, train: TrainConfig) -> list[Any]:
+                """Step hooks of a training attack: HS / collapse / losses at `eval.eval_steps`."""
+                ev = self.evaluator((model, tok))
+                harmful_probe = [e for e in train_set.examples if e.response and e in data.attack_harmful.examples]
+                rec = TrajectoryRecorder(ev, data.eval_prompts.examples[: self.cfg.eval.n_trajectory_prompts],
+                                         ev.probes(data.helpful.examples, harmful_probe or data.attack_harmful.examples),
+                                         ckpt / "trajectory.json")
+                total = steps_for(len(train_set), train)
+                hook = StepHook([s for s in self.cfg.eval.eval_steps if s <= total], rec,
+                                log_fn=lambda r: run.log("attack_log", defense=spec.key, attack=atk.key, **r))
+                recorders.append(rec)
+                return [hook]
+
+            res = attack.run(AttackContext(base, tok, adapter, data.attack_harmful, data.helpful, self.cfg.seed, ckpt,
+                                           self.cfg.model.prompt_format, self.cfg.model.max_length, measure,
+                                           lambda trainer: self.guard(spec, trainer, data)))
+            model = res.model
             repair = self.repair(spec, model, tok, adapter, data)
-            m, samples = ev.harm(model, data.eval_prompts.examples, desc=f"HS {spec.key}/{atk.label}")
-            out: dict[str, Any] = {**m, "train": stats, "data": train_set.provenance,
-                                   "trajectory": {str(k): v for k, v in sorted(rec.points.items())}}
+            ev = recorders[0].ev if recorders else self.evaluator((model, tok))
+            points = recorders[0].points if recorders else {}
+            m, samples = ev.harm(model, data.eval_prompts.examples, desc=f"HS {spec.key}/{atk.key}")
+            out: dict[str, Any] = {**m, "train": res.train, "data": res.data,
+                                   "trajectory": {str(k): v for k, v in sorted(points.items())}}
             if repair is not None:
                 out["repair"] = repair
-            evalset = attack.task_eval(self.cfg.seed)
-            if evalset is not None:
-                out["fa"], fa_samples = ev.task_accuracy(model, atk.task, evalset, atk.task_max_new_tokens)
-                out["task"] = atk.task
+            util = attack.utility_task(self.cfg.seed)
+            if util is not None:
+                out["fa"], fa_samples = ev.task_accuracy(model, util.task, util.examples, util.max_new_tokens)
+                out["task"] = util.task
                 out.update(fa_fields(fa_samples))
-                save_samples(run, f"samples-fa-{spec.key}-{atk.label}", fa_samples)
+                save_samples(run, f"samples-fa-{spec.key}-{atk.key}", fa_samples)
             save_samples(run, f"samples-{key}", samples)
             if key == f"attack-{spec.key}-{atk.label}":  # a fixed attack, not an attacker-sweep trial
                 add_utility(out, model, tok, self.cfg.eval.lm_eval)
@@ -236,7 +265,7 @@ class HFTExperiment(Experiment):
             row: dict[str, Any] = {"alignment": run.load_stage(f"align-{spec.key}")}
             if self.cfg.evaluate_aligned:
                 row["aligned"] = self.eval_aligned(run, spec, adapter, data)
-            row["attacks"] = {atk.label: self.attack(run, spec, adapter, atk, data) for atk in self.cfg.attacks}
+            row["attacks"] = {atk.key: self.attack(run, spec, adapter, atk, data) for atk in self.cfg.attacks}
             if self.cfg.sweep.enabled:
                 row["sweep"] = run_sweep(self, run, spec, adapter, data, row["attacks"])
             results[spec.key] = row
@@ -252,5 +281,6 @@ class HFTExperiment(Experiment):
         return write_hft_report(run)
 
 
-# The issue and the docs call the single-table CTRAP experiment "ctrap"; it is the same experiment.
-EXPERIMENTS.register("ctrap")(HFTExperiment)
+# Recipes and run directories written before the experiment was named `hft` say `experiment: ctrap` (also a
+# defense's name): they keep loading, with a one-line deprecation warning.
+EXPERIMENTS.alias("ctrap", "hft")

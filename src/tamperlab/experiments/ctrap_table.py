@@ -61,8 +61,8 @@ class HFTTableConfig(HFTConfig):
 
 
 def attack_descriptor(atk: Any) -> dict[str, Any]:
-    return {"label": atk.label, "kind": atk.kind, "n": atk.n, "p": atk.p,
-            "task": atk.task if atk.uses_task else None}
+    """A table column's attack: its label, kind and sizes (the attack config's own `describe`)."""
+    return atk.describe()
 
 
 @EXPERIMENTS.register("ctrap_table")
@@ -111,7 +111,7 @@ class HFTTableExperiment(HFTExperiment):
                 row["attacks"] = {}
                 for atk in self.cfg.attacks:
                     seed_everything(seed)
-                    row["attacks"][atk.label] = exp.attack(run, cell, adapter, atk, data)
+                    row["attacks"][atk.key] = exp.attack(run, cell, adapter, atk, data)
                 if self.cfg.sweep.enabled:
                     row["sweep"] = run_sweep(exp, run, cell, adapter, data, row["attacks"])
                 rows[spec.key] = row

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..fingerprints.base import Fingerprint, FingerprintSet, make_config
+from ..fingerprints.base import Fingerprint, FingerprintSet
 from ..fingerprints.cleandata import CleanData, CleanDataConfig, load_clean_data
 from ..fingerprints.removal import Removal, RemovalContext
 from ..fingerprints.utility import UtilityConfig, evaluate_utility
@@ -41,8 +41,7 @@ class FingerprintSpec:
     """Method settings (validated against its config; defaults are the published ones)."""
 
     def build(self) -> Fingerprint:
-        entry = FINGERPRINTS.entry(self.name)
-        return entry.obj(make_config(entry.config, self.params, f"fingerprints[{self.name}].params"))
+        return FINGERPRINTS.build(self.name, self.params, f"fingerprints[{self.name}].params")
 
 
 @dataclass
@@ -59,8 +58,7 @@ class RemovalSpec:
     """Fingerprints it is applied to (default: all)."""
 
     def build(self) -> Removal:
-        entry = REMOVALS.entry(self.name)
-        return entry.obj(make_config(entry.config, self.params, f"removals[{self.key}].params"))
+        return REMOVALS.build(self.name, self.params, f"removals[{self.key}].params")
 
     @property
     def key(self) -> str:

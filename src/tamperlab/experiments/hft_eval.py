@@ -17,7 +17,7 @@ from typing import Annotated, Any, Sequence
 from ..data.core import DataSplit, Example, format_example, format_prompt
 from ..defenses.base import relabel_all, trap_token_id
 from ..generation import GenerationConfig, generate
-from ..config import PosInt, Registered, from_dict
+from ..config import PosInt, Registered
 from ..errors import ConfigError
 from ..judges import CATEGORIES, JudgePanel
 from ..metrics.lmeval import LMEvalConfig
@@ -51,8 +51,10 @@ class EvalConfig:
     """Attack steps at which HS / collapse / losses are measured for the trajectory plots."""
     n_trajectory_prompts: PosInt = 32
     """Harmful eval prompts used at intermediate attack steps (the final eval uses all)."""
-    trap_text: str = "an error"
-    """Collapse token text (must match the CTRAP defense's)."""
+    trap_text: str = ""
+    """Collapse-trap text whose last token collapse is measured against. Leave it empty: the experiment sets it to
+    the `trap_text` of the recipe's trap-planting defense (CTRAP), or to the default "an error" without one; a value
+    given here must equal the defense's."""
     n_loss_probe: PosInt = 16
     """Examples in the collapse-loss / harmful-loss probe batches."""
     lm_eval: LMEvalConfig = field(default_factory=LMEvalConfig)
@@ -60,8 +62,8 @@ class EvalConfig:
     trial); empty `tasks` = off (docs/methods/utility.md)."""
 
     def __post_init__(self) -> None:
-        if not self.trap_text.strip():
-            raise ConfigError("trap_text: empty")
+        if self.trap_text and not self.trap_text.strip():
+            raise ConfigError("eval.trap_text: blank")
         if not self.judges:
             raise ConfigError("eval.judges: empty; name at least one judge (tamperlab list judges)")
         if len(set(self.judges)) != len(self.judges):
@@ -70,11 +72,7 @@ class EvalConfig:
             # judge settings fail here, not when the judge is built after hours of training
             if name not in self.judges:
                 raise ConfigError(f"eval.judge_params.{name}: {name!r} is not in eval.judges {self.judges}")
-            cfg_cls = JUDGES.config_for(name)
-            if cfg_cls is not None:
-                from_dict(cfg_cls, params, f"eval.judge_params.{name}")
-            elif params:
-                raise ConfigError(f"eval.judge_params.{name}: judge {name!r} takes no settings")
+            JUDGES.config(name, params, f"eval.judge_params.{name}")
 
 
 def make_panel(cfg: EvalConfig) -> JudgePanel:

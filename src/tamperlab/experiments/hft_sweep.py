@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
-from ..attacks.finetune import AttackConfig, FineTuneAttack
+from ..attacks.base import AttackSpec
+from ..attacks.finetune import AttackConfig
 from ..config import PosFloat, PosInt, Satisfies
 from ..distributed import is_main_process
 from ..errors import ConfigError
 from ..models import load_adapter
+from ..registry import ATTACKS
 from ..report.render import Report
 from ..runs import RunDir
 from ..sweep import SweepSettings, TrialScore, trial_key
@@ -90,26 +92,32 @@ class HFTSweepConfig(SweepSettings):
             raise ConfigError("sweep.space: no dimension has values; list at least one (e.g. learning_rate); with "
                               "--set, give sweep.space.* before sweep.enabled=true (each --set is validated)")
 
-    def validate(self, attacks: Sequence[AttackConfig]) -> None:
+    def validate(self, attacks: Sequence[AttackSpec]) -> None:
         """Cross-section checks against the recipe's attacks (at load time, before any compute)."""
         if not self.enabled:
             return
         base = self.base_attack(attacks)
         if self.skip_if_aligned_fa_below > 0 and self.utility_attack(base) is None:
             raise ConfigError("sweep.skip_if_aligned_fa_below needs a utility measure: set sweep.utility_task "
-                              f"(the base attack {base.label!r} has no benign task)")
+                              f"(the base attack {base.key!r} has no benign task)")
 
-    def base_attack(self, attacks: Sequence[AttackConfig]) -> AttackConfig:
+    def base_attack(self, attacks: Sequence[AttackSpec]) -> AttackConfig:
         if self.attack:
-            for a in attacks:
-                if a.label == self.attack:
-                    return a
-            raise ConfigError(f"sweep.attack: no attack labelled {self.attack!r} "
-                              f"(attacks: {', '.join(a.label for a in attacks)})")
-        harmful = [a for a in attacks if a.kind == "harmful"]
-        if not (harmful or attacks):
-            raise ConfigError("sweep: the recipe has no attacks to sweep around")
-        return (harmful or list(attacks))[0]
+            found = [a for a in attacks if a.key == self.attack]
+            if not found:
+                raise ConfigError(f"sweep.attack: no attack labelled {self.attack!r} "
+                                  f"(attacks: {', '.join(a.key for a in attacks)})")
+            base = found[0]
+        else:
+            tunable = [a for a in attacks if isinstance(a, AttackConfig)]
+            harmful = [a for a in tunable if a.kind == "harmful"]
+            if not (harmful or tunable):
+                raise ConfigError("sweep: the recipe has no fine-tuning attack to sweep around")
+            base = (harmful or tunable)[0]
+        if not isinstance(base, AttackConfig):
+            raise ConfigError(f"sweep.attack: {base.key!r} is a {base.name!r} attack; the sweep varies a fine-tuning "
+                              "(finetune) attack's optimizer and data settings")
+        return base
 
     def utility_attack(self, base: AttackConfig) -> AttackConfig | None:
         """The base attack set up to measure utility (None when it cannot)."""
@@ -127,7 +135,7 @@ class HFTSweepConfig(SweepSettings):
         if "epochs" in params:
             over["max_steps"] = 0
         atk = self.utility_attack(base) or base
-        return dataclasses.replace(atk, name=f"sweep-{trial_key(params)}", train=dataclasses.replace(atk.train, **over),
+        return dataclasses.replace(atk, label=f"sweep-{trial_key(params)}", train=dataclasses.replace(atk.train, **over),
                                    n=params.get("n", atk.n), full_finetune=params.get("full_finetune",
                                                                                       atk.full_finetune))
 
@@ -157,8 +165,8 @@ def aligned_fa(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: 
     def do() -> dict[str, Any]:
         base, tok = exp._base()
         model = load_adapter(base, adapter, trainable=False)
-        evalset = FineTuneAttack(atk).task_eval(exp.cfg.seed)
-        fa, samples = exp.evaluator((model, tok)).task_accuracy(model, atk.task, evalset, atk.task_max_new_tokens)
+        util = ATTACKS.build(atk.name, atk).utility_task(exp.cfg.seed)
+        fa, samples = exp.evaluator((model, tok)).task_accuracy(model, util.task, util.examples, util.max_new_tokens)
         save_samples(run, f"samples-fa-{spec.key}-aligned", samples)
         return {"fa": fa, "task": atk.task, **fa_fields(samples)}
 
@@ -171,8 +179,8 @@ def run_sweep(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: P
     (by label). Returns the JSON block stored as the row's "sweep"."""
     cfg: HFTSweepConfig = exp.cfg.sweep
     base = cfg.base_attack(exp.cfg.attacks)
-    out: dict[str, Any] = {"attack": base.label, "method": cfg.method, "space": cfg.space.dims(),
-                           "fixed": summary(fixed[base.label]) if base.label in fixed else None, "skipped": None}
+    out: dict[str, Any] = {"attack": base.key, "method": cfg.method, "space": cfg.space.dims(),
+                           "fixed": summary(fixed[base.key]) if base.key in fixed else None, "skipped": None}
     util = cfg.utility_attack(base)
     if cfg.skip_if_aligned_fa_below > 0 and util is not None:
         fa = aligned_fa(exp, run, spec, adapter, util)["fa"]

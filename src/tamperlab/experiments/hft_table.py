@@ -59,7 +59,7 @@ def attack_columns(attacks: Sequence[dict[str, Any]]) -> dict[str, list[Column]]
         ns = {a["n"] for a in items}
         cols = []
         for i, a in enumerate(items):
-            task = TASK_NAMES.get(a.get("task"), a.get("task"))
+            task = TASK_NAMES.get(a.get("task"), a.get("task")) or a["label"]  # an attack without a task: its label
             if kind == "harmful":
                 header, x = f"n={a['n']}", float(a["n"])
             elif kind == "mixed":

@@ -181,17 +181,17 @@ class StudyExperiment(Experiment):
 
         out: list[tuple[str, Path | None, str]] = [("aligned", path / "models" / key, f"samples-aligned-{key}")]
         for kind in ("harmful", "benign"):
-            atk = next((a for a in cfg.attacks if a.kind == kind), None)
-            if atk is None or atk.label not in results.get("attacks", {}):
+            atk = next((a for a in cfg.attacks if getattr(a, "kind", None) == kind), None)
+            if atk is None or atk.key not in results.get("attacks", {}):
                 continue
-            ckpts = sorted((path / "checkpoints" / f"attack-{key}-{atk.label}").glob("checkpoint-*"),
+            ckpts = sorted((path / "checkpoints" / f"attack-{key}-{atk.key}").glob("checkpoint-*"),
                            key=lambda p: int(p.name.rsplit("-", 1)[-1]))
             adapter = None
             if ckpts and (ckpts[-1] / "adapter_config.json").exists():
                 state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
-                if state.get("global_step") == results["attacks"][atk.label]["train"]["steps"]:
+                if state.get("global_step") == results["attacks"][atk.key]["train"]["steps"]:
                     adapter = ckpts[-1]
-            out.append((f"after {kind} FT", adapter, f"samples-attack-{key}-{atk.label}"))
+            out.append((f"after {kind} FT", adapter, f"samples-attack-{key}-{atk.key}"))
         return out
 
     def run(self, run: RunDir) -> dict[str, Any]:

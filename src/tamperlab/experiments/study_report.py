@@ -18,7 +18,7 @@ def _attack_labels(config: dict[str, Any]) -> dict[str, str | None]:
     from .base import load_recipe
 
     attacks = load_recipe(config).cfg.attacks  # type: ignore[attr-defined]
-    first = {kind: next((a.label for a in attacks if a.kind == kind), None) for kind in ("harmful", "benign")}
+    first = {kind: next((a.key for a in attacks if getattr(a, "kind", None) == kind), None) for kind in ("harmful", "benign")}
     return first
 
 
