@@ -24,4 +24,5 @@ def test_recipe_parses(name):
 def test_gpu_table_recipe_names_a_7b_hub_model():
     exp = load_recipe(RECIPES_DIR / "ctrap_table_full.yaml")
     assert exp.cfg.model.name_or_path == "meta-llama/Llama-2-7b-hf" and exp.cfg.data.source == "hub"
-    assert [d.name for d in exp.cfg.defenses] == ["sft", "ctrap", "vaccine", "booster", "repnoise", "npo"]
+    assert [d.name for d in exp.cfg.defenses] == ["sft", "ctrap", "vaccine", "booster", "repnoise", "npo",
+                                                  "tvaccine", "tar", "safelora", "antidote", "lisa"]

@@ -230,7 +230,7 @@ class HFTExperiment(Experiment):
                 out.update(fa_fields(fa_samples))
                 save_samples(run, f"samples-fa-{spec.key}-{atk.key}", fa_samples)
             save_samples(run, f"samples-{key}", samples)
-            if key == f"attack-{spec.key}-{atk.label}":  # a fixed attack, not an attacker-sweep trial
+            if key == f"attack-{spec.key}-{atk.key}":  # a fixed attack, not an attacker-sweep trial
                 add_utility(out, model, tok, self.cfg.eval.lm_eval)
             return out
 
