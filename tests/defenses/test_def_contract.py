@@ -16,7 +16,8 @@ NAMES = DEFENSES.names()
 
 
 def test_all_issue_defenses_registered():
-    assert {"sft", "ctrap", "vaccine", "booster", "repnoise", "npo"} <= set(NAMES)
+    assert {"sft", "ctrap", "vaccine", "booster", "repnoise", "npo",
+            "tvaccine", "tar", "safelora", "antidote", "lisa"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
