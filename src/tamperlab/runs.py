@@ -331,10 +331,11 @@ class RunDir:
     def save_stage(self, key: str, value: Any, inputs: Any = None) -> None:
         """Store a stage's payload; with `inputs`, versioned.
 
-        Write order (each write atomic): the inputs record first, holding the sha256 of the payload about to be
-        written, then the payload. A kill between the two leaves a record whose payload hash does not match the
-        file (or no file): the stage counts as unfinished, never as finished under the wrong inputs. Without
-        inputs any stale record goes first, so the payload is never read against another payload's record."""
+        The record holds the sha256 of the payload it describes, and a stage counts as finished only when the
+        payload file has that hash: a record and a payload from different writes never pass for a finished stage,
+        whatever the kill point. The record is written first (each write atomic), so a kill between the two leaves
+        an unfinished stage, never a new payload beside an old record. Without inputs any stale record goes
+        first, so the payload is never read against another payload's record."""
         text = json.dumps(value, indent=2, sort_keys=False, default=_json_default) + "\n"
         if inputs is not None:
             self._write_inputs_record(key, inputs, hashlib.sha256(text.encode("utf-8")).hexdigest())
