@@ -195,7 +195,8 @@ def _execute_one(exp: Experiment, resume: bool, force: bool) -> RunDir:
     # a live run. Multi-process launches: only the main process locks, creates, writes and reports; all ranks
     # compute (tamperlab.distributed). Each distinct model is read from disk once per run (models.ModelCache).
     with RunLock(path), model_cache():
-        run = RunDir.create(path, exp.recorded_config(), resume=resume, force=force, versioned=type(exp).versioned_stages)
+        run = RunDir.create(path, exp.recorded_config(), resume=resume, force=force,
+                            versioned=type(exp).versioned_stages)
         seed_everything(exp.cfg.seed)
         log.info("run %s → %s", exp.kind, run.path)
         exp.run(run)

@@ -3,7 +3,8 @@
 Each variant is the base recipe plus `--set`-style overrides (the config layer's `apply_overrides`, so a wrong key
 or value fails at load time with the usual message), run as its own run directory `<run>/<variant>/` through
 `experiments.base.execute`: a finished variant (metrics.json written under the same config) is skipped, an
-interrupted one continues from its stage cache. The study then reads every sub-run's metrics.json, adds
+interrupted or changed one continues from its stage cache (an `hft` run's stages are versioned by their inputs, so
+only what changed is recomputed), and a resumed study may have added, removed or reordered variants. The study then reads every sub-run's metrics.json, adds
 forward-only trap diagnostics of the aligned and attacked models (metrics/trap_diagnostics.py, one cached stage per
 variant) and writes the study table (experiments/study_report.py): per variant, the aligned collapse rate, HS and
 collapse after harmful fine-tuning and FA and collapse after benign fine-tuning against the reference defense, with
