@@ -323,7 +323,7 @@ class RunDir:
     def load_stage(self, key: str) -> Any:
         return read_json(self.stage_path(key))
 
-    def stage_inputs(self, key: str) -> dict[str, Any] | None:
+    def stage_record(self, key: str) -> dict[str, Any] | None:
         """The stage's inputs record, or None (an unversioned stage, or one stored before stages were versioned)."""
         p = self.stage_inputs_path(key)
         return read_json(p) if p.exists() else None
@@ -379,11 +379,11 @@ class RunDir:
         """Main process: True when the stored stage is to be loaded; else clear what the old inputs left and
         record that the stage is being computed under these inputs (a kill now leaves an unfinished stage)."""
         digest = inputs_hash(inputs)
-        record = self.stage_inputs(key)
+        record = self.stage_record(key)
         payload = self.stage_path(key).read_bytes() if self.has_stage(key) else None
         if payload is not None and record is None:
-            log.warning("stage %s: stored before stages were versioned (no inputs record), loaded as it is; delete "
-                        "%s to recompute it", key, self.stage_path(key))
+            log.warning("stage %s: stored before stages were versioned (no inputs record), loaded as it is; to "
+                        "recompute it, delete %s and %s", key, self.stage_path(key), self.checkpoint_dir(key))
             return True
         finished = (payload is not None and record is not None
                     and record.get("payload_sha256") == hashlib.sha256(payload).hexdigest())

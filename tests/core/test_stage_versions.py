@@ -36,7 +36,7 @@ def test_same_inputs_load_changed_inputs_recompute(tmp_path, caplog):
     assert calls == [a, b] and run.load_stage("s") == {"computed_from": b}
     assert "stage s: inputs changed (lr: 0.001 → 0.0003), recomputing" in caplog.text
     assert _stage(run, b, calls) == {"computed_from": b} and len(calls) == 2
-    record = run.stage_inputs("s")
+    record = run.stage_record("s")
     assert record["inputs"] == b and record["inputs_sha256"] == inputs_hash(b)
     changed = [e for e in run.read_log() if e["event"] == "stage_inputs_changed"]
     assert [e["changed"] for e in changed] == [["lr: 0.001 → 0.0003"]]
@@ -82,10 +82,10 @@ def test_legacy_stage_loads_with_a_warning(tmp_path, caplog):
     calls: list[Any] = []
     with caplog.at_level(logging.WARNING, logger="tamperlab"):
         assert _stage(run, {"lr": 1}, calls, key="old") == {"v": 1}
-    assert calls == [] and run.stage_inputs("old") is None
+    assert calls == [] and run.stage_record("old") is None
     assert [r.message for r in caplog.records if "before stages were versioned" in r.message] == [
-        f"stage old: stored before stages were versioned (no inputs record), loaded as it is; delete "
-        f"{run.stage_path('old')} to recompute it"]
+        f"stage old: stored before stages were versioned (no inputs record), loaded as it is; to recompute it, "
+        f"delete {run.stage_path('old')} and {run.checkpoint_dir('old')}"]
     assert (run.checkpoint_dir("old") / "checkpoint-2").exists()
     # an unversioned call keeps its old meaning: keyed by name only
     assert run.cached("old", lambda: {"v": 2}) == {"v": 1}
