@@ -116,8 +116,10 @@ def _short(value: Any, width: int = 40) -> str:
 
 
 def inputs_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """The dotted paths where two input records differ, each as `path: old → new` (dicts walked key by key;
-    anything else compared whole)."""
+    """The dotted paths where two input records differ, each as `path: old → new` (dicts walked key by key, lists
+    of records item by item, e.g. `attacks.1: added`; anything else compared whole)."""
+    if isinstance(old, list) and isinstance(new, list) and any(isinstance(x, dict) for x in [*old, *new]):
+        old, new = dict(enumerate(old)), dict(enumerate(new))
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
         for k in dict.fromkeys([*old, *new]):

@@ -44,6 +44,14 @@ def test_same_inputs_load_changed_inputs_recompute(tmp_path, caplog):
     assert sorted(p.name for p in (run.path / "stages").iterdir()) == ["s.json"]  # payloads only in stages/
 
 
+def test_inputs_diff_names_the_changed_paths():
+    old = {"lr": 1e-3, "steps": [0, 2], "attacks": [{"n": 8, "lr": 1}], "gone": 1}
+    new = {"lr": 1e-3, "steps": [0, 2, 4], "attacks": [{"n": 8, "lr": 2}, {"n": 4}], "new": "x"}
+    assert runs.inputs_diff(old, new) == ["steps: [0, 2] → [0, 2, 4]", "attacks.0.lr: 1 → 2", "attacks.1: added",
+                                          "gone: removed", "new: added"]
+    assert runs.inputs_diff(new, new) == []
+
+
 def test_inputs_hash_is_canonical():
     assert inputs_hash({"a": 1, "b": [1, 2]}) == inputs_hash({"b": (1, 2), "a": 1})
     assert inputs_hash({"a": 1}) != inputs_hash({"a": 2}) != inputs_hash({"a": "1"})

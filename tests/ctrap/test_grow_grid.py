@@ -63,7 +63,7 @@ def test_hft_grid_grows_and_changes_cell_by_cell(tmp_path):
     assert results["sft"]["attacks"]["harmful-n8"] == first
     assert yaml.safe_load((run.path / "config.yaml").read_text())["attacks"][1]["n"] == 4
     start = [e for e in _log(run.path) if e["event"] == "run_start"][-1]
-    assert len(start["recipe_changed"]) == 1 and start["recipe_changed"][0].startswith("attacks: [")
+    assert start["recipe_changed"] == ["attacks.1: added"]
     assert len(start["previous_config"]["attacks"]) == 1
 
     # the first attack's learning rate changes: exactly its stage re-runs, from step 0 (its checkpoint-2, of the
@@ -76,6 +76,8 @@ def test_hft_grid_grows_and_changes_cell_by_cell(tmp_path):
     assert computed == ["attack-sft-harmful-n8"]
     assert [(e["stage"], e["changed"]) for e in changed] == [
         ("attack-sft-harmful-n8", ["attack.train.learning_rate: 0.001 → 0.003"])]
+    start = [e for e in _log(run.path) if e["event"] == "run_start"][-1]
+    assert start["recipe_changed"] == ["attacks.0.train.learning_rate: 0.001 → 0.003"]
     train = results["sft"]["attacks"]["harmful-n8"]["train"]
     assert train["resumed_from"] is None and train["steps"] == 2
     assert train["train_loss"] != first["train"]["train_loss"]
