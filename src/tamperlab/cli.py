@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a recipe (YAML path or packaged recipe name)")
     r.add_argument("recipe")
-    r.add_argument("--resume", action="store_true", help="continue a killed run from its cached stages/checkpoints")
+    r.add_argument("--resume", action="store_true", help="continue a killed run from its cached stages/checkpoints (hft, ctrap_table, study: the recipe may "
+                   "also have grown or changed; only new and changed stages compute)")
     r.add_argument("--force", action="store_true", help="delete an existing run directory and start over")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     r.add_argument("--name", help="run name (default: the recipe's)")

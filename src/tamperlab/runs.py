@@ -2,8 +2,12 @@
 
 Every write is atomic (temp file + rename), so a killed run never leaves a half-written JSON; a resume removes
 the temporaries a kill left behind. Expensive stages are cached under `stages/<key>.json` and skipped on `--resume`;
-training stages also resume from their last complete Trainer checkpoint. A run lock (`<output_dir>/.<name>.lock`)
-keeps a second process from writing a live run (and `--force` from deleting it).
+training stages also resume from their last complete Trainer checkpoint (`checkpoints/<key>/`). A stage may be
+*versioned*: `cached(key, fn, inputs=...)` records the hash of the config slice it depends on
+(`stage_inputs/<key>.json`) and recomputes it — never resuming its old checkpoints — when that slice changes, so
+the recipe of an experiment whose stages are all versioned may grow or change on `--resume`
+(docs/methods/multiprocess.md, "Stage cache"). A run lock (`<output_dir>/.<name>.lock`) keeps a second process
+from writing a live run (and `--force` from deleting it).
 
 Under a multi-process launch only the main process writes (run directory, config, log, stages, metrics); the other
 ranks wait at a barrier and read what it wrote (see tamperlab.distributed).
@@ -11,6 +15,7 @@ ranks wait at a barrier and read what it wrote (see tamperlab.distributed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -90,6 +95,51 @@ def _json_default(o: Any) -> Any:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def plain(obj: Any) -> Any:
+    """A JSON-able structure as it reads back from disk (tuples → lists, numpy → Python, paths → str): what
+    config.yaml and the stage files hold, so that comparisons with them are exact."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def inputs_hash(inputs: Any) -> str:
+    """sha256 of the canonical JSON of a stage's inputs (sorted keys, no whitespace): equal for equal configs
+    whatever their key order."""
+    text = json.dumps(plain(inputs), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = json.dumps(value, default=_json_default)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def inputs_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted paths where two input records differ, each as `path: old → new` (dicts walked key by key, lists
+    of records item by item, e.g. `attacks.1: added`; anything else compared whole)."""
+    if isinstance(old, list) and isinstance(new, list) and any(isinstance(x, dict) for x in [*old, *new]):
+        old, new = dict(enumerate(old)), dict(enumerate(new))
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in dict.fromkeys([*old, *new]):
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if k not in old:
+                out.append(f"{path}: added")
+            elif k not in new:
+                out.append(f"{path}: removed")
+            else:
+                out += inputs_diff(old[k], new[k], path)
+        return out
+    return [] if old == new else [f"{prefix or 'inputs'}: {_short(old)} → {_short(new)}"]
+
+
+def _diff_summary(old: Any, new: Any, limit: int = 4) -> str:
+    diff = inputs_diff(old, new)
+    if not diff:
+        return "inputs record unreadable"
+    more = f"; and {len(diff) - limit} more" if len(diff) > limit else ""
+    return "; ".join(diff[:limit]) + more
 
 
 def _git_hash() -> str | None:
@@ -183,17 +233,26 @@ class RunDir:
 
     # -- creation -------------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, config: dict[str, Any], resume: bool = False, force: bool = False) -> "RunDir":
+    def create(cls, path: str | Path, config: dict[str, Any], resume: bool = False, force: bool = False,
+               versioned: bool = False) -> "RunDir":
         """Make (or, with resume, reopen; with force, replace) the run directory. Under a multi-process launch the
-        main process does it and the others wait; an error on the main process is raised on every rank."""
-        distributed.run_collectively(lambda: cls._create_files(Path(path), config, resume, force))
+        main process does it and the others wait; an error on the main process is raised on every rank.
+
+        A resume with a different recipe is refused, unless `versioned` (the experiment versions every stage by
+        its inputs, `Experiment.versioned_stages`): then the new recipe replaces config.yaml and the log's
+        `run_start` event keeps the previous one (`previous_config`) and the changed keys (`recipe_changed`)."""
+        changed = distributed.run_collectively(lambda: cls._create_files(Path(path), config, resume, force,
+                                                                         versioned))
         run = cls(path)
-        run.log("run_start", resume=resume, world_size=distributed.launched_world_size())
+        run.log("run_start", resume=resume, world_size=distributed.launched_world_size(), **changed)
         return run
 
     @staticmethod
-    def _create_files(path: Path, config: dict[str, Any], resume: bool, force: bool) -> None:
+    def _create_files(path: Path, config: dict[str, Any], resume: bool, force: bool,
+                      versioned: bool) -> dict[str, Any]:
         cfg_file = path / "config.yaml"
+        new = plain(config)
+        changed: dict[str, Any] = {}
         if path.exists() and any(path.iterdir()):
             if force:
                 shutil.rmtree(path)
@@ -203,16 +262,20 @@ class RunDir:
                 )
             elif cfg_file.exists():
                 old = yaml.safe_load(cfg_file.read_text())
-                if old != json.loads(json.dumps(config, default=_json_default)):
+                if old != new and not versioned:
                     raise TamperlabError(
                         f"--resume: the recipe differs from the one {path} was started with ({cfg_file}); "
                         "use a new run name or --force"
                     )
+                if old != new:
+                    changed = {"recipe_changed": inputs_diff(old, new), "previous_config": old}
+                    log.info("--resume with a changed recipe (%s): stages whose inputs changed are recomputed, "
+                             "the others loaded", _diff_summary(old, new))
             for p in remove_temporaries(path):
                 log.info("removed a temporary left by a killed run: %s", p)
         path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg_file, yaml.safe_dump(json.loads(json.dumps(config, default=_json_default)),
-                                                   sort_keys=False))
+        atomic_write_text(cfg_file, yaml.safe_dump(new, sort_keys=False))
+        return changed
 
     # -- files ----------------------------------------------------------------------------------------------
     def sub(self, *parts: str) -> Path:
@@ -247,31 +310,102 @@ class RunDir:
     def stage_path(self, key: str) -> Path:
         return self.path / "stages" / f"{key}.json"
 
+    def stage_inputs_path(self, key: str) -> Path:
+        """The inputs record of a versioned stage: {inputs_sha256, inputs, payload_sha256}. Kept outside stages/
+        so that `stages/*.json` stays the payloads alone."""
+        return self.path / "stage_inputs" / f"{key}.json"
+
+    def checkpoint_dir(self, key: str) -> Path:
+        """Where a training stage keeps its Trainer checkpoints (its resume point): `checkpoints/<key>/`."""
+        return self.path / "checkpoints" / key
+
     def has_stage(self, key: str) -> bool:
         return self.stage_path(key).exists()
 
     def load_stage(self, key: str) -> Any:
         return read_json(self.stage_path(key))
 
-    def save_stage(self, key: str, value: Any) -> None:
-        atomic_write_json(self.stage_path(key), value)
+    def stage_record(self, key: str) -> dict[str, Any] | None:
+        """The stage's inputs record, or None (an unversioned stage, or one stored before stages were versioned)."""
+        p = self.stage_inputs_path(key)
+        return read_json(p) if p.exists() else None
 
-    def cached(self, key: str, fn: Callable[[], Any]) -> Any:
+    def save_stage(self, key: str, value: Any, inputs: Any = None) -> None:
+        """Store a stage's payload; with `inputs`, versioned.
+
+        The record holds the sha256 of the payload it describes, and a stage counts as finished only when the
+        payload file has that hash: a record and a payload from different writes never pass for a finished stage,
+        whatever the kill point. The record is written first (each write atomic), so a kill between the two leaves
+        an unfinished stage, never a new payload beside an old record. Without inputs any stale record goes
+        first, so the payload is never read against another payload's record."""
+        text = json.dumps(value, indent=2, sort_keys=False, default=_json_default) + "\n"
+        if inputs is not None:
+            self._write_inputs_record(key, inputs, hashlib.sha256(text.encode("utf-8")).hexdigest())
+        elif distributed.is_main_process():
+            self.stage_inputs_path(key).unlink(missing_ok=True)
+        atomic_write_text(self.stage_path(key), text)
+
+    def _write_inputs_record(self, key: str, inputs: Any, payload_sha256: str | None) -> None:
+        atomic_write_json(self.stage_inputs_path(key), {"inputs_sha256": inputs_hash(inputs), "inputs": plain(inputs),
+                                                        "payload_sha256": payload_sha256})
+
+    def cached(self, key: str, fn: Callable[[], Any], inputs: Any = None) -> Any:
         """Return the stored result of stage `key`, or compute it with `fn()` and store it atomically.
 
-        Multi-process: every rank runs fn (it trains with DDP, generates sharded), the main process stores the
-        result and any files fn wrote, and a barrier follows, so all ranks see the same stages at the next check
-        (a stage found on one rank and missing on another would desynchronise the collectives)."""
-        if self.has_stage(key):
-            log.info("stage %s: cached, skipping", key)
+        `inputs`: the JSON-able slice of the config the stage depends on (None = the stage is keyed by its name
+        only). A stored stage is loaded when its recorded inputs hash equals this one; otherwise it is recomputed
+        (one log line names what changed) and its Trainer checkpoints (`checkpoints/<key>/`, written under the
+        old inputs) are deleted first, so a training stage never resumes a stale checkpoint. A stage stored before
+        stages were versioned (no record) is loaded as before, with a warning. An interrupted stage (record without
+        its payload) resumes its checkpoints only when it was started under the same inputs.
+
+        Multi-process: the main process decides (and clears stale checkpoints) and every rank takes its decision;
+        every rank runs fn (it trains with DDP, generates sharded), the main process stores the result and any
+        files fn wrote, and a barrier follows, so all ranks see the same stages at the next check (a stage found on
+        one rank and missing on another would desynchronise the collectives)."""
+        if inputs is None:
+            if self.has_stage(key):
+                log.info("stage %s: cached, skipping", key)
+                return self.load_stage(key)
+        elif distributed.run_collectively(lambda: self._prepare_versioned(key, inputs)):
             return self.load_stage(key)
         t0 = time.time()
         value = fn()
-        self.save_stage(key, value)
+        self.save_stage(key, value, inputs)
         self.log("stage_done", stage=key, seconds=round(time.time() - t0, 2))
         log.info("stage %s: done in %.1f s", key, time.time() - t0)
         distributed.barrier()
         return value
+
+    def _prepare_versioned(self, key: str, inputs: Any) -> bool:
+        """Main process: True when the stored stage is to be loaded; else clear what the old inputs left and
+        record that the stage is being computed under these inputs (a kill now leaves an unfinished stage)."""
+        digest = inputs_hash(inputs)
+        record = self.stage_record(key)
+        payload = self.stage_path(key).read_bytes() if self.has_stage(key) else None
+        if payload is not None and record is None:
+            log.warning("stage %s: stored before stages were versioned (no inputs record), loaded as it is; to "
+                        "recompute it, delete %s and %s", key, self.stage_path(key), self.checkpoint_dir(key))
+            return True
+        finished = (payload is not None and record is not None
+                    and record.get("payload_sha256") == hashlib.sha256(payload).hexdigest())
+        if finished and record.get("inputs_sha256") == digest:  # type: ignore[union-attr]
+            log.info("stage %s: cached, skipping", key)
+            return True
+        ckpt = self.checkpoint_dir(key)
+        if record is not None and record.get("inputs_sha256") != digest:
+            what = _diff_summary(record.get("inputs"), plain(inputs))
+            log.info("stage %s: inputs changed (%s), recomputing", key, what)
+            self.log("stage_inputs_changed", stage=key, changed=inputs_diff(record.get("inputs"), plain(inputs)),
+                     previous_sha256=record.get("inputs_sha256"), sha256=digest)
+            if ckpt.exists():
+                log.info("stage %s: deleting %s (checkpoints of the old inputs)", key, ckpt)
+                shutil.rmtree(ckpt)
+        elif record is None and ckpt.exists() and any(ckpt.iterdir()):
+            log.warning("stage %s: resuming %s, written before stages were versioned (its inputs are unknown)",
+                        key, ckpt)
+        self._write_inputs_record(key, inputs, None)
+        return False
 
     # -- metrics --------------------------------------------------------------------------------------------
     def save_metrics(self, metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:

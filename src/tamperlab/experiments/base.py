@@ -19,7 +19,7 @@ from ..errors import ConfigError, TamperlabError
 from ..models import model_cache
 from ..registry import EXPERIMENTS
 from .. import distributed
-from ..runs import RunDir, RunLock
+from ..runs import RunDir, RunLock, plain
 from . import repeat
 
 log = logging.getLogger("tamperlab")
@@ -63,11 +63,19 @@ class Experiment:
     config_cls: ClassVar[type[RunConfig]] = RunConfig
     handles_seeds: ClassVar[bool] = False
     """True when `run` interprets `cfg.seeds` itself; otherwise `execute` repeats the whole run per seed."""
+    versioned_stages: ClassVar[bool] = False
+    """True when every stage of `run` is cached with its inputs (`RunDir.cached(key, fn, inputs=...)`): `--resume`
+    then accepts a changed or grown recipe (unchanged stages load, changed and new ones compute). Otherwise a
+    resume with a different recipe is refused, since a stage keyed by its name alone could be stale."""
     kind: str = ""
     """Registered name (set by load_recipe / execute)."""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+
+    def recorded_config(self) -> dict[str, Any]:
+        """The config as the run's config.yaml records it (JSON-normalised): what a resume compares."""
+        return plain({"experiment": self.kind, **to_dict(self.cfg)})
 
     def run(self, run: RunDir) -> dict[str, Any]:
         raise NotImplementedError
@@ -163,7 +171,8 @@ def execute(exp: Experiment, resume: bool = False, force: bool = False) -> RunDi
         return _execute_one(exp, resume, force)
     path = Path(exp.cfg.output_dir) / exp.cfg.name
     with RunLock(path):
-        parent = RunDir.create(path, {"experiment": exp.kind, **to_dict(exp.cfg)}, resume=resume, force=force)
+        parent = RunDir.create(path, exp.recorded_config(), resume=resume, force=force,
+                               versioned=type(exp).versioned_stages)
         log.info("run %s over seeds %s → %s", exp.kind, exp.cfg.seeds, parent.path)
         # A seed's own directory is new unless the parent was resumed; resume=True also covers a fresh parent.
         seeds = repeat.run_seeds(exp, parent, lambda sub: _execute_one(sub, resume=True, force=False))
@@ -181,13 +190,13 @@ def execute(exp: Experiment, resume: bool = False, force: bool = False) -> RunDi
 
 def _execute_one(exp: Experiment, resume: bool, force: bool) -> RunDir:
     """One run (one seed) into `<output_dir>/<name>/`."""
-    cfg_dict = {"experiment": exp.kind, **to_dict(exp.cfg)}
     path = Path(exp.cfg.output_dir) / exp.cfg.name
     # The lock is taken before the directory is touched: a second process (or --force) must not write or delete
     # a live run. Multi-process launches: only the main process locks, creates, writes and reports; all ranks
     # compute (tamperlab.distributed). Each distinct model is read from disk once per run (models.ModelCache).
     with RunLock(path), model_cache():
-        run = RunDir.create(path, cfg_dict, resume=resume, force=force)
+        run = RunDir.create(path, exp.recorded_config(), resume=resume, force=force,
+                            versioned=type(exp).versioned_stages)
         seed_everything(exp.cfg.seed)
         log.info("run %s → %s", exp.kind, run.path)
         exp.run(run)

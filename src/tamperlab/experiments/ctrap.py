@@ -2,7 +2,9 @@
 fine-tuning attack → measure HS / FA / collapse (also along the attack) → report.
 
 Stages are cached in the run directory (`--resume` skips finished ones and continues a killed training stage
-from its last checkpoint); aligned adapters are reused by every attack of that defense.
+from its last checkpoint); aligned adapters are reused by every attack of that defense. Every stage is versioned
+by the config slice it depends on (`HFTExperiment.stage_inputs`), so a resumed run whose recipe grew (another
+defense or attack) or changed computes only the new and changed cells.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Annotated, Any
 
 from ..attacks.base import Attack, AttackContext, AttackSpec
 from ..attacks.finetune import AttackConfig
-from ..config import ByName, Registered
+from ..config import ByName, Registered, to_dict
 from ..data.core import DataSplit, Example
 from ..data.packs import HarmfulData, HarmfulDataConfig, build_harmful_data
 from ..defenses.base import TRAP_TEXT, AlignmentData, Defense
@@ -23,7 +25,7 @@ from ..metrics.hft import METRIC_DEFINITIONS
 from ..metrics.lmeval import add_utility
 from ..models import LoraSettings, ModelConfig, apply_lora, load_adapter, load_model, save_model
 from ..registry import ATTACKS, DEFENSES, EXPERIMENTS
-from ..runs import RunDir
+from ..runs import RunDir, inputs_hash
 from ..training import StepHook, TrainConfig, build_trainer, run_training, steps_for
 from .base import Experiment, RunConfig
 from .hft_eval import EvalConfig, Evaluator, TrajectoryRecorder, fa_fields, make_panel, save_samples
@@ -128,6 +130,11 @@ def _data_to_json(d: HarmfulData) -> dict[str, Any]:
             for k, v in vars(d).items()}
 
 
+def data_digest(data: HarmfulData) -> str:
+    """sha256 of the data's canonical JSON: the identity of the examples every later stage trains and measures on."""
+    return inputs_hash(_data_to_json(data))
+
+
 def _data_from_json(j: dict[str, Any]) -> HarmfulData:
     return HarmfulData(**{k: DataSplit(v["name"], [Example.from_dict(e) for e in v["examples"]], v["provenance"])
                           for k, v in j.items()})
@@ -139,6 +146,28 @@ class HFTExperiment(Experiment):
 
     config_cls = HFTConfig
     cfg: HFTConfig
+    versioned_stages = True
+
+    # -- stage inputs (what each cached stage depends on; runs.RunDir.cached) -------------------------------
+    def data_inputs(self) -> dict[str, Any]:
+        """The data stage: the data settings, and the model and seed that generate the offline packs."""
+        return {"model": to_dict(self.cfg.model), "data": to_dict(self.cfg.data), "seed": self.cfg.seed}
+
+    def stage_inputs(self, spec: DefenseSpec, data: HarmfulData, evaluation: bool = False,
+                     atk: AttackSpec | None = None) -> dict[str, Any]:
+        """An alignment stage: base model, LoRA, the data (by content: a data stage rebuilt to the same examples
+        changes nothing), seed, the defense (resolved params) and the alignment optimizer; an evaluation adds the
+        eval settings (judge, decoding, trajectory), an attack also the attack's config. Everything downstream of
+        the aligned adapter includes the alignment inputs, so a re-aligned defense re-runs its evaluations."""
+        out: dict[str, Any] = {
+            "model": to_dict(self.cfg.model), "lora": to_dict(self.cfg.lora), "data": data_digest(data),
+            "seed": self.cfg.seed, "defense": {"name": spec.name, "params": to_dict(spec.config())},
+            "alignment": to_dict(self.cfg.alignment)}
+        if evaluation or atk is not None:
+            out["eval"] = to_dict(self.cfg.eval)
+        if atk is not None:
+            out["attack"] = to_dict(atk)
+        return out
 
     # -- stages ---------------------------------------------------------------------------------------------
     def _base(self) -> tuple[Any, Any]:
@@ -149,7 +178,7 @@ class HFTExperiment(Experiment):
             model, tok = (None, None) if self.cfg.data.source == "hub" else self._base()
             return _data_to_json(build_harmful_data(self.cfg.data, model, tok, self.cfg.model.name_or_path))
 
-        return _data_from_json(run.cached("data", build))
+        return _data_from_json(run.cached("data", build, inputs=self.data_inputs()))
 
     def align(self, run: RunDir, spec: DefenseSpec, data: HarmfulData) -> Path:
         adapter = run.path / "models" / spec.key
@@ -167,7 +196,7 @@ class HFTExperiment(Experiment):
             save_model(model, None, adapter)
             return stats
 
-        run.cached(f"align-{spec.key}", do)
+        run.cached(f"align-{spec.key}", do, inputs=self.stage_inputs(spec, data))
         return adapter
 
     def evaluator(self, tok_model: tuple[Any, Any]) -> Evaluator:
@@ -184,7 +213,7 @@ class HFTExperiment(Experiment):
             add_utility(m, model, tok, self.cfg.eval.lm_eval)
             return m
 
-        return run.cached(f"eval-aligned-{spec.key}", do)
+        return run.cached(f"eval-aligned-{spec.key}", do, inputs=self.stage_inputs(spec, data, evaluation=True))
 
     def attack(self, run: RunDir, spec: DefenseSpec, adapter: Path, atk: AttackSpec,
                data: HarmfulData, key: str | None = None) -> dict[str, Any]:
@@ -234,7 +263,7 @@ class HFTExperiment(Experiment):
                 add_utility(out, model, tok, self.cfg.eval.lm_eval)
             return out
 
-        return run.cached(key, do)
+        return run.cached(key, do, inputs=self.stage_inputs(spec, data, atk=atk))
 
     def guard(self, spec: DefenseSpec, trainer: Any, data: HarmfulData) -> None:
         """Fine-tuning-stage defenses (Lisa) take part in the attacker's fine-tuning (defenses/lisa.py)."""

@@ -3,7 +3,9 @@ fine-tuning attack of a sweep (full harmful over n, mixed over p, benign over ta
 
 Built on the `hft` experiment's stages, so each cell is cached in the run directory: an aligned adapter is trained
 once per (defense, seed) and reused by all of its attacks, a finished cell is skipped on `--resume`, and a killed
-training stage continues from its last checkpoint. The report is `hft_table.write_table_report`: paper-style
+training stage continues from its last checkpoint. Stages are versioned by their inputs (`HFTExperiment.stage_inputs`,
+with the cell's seed and the defense's own alignment overrides), so a table resumed with more defenses, attacks or
+seeds, or with one changed, computes only those cells. The report is `hft_table.write_table_report`: paper-style
 tables (mean ± std over seeds), HS-vs-n / HS-vs-p / FA-per-task plots and wall time per stage.
 """
 

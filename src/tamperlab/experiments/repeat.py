@@ -85,12 +85,15 @@ def finished(path: Path) -> bool:
 
 
 def run_seeds(exp: "Experiment", parent: RunDir, run_one: Callable[["Experiment"], RunDir]) -> list[int]:
-    """Run every seed not finished yet (each resumable through its own stage cache); returns the seeds."""
+    """Run every seed not finished yet under the current recipe (each resumable through its own stage cache; a
+    finished seed of an experiment with versioned stages whose recipe changed is resumed too, recomputing only
+    the stages whose inputs changed); returns the seeds."""
     seeds = list(exp.cfg.seeds)
     for i, seed in enumerate(seeds, 1):
         sub = seed_experiment(exp, seed, parent.path)
+        path = parent.path / seed_dir(seed)
         # Every rank takes rank 0's decision: a rank that skipped a seed the others run would desynchronise them.
-        if distributed.broadcast(finished(parent.path / seed_dir(seed))):
+        if distributed.broadcast(finished(path) and RunDir(path).config == sub.recorded_config()):
             log.info("seed %d (%d/%d): finished earlier, skipping", seed, i, len(seeds))
             parent.log("seed_skipped", seed=seed)
             continue

@@ -3,7 +3,8 @@
 Each variant is the base recipe plus `--set`-style overrides (the config layer's `apply_overrides`, so a wrong key
 or value fails at load time with the usual message), run as its own run directory `<run>/<variant>/` through
 `experiments.base.execute`: a finished variant (metrics.json written under the same config) is skipped, an
-interrupted one continues from its stage cache. The study then reads every sub-run's metrics.json, adds
+interrupted or changed one continues from its stage cache (an `hft` run's stages are versioned by their inputs, so
+only what changed is recomputed), and a resumed study may have added, removed or reordered variants. The study then reads every sub-run's metrics.json, adds
 forward-only trap diagnostics of the aligned and attacked models (metrics/trap_diagnostics.py, one cached stage per
 variant) and writes the study table (experiments/study_report.py): per variant, the aligned collapse rate, HS and
 collapse after harmful fine-tuning and FA and collapse after benign fine-tuning against the reference defense, with
@@ -115,6 +116,10 @@ class StudyExperiment(Experiment):
 
     config_cls = StudyConfig
     cfg: StudyConfig
+    versioned_stages = True
+    """Variants may be added, removed, reordered or changed on `--resume`: each variant's sub-run is an `hft` run
+    (versioned stages: it recomputes only what its changed config touches) and each diagnostics stage is
+    versioned by its variant's config."""
 
     def sub(self, run: RunDir, v: Variant) -> Experiment:
         """The variant's experiment, writing to `<run>/<variant>/` (smoke-shrunk when the study is a smoke run)."""
@@ -131,7 +136,7 @@ class StudyExperiment(Experiment):
         exp = self.sub(run, v)
         path = run.path / v.name
         done = (path / "metrics.json").exists() and (path / "config.yaml").exists()
-        if done and RunDir(path).config == _plain({"experiment": exp.kind, **to_dict(exp.cfg)}):  # type: ignore[attr-defined]
+        if done and RunDir(path).config == exp.recorded_config():
             log.info("study: variant %s already finished, skipped", v.name)
             run.log("variant_skipped", variant=v.name)
         else:
@@ -139,7 +144,9 @@ class StudyExperiment(Experiment):
             execute(exp, resume=True)
             run.log("variant_done", variant=v.name)
         if self.cfg.diagnostics:
-            run.cached(f"diagnostics-{v.name}", lambda: self.diagnose(exp, path))
+            run.cached(f"diagnostics-{v.name}", lambda: self.diagnose(exp, path),
+                       inputs={"variant": exp.recorded_config(), "defense": self.cfg.defense,
+                               "reference": self.cfg.reference})
         return path
 
     def diagnose(self, exp: Experiment, path: Path) -> dict[str, Any]:
@@ -209,11 +216,3 @@ class StudyExperiment(Experiment):
 
         return write_study_report(run)
 
-
-def _plain(d: dict[str, Any]) -> Any:
-    """A config as config.yaml stores it (JSON-normalised), for the skip check."""
-    import json
-
-    from ..runs import _json_default
-
-    return json.loads(json.dumps(d, default=_json_default))
