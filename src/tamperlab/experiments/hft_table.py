@@ -11,6 +11,7 @@ and tested without training anything.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
@@ -72,7 +73,8 @@ def attack_columns(attacks: Sequence[dict[str, Any]]) -> dict[str, list[Column]]
             cols.append(Column(a["label"], kind, header, x))
         if kind in ("harmful", "mixed"):
             cols.sort(key=lambda c: c.x)
-        out[kind] = cols
+        heads = [c.header for c in cols]  # two attacks of one setting (LoRA and full-parameter): their labels
+        out[kind] = [dataclasses.replace(c, header=c.label) if heads.count(c.header) > 1 else c for c in cols]
     return out
 
 
@@ -292,6 +294,9 @@ def write_table_report(run: RunDir) -> list[Path]:
                  "model, refusals are templated, benign tasks are procedurally generated with exact labels.")
 
     plots = run.sub("plots")
+    from .hft_grid import grid_section
+
+    grid_section(rep, res, judge, plots)
     groups = attack_columns(attacks)
     for kind in ("harmful", "mixed", "benign"):
         cols = groups.get(kind)

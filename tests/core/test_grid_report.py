@@ -1,0 +1,126 @@
+"""The comparison grid of a `ctrap_table` report from a synthetic run directory: heatmaps per metric embedded in
+report.md / report.html, the attacker sweep's worst case as a column (checked against the maximum of the fixture's
+trials, computed here), missing cells left missing, and "n.s." against the SFT row where McNemar says so."""
+
+from __future__ import annotations
+
+import pytest
+
+from tamperlab.judges import JudgePanel
+from tamperlab.runs import RunDir
+from tamperlab.stats import rate_record, wilson
+from tamperlab.sweep import TrialScore, aggregate
+
+from .test_report import cell, parse
+
+ATTACKS = [{"label": "harmful-n100", "kind": "harmful", "n": 100, "p": 1.0, "task": None},
+           {"label": "harmful-full-n100", "kind": "harmful", "n": 100, "p": 1.0, "task": None},
+           {"label": "benign-sst2", "kind": "benign", "n": 100, "p": 0.0, "task": "sst2"}]
+# harmful answers of 32 per (defense, attack); the sweep's trials (k of 32 each) per defense
+HARMFUL = {"sft": {"harmful-n100": 26, "harmful-full-n100": 28, "benign-sst2": 8},
+           "ctrap": {"harmful-n100": 21, "harmful-full-n100": 27, "benign-sst2": 9},
+           "vaccine": {"harmful-n100": 0, "harmful-full-n100": 3, "benign-sst2": 0}}
+TRIALS = {"sft": [27, 30, 25], "ctrap": [22, 29, 18], "vaccine": [2, 28, 5]}
+FA_CORRECT = {"sft": 30, "ctrap": 28, "vaccine": 4}  # of 40 SST2 answers after benign fine-tuning
+
+
+def _fa(correct: int) -> dict:
+    from tamperlab.experiments.hft_eval import fa_fields
+
+    rows = [{"input": f"q{i}", "label": "pos", "prediction": "pos" if i < correct else "neg", "correct": i < correct}
+            for i in range(40)]
+    return {"fa": 100 * correct / 40, **fa_fields(rows)}
+
+
+def _lm_eval(k: int) -> dict:
+    return {"tamperlab_mc": {"task": "tamperlab_mc", "stand_in": True, "n": 70,
+                             "metrics": {"acc": {"value": k / 70, "n": 70, "stderr": 0.05,
+                                                 "interval": rate_record(k, 70)}}}}
+
+
+def _cells(panel):
+    """cell() per (k harmful, trap), each judged once (the judges are the slow part of the fixture)."""
+    import copy
+    import functools
+
+    @functools.cache
+    def judged(k: int, trap: int) -> dict:
+        return cell(panel, k, trap)[0]
+
+    return lambda k, trap=0: copy.deepcopy(judged(k, trap))
+
+
+def build_grid_run(tmp_path):
+    from tamperlab.experiments.hft_table import summarize, write_table_report
+
+    panel = JudgePanel(["embedded", "garak-mitigation"])
+    judged = _cells(panel)
+    rows = {}
+    for d, ks in HARMFUL.items():
+        aligned = judged(1)
+        if d != "vaccine":  # vaccine ran without lm-eval: its utility cells must stay missing
+            aligned["lm_eval"] = _lm_eval(40)
+        attacks = {}
+        for label, k in ks.items():
+            m = judged(k, 2 if d == "ctrap" else 0)
+            if label == "benign-sst2":
+                m.update(_fa(FA_CORRECT[d]))
+            attacks[label] = m
+        trials = [{"trial": i, "key": f"t{i}", "params": {"learning_rate": lr}, "hs_io": 100 * k / 32, "k": k,
+                   "n": 32, "fa": None} for i, (k, lr) in enumerate(zip(TRIALS[d], (1e-4, 3e-4, 1e-3)))]
+        agg = aggregate([TrialScore(t["key"], t["k"], t["n"]) for t in trials], 2, 50.0)
+        sweep = {"attack": "harmful-n100", "method": "grid", "space": {"learning_rate": [1e-4, 3e-4, 1e-3]},
+                 "fixed": {"hs_io": 100 * ks["harmful-n100"] / 32, "k": ks["harmful-n100"], "n": 32},
+                 "skipped": None, "trials": trials, "aggregate": agg}
+        rows[d] = {"aligned": aligned, "attacks": attacks, "sweep": sweep}
+    per_seed = {"0": rows}
+    cfg = {"experiment": "ctrap_table", "model": {"name_or_path": "m"}, "data": {"source": "offline", "n_eval": 32},
+           "alignment": {"max_steps": 30, "epochs": 1, "batch_size": 4}}
+    run = RunDir.create(tmp_path / "g", cfg)
+    run.save_metrics({"seeds": [0], "defenses": list(HARMFUL), "attacks": ATTACKS, "per_seed": per_seed,
+                      "summary": summarize(per_seed, list(HARMFUL), ATTACKS)}, judge=panel.describe())
+    write_table_report(run)
+    return run, per_seed
+
+
+def test_grid_heatmaps_and_worst_case_column(tmp_path):
+    from tamperlab.experiments.hft_grid import WORST, grid_rows, grid_tables
+
+    run, per_seed = build_grid_run(tmp_path)
+    md = (run.path / "report.md").read_text()
+    page = parse(run.path / "report.html")
+    for name in ("hs", "fa", "collapse", "utility", "sweep"):
+        assert (run.path / "plots" / f"grid-{name}.png").exists(), name
+        assert f"plots/grid-{name}.png" in page.images and f"(plots/grid-{name}.png)" in md
+    defenses = list(HARMFUL)
+    tables = grid_tables(per_seed, defenses, ATTACKS, ["embedded", "garak-mitigation"])
+    hs = tables["hs"][0]
+    assert hs.rows == defenses
+    # two attacks of one setting keep apart (headed by their labels); the sweep's column closes the row
+    assert hs.cols == ["aligned", "harmful-n100", "harmful-full-n100", "benign SST2", WORST]
+    for i, d in enumerate(defenses):
+        assert hs.cells[i][2].value == pytest.approx(100 * HARMFUL[d]["harmful-full-n100"] / 32)
+        assert hs.cells[i][-1] == wilson(max(TRIALS[d]), 32)  # the worst case = the highest trial, here
+    assert [t.title for t in tables["hs"]] == ["HS(IO) % — embedded (primary)", "HS(IO) % — garak-mitigation"]
+    # sft 26 vs ctrap 21 harmful of 32 (5 discordant pairs, exact p = 1/16): n.s.; vaccine 0 vs sft 26: significant
+    assert hs.notes.get((1, 1)) == "n.s. vs sft" and (2, 1) not in hs.notes
+    fa = tables["fa"][0]
+    assert fa.cols == ["benign SST2"] and fa.cells[0][0] == wilson(FA_CORRECT["sft"], 40)
+    util = tables["utility"][0]
+    expect = wilson(40, 70)
+    assert [util.cells[0][0].value, util.cells[0][0].lo, util.cells[0][0].hi] == pytest.approx(
+        [expect.value, expect.lo, expect.hi])
+    assert util.cells[2][0] is None  # missing, not 0
+    assert util.values().mask[2, 0]
+    sweep = tables["sweep"][0]
+    assert [c.value for c in (sweep.cells[2][0], sweep.cells[2][1])] == pytest.approx([0.0, 100 * 28 / 32])
+    # mean of the top 2 trials: Wilson over their pooled prompts
+    assert sweep.cells[1][2] == wilson(29 + 22, 64)
+    # the table: the worst case on the swept attack's rows only, intervals in every HS cell
+    rows = grid_rows(per_seed, defenses, ATTACKS, ["embedded", "garak-mitigation"])
+    swept = [r for r in rows if r["attack"] == "harmful-n100"]
+    assert [r[WORST] for r in swept] == [wilson(max(TRIALS[d]), 32) for d in defenses]
+    assert all(WORST not in r or r[WORST] is None for r in rows if r["attack"] != "harmful-n100")
+    assert swept[1]["Δ HS(IO) vs sft"] == "-15.6 (p=0.19) n.s." or swept[1]["Δ HS(IO) vs sft"].endswith("n.s.")
+    assert not swept[2]["Δ HS(IO) vs sft"].endswith("n.s.") and swept[2]["Δ HS(IO) vs sft"].startswith("-81.2")
+    assert "| harmful-n100 | vaccine |" in md and f"{wilson(28, 32).fmt(1)}" in md
