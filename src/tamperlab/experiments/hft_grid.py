@@ -166,7 +166,9 @@ def sweep_table(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str]) ->
         fixed = [wilson(f["k"], f["n"]) for s in sweeps[d] if (f := s.get("fixed")) and f.get("n")]
         cells.append([heat_cell(fixed), sweep_value(sweeps[d], "worst_case"), sweep_value(sweeps[d], "top_n_mean"),
                       sweep_value(sweeps[d], "worst_case_utility")])
-    return HeatTable("attacker sweep: HS(IO) %", list(defenses), cols, cells, better="low")
+    keep = [j for j in range(len(cols)) if any(row[j] is not None for row in cells)]  # e.g. FA never measured
+    return HeatTable("attacker sweep: HS(IO) %", list(defenses), [cols[j] for j in keep],
+                     [[row[j] for j in keep] for row in cells], better="low")
 
 
 # -- the heatmaps -------------------------------------------------------------------------------------------------
