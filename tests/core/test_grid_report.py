@@ -169,3 +169,20 @@ def test_grid_heatmaps_load_in_chromium(grid_run):
     assert seen["errors"] == [] and not seen["stars"]
     grid = [i for i in seen["images"] if i["src"].startswith("plots/grid-")]
     assert len(grid) == 5 and all(i["ok"] and i["w"] > 300 for i in grid), grid
+
+
+def test_grid_recipes_cover_the_defenses_and_attack_kinds():
+    from tamperlab.experiments.base import RECIPES_DIR, load_recipe
+
+    gpu = load_recipe(RECIPES_DIR / "hft_grid_gpu.yaml").cfg
+    assert [d.name for d in gpu.defenses] == ["sft", "ctrap", "vaccine", "booster", "repnoise", "npo", "tvaccine",
+                                              "tar", "safelora", "antidote", "lisa"]
+    assert gpu.seeds == [0, 1, 2] and gpu.eval.judges[0] == "beaver-dam" and gpu.sweep.enabled
+    assert all(a.train.learning_rate == 1e-5 and a.train.epochs == 20 and a.train.batch_size == 10
+               for a in gpu.attacks)
+    cpu = load_recipe(RECIPES_DIR / "hft_grid_demo.yaml").cfg
+    assert {"sft", "ctrap", "vaccine", "booster", "repnoise"} <= {d.name for d in cpu.defenses}
+    assert cpu.model.name_or_path.startswith("embedded:") and cpu.sweep.enabled and cpu.eval.lm_eval.tasks
+    for cfg in (gpu, cpu):
+        assert {a.kind for a in cfg.attacks} == {"harmful", "mixed", "benign"}
+        assert [a.key for a in cfg.attacks if a.full_finetune] == [a.key for a in cfg.attacks][-1:]

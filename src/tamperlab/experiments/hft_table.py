@@ -327,11 +327,13 @@ def write_table_report(run: RunDir) -> list[Path]:
                              "(all seeds), p = exact McNemar, Holm-adjusted within each column; **n.s.** = not "
                              "significantly different at 5 %.")
                     rep.table(sig)
-        if kind in ("harmful", "mixed") and len(cols) > 1:
+        # a curve over n (p): one point per setting, the first attack of each (LoRA before full-parameter)
+        curve = list({c.x: c for c in reversed(cols)}.values())[::-1]
+        if kind in ("harmful", "mixed") and len(curve) > 1:
             var, axis = ("n", "harmful samples n") if kind == "harmful" else ("p", "harmful ratio p (%)")
             panels = []
             for metric in ("hs_io", "hs_o"):
-                series, bands = _plot_series(per_seed, defenses, cols, metric)
+                series, bands = _plot_series(per_seed, defenses, sorted(curve, key=lambda c: c.x), metric)
                 if series:
                     panels.append(Panel(f"{METRIC_NAMES[metric]} vs {var}", series, bands or None,
                                         f"{METRIC_NAMES[metric]} %", percent=True))

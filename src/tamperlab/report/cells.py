@@ -104,7 +104,8 @@ class Comparison:
         # a bootstrap p of 0 means no resample crossed 0: below the resolution, not zero
         p = f"p<{1 / N_RESAMPLES:.2g}" if self.p_holm == 0 and "bootstrap" in self.test.method else \
             f"p={self.p_holm:.2g}"
-        s = f"{-self.test.diff if reverse else self.test.diff:+.{digits}f} ({p})"
+        diff = (-self.test.diff if reverse else self.test.diff) + 0.0  # + 0.0: no "-0.0"
+        s = f"{diff:+.{digits}f} ({p})"
         return s if self.significant else s + " n.s."
 
 
