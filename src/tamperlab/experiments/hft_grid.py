@@ -7,7 +7,7 @@ there) + one per attack (+ "worst case (sweep)" for the primary judge's HS when 
 * HS(IO) per judge of the panel (the primary judge's from the cell's own counts, the others' from their verdicts);
 * FA (fine-tune accuracy on the attack's benign task);
 * collapse rate;
-* lm-eval utility, one panel per task · metric (fractions shown as %);
+* lm-eval utility, one panel per task (its first accuracy metric; fractions shown as %);
 * the attacker sweep: the fixed attack next to the sweep's worst case, mean of the top n and worst case keeping
   utility.
 
@@ -103,16 +103,17 @@ def lmeval_getter(task: str, metric: str) -> Getter:
 
 
 def lmeval_metrics(per_seed: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
-    """(task, metric) pairs of 0/1-score metrics present in any cell, in first-seen order."""
-    out: list[tuple[str, str]] = []
+    """(task, metric): per lm-eval task its first 0/1-score metric (acc before acc_norm; exact_match's first
+    filter), in first-seen order — one panel per task; every metric is in the report's lm-eval table."""
+    out: dict[str, str] = {}
     for rows in per_seed.values():
         for r in rows.values():
             for c in ([r["aligned"]] if r.get("aligned") else []) + list(r.get("attacks", {}).values()):
                 for task, res in (c.get("lm_eval") or {}).items():
-                    for metric in (res.get("metrics") or {}):
-                        if metric.split(",")[0] in ACCURACY_METRICS and (task, metric) not in out:
-                            out.append((task, metric))
-    return out
+                    found = [m for m in (res.get("metrics") or {}) if m.split(",")[0] in ACCURACY_METRICS]
+                    if task not in out and found:
+                        out[task] = min(found, key=lambda m: ACCURACY_METRICS.index(m.split(",")[0]))
+    return list(out.items())
 
 
 def seed_intervals(per_seed: dict[str, dict[str, Any]], defense: str, col: GridColumn,
@@ -222,8 +223,8 @@ def mark_not_significant(table: HeatTable, tests: dict[str, dict[str, Comparison
 
 def grid_tables(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str], attacks: Sequence[dict[str, Any]],
                 panel: Sequence[str], tests: Tests | None = None) -> dict[str, list[HeatTable]]:
-    """The heatmaps of a run by figure: hs (one panel per judge), fa, collapse, utility (one per lm-eval task ·
-    metric), sweep. Figures with nothing measured are left out."""
+    """The heatmaps of a run by figure: hs (one panel per judge), fa, collapse, utility (one per lm-eval task),
+    sweep. Figures with nothing measured are left out."""
     cols = [ALIGNED] + grid_columns(attacks)
     tests = tests if tests is not None else reference_tests(per_seed, defenses, cols)
     judges = list(panel) or ["primary judge"]
@@ -296,7 +297,7 @@ FIGURES = {
     "fa": "fine-tune accuracy on each attack's benign task (higher is better)",
     "collapse": "collapse rate: answers dominated by the trap word (CTRAP's intended effect after a harmful attack; "
                 "a cost anywhere else)",
-    "utility": "lm-evaluation-harness utility per task · metric, as % (higher is better)",
+    "utility": "lm-evaluation-harness utility per task (its first accuracy metric), as % (higher is better)",
     "sweep": "attacker sweep: the fixed attack next to the tuned attackers' worst case, mean of the top n and "
              "worst case among trials that keep FA",
 }
