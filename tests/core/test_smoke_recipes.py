@@ -18,7 +18,7 @@ from tamperlab.experiments.base import RECIPES_DIR, load_recipe
 
 RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 SLOW_SMOKE = {"hft_grid_demo", "hft_grid_gpu"}
-"""Grids whose smoke run has 60-100 stages (minutes even on a tiny model: 2311 s for hft_grid_gpu on the shared
+"""Grids whose smoke run has 60-100 stages (minutes even on a tiny model: 504 s / 2311 s on the shared
 2-core machine at load 15): still run, under `-m slow`. Their defenses', attacks' and report's code paths run in the
 fast smoke of ctrap_table_full / ctrap_table_sweep_demo / hft_lmeval_demo and in tests/core/test_grid_report.py."""
 
