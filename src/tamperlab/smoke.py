@@ -97,6 +97,22 @@ def _tiny_family(v: str, _o: Any) -> str:
     return "tiny:" + model_family(v)
 
 
+def _one_epoch(v: list[float], _o: Any) -> list[float]:
+    """Swept epoch counts → at most 1 each (a tiny dataset × 20 epochs is 20 steps per trial)."""
+    return sorted({min(float(e), 1.0) for e in v})
+
+
+def _each_at_most(k: int) -> Rule:
+    """A swept list of sizes → each value capped at k, duplicates merged (trials keep the smoke budget)."""
+    return lambda v, _o: sorted({min(x, k) for x in v})
+
+
+def _first_seed(v: list[int], _o: Any) -> list[int]:
+    """`seeds: [0, 1, 2]` → [0]: the per-seed layout stays, each cell runs once (a grid × 3 seeds is hundreds of
+    stages even on a tiny model)."""
+    return v[:1]
+
+
 def _judge_params(v: dict[str, dict[str, Any]], o: Any) -> dict[str, dict[str, Any]]:
     """Per judge of the panel that loads a hub model: its stand-in's path in place of the model."""
     out = dict(v)
@@ -127,6 +143,11 @@ RULES: dict[str, dict[str, Rule]] = {
         "eval_steps": _steps, "n_trajectory_prompts": cap(1), "n_loss_probe": cap(1), "judge_params": _judge_params},
     "tamperlab.experiments.ctrap.HFTConfig": {"attacks": _sweep_ends},
     "tamperlab.experiments.study.StudyConfig": {"variants": _ends},
+    "tamperlab.experiments.base.RunConfig": {"seeds": _first_seed},
+    # attacker sweeps: two trials per target (proposal, caching and aggregation all run), epochs ≤ 1
+    "tamperlab.sweep.SweepSettings": {"n_trials": to(2)},
+    "tamperlab.experiments.hft_sweep.AttackSpace": {"epochs": _one_epoch, "max_steps": _each_at_most(SMOKE_STEPS),
+                                                    "batch_size": _each_at_most(2)},
     # lm-eval utility: standard task names → the shipped offline stand-ins (no hub), 2 items per task
     "tamperlab.metrics.lmeval.LMEvalConfig": {"offline": to(True), "limit": to(2), "batch_size": cap(2)},
     "tamperlab.defenses.base.DefenseConfig": {"helpful_batch_size": cap(2), "harmful_batch_size": cap(2)},
@@ -331,6 +352,11 @@ def substitutions(before: Any, after: Any) -> list[str]:
     if any(v for v in _values(to_dict(before), "lm_eval") if isinstance(v, dict) and v.get("tasks")):
         out.append("lm-eval: standard tasks → the shipped offline stand-ins (tamperlab_mc / tamperlab_arith), "
                    "2 items each; tasks without a stand-in skipped")
+    if len(getattr(before, "seeds", [])) > len(getattr(after, "seeds", [])):
+        out.append(f"seeds: the first of {before.seeds}")
+    sweep = getattr(after, "sweep", None)
+    if getattr(sweep, "enabled", False):
+        out.append("attacker sweep: 2 trials per target (epochs ≤ 1, steps ≤ 2, batch ≤ 2)")
     if getattr(after, "removals", None):
         out.append("removals: each applied to one fingerprint, round robin (the table has empty cells)")
     out.append("data: hub datasets → packaged schema fixtures (data/fixtures/, placeholder rows); sizes, evaluation "

@@ -238,12 +238,18 @@ def bootstrap_diff(a: Sequence[float], b: Sequence[float], scale: float = 1.0, s
 
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-adjusted p-values for a family of comparisons (nan stays nan)."""
-    from statsmodels.stats.multitest import multipletests
+    import gc
+    from unittest import mock
+
+    from statsmodels.stats import multitest
 
     idx = [i for i, p in enumerate(pvalues) if not math.isnan(p)]
     out = [math.nan] * len(pvalues)
     if idx:
-        adj = multipletests([pvalues[i] for i in idx], alpha=ALPHA, method="holm")[1]
+        # statsmodels' Holm branch ends with a full gc.collect(): seconds per call in a process that holds torch
+        # and matplotlib objects (a report runs one test family per table column). The p-values do not depend on it.
+        with mock.patch.object(gc, "collect", lambda *a: 0):
+            adj = multitest.multipletests([pvalues[i] for i in idx], alpha=ALPHA, method="holm")[1]
         for i, p in zip(idx, adj):
             out[i] = float(p)
     return out

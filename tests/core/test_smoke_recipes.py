@@ -17,6 +17,10 @@ from tamperlab.config import to_dict
 from tamperlab.experiments.base import RECIPES_DIR, load_recipe
 
 RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+SLOW_SMOKE = {"hft_grid_demo", "hft_grid_gpu"}
+"""Grids whose smoke run has 60-100 stages (minutes even on a tiny model: 504 s / 2311 s on the shared
+2-core machine at load 15): still run, under `-m slow`. Their defenses', attacks' and report's code paths run in the
+fast smoke of ctrap_table_full / ctrap_table_sweep_demo / hft_lmeval_demo and in tests/core/test_grid_report.py."""
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +189,7 @@ def _expected_structure(kind: str, cfg, res: dict) -> None:
         raise AssertionError(f"no structure check for experiment {kind!r}")
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SMOKE else n for n in RECIPES])
 def test_recipe_runs_in_smoke_mode(name, workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     recipe = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text())

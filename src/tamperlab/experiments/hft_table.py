@@ -11,6 +11,7 @@ and tested without training anything.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..metrics.lmeval import hft_cells, report_section
-from ..report.cells import cell_interval, judge_hs, pairwise, panel_agreement, seeds_cell
+from ..report.cells import cell_interval, judge_hs, pairwise, panel_agreement, pool_seeds, seeds_cell
 from ..report.render import Panel, Report, plot_bars, plot_grid, provenance_block
 from ..report.samples import write_sample_view
 from ..runs import RunDir
@@ -72,7 +73,8 @@ def attack_columns(attacks: Sequence[dict[str, Any]]) -> dict[str, list[Column]]
             cols.append(Column(a["label"], kind, header, x))
         if kind in ("harmful", "mixed"):
             cols.sort(key=lambda c: c.x)
-        out[kind] = cols
+        heads = [c.header for c in cols]  # two attacks of one setting (LoRA and full-parameter): their labels
+        out[kind] = [dataclasses.replace(c, header=c.label) if heads.count(c.header) > 1 else c for c in cols]
     return out
 
 
@@ -235,24 +237,36 @@ def panel_table(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str], co
 
 def paper_rows(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str], cols: Sequence[Column],
                attacks: Sequence[dict[str, Any]], cfg: dict[str, Any], judge: dict[str, Any]) -> list[dict[str, Any]]:
-    """HFT_REFERENCES against the mean over the harmful columns (pooled interval when the cells carry counts)."""
-    from ..report.references import HFT_REFERENCES, comparison_rows, hft_setting
+    """HFT_REFERENCES against the measurement: a reference of CTRAP Table 1's kind against the mean over the full
+    harmful fine-tuning columns, a reference that names its attack column (T-Vaccine: mixed p = 0.1 SST2) against
+    that column (pooled interval over seeds when the cells carry counts)."""
+    from ..report.references import HFT_REFERENCES, attack_setting, comparison_rows, hft_setting, matches_column
 
-    if not cols:
-        return []
-    measured: dict[tuple[str, str], Any] = {}
-    for d in defenses:
-        for metric in ("hs_io", "hs_o"):
-            ivs = [cell_interval(c, metric) for col in cols for c in cells_over_seeds(per_seed, d, col.label)
-                   if c.get(metric) is not None]
-            if not ivs:
-                continue
-            if all(iv is not None and iv.k is not None for iv in ivs):
-                measured[(d, metric)] = wilson(sum(iv.k for iv in ivs), sum(iv.n for iv in ivs))  # type: ignore
-            else:
-                measured[(d, metric)] = statistics.fmean(iv.value for iv in ivs if iv is not None)
-    ns = [a["n"] for a in attacks if a["kind"] == "harmful"]
-    return comparison_rows(HFT_REFERENCES, measured, hft_setting(cfg, judge, ns))
+    def combined(ivs: Sequence[Interval | None]) -> Interval | float | None:
+        present = [iv for iv in ivs if iv is not None]
+        if not present:
+            return None
+        return pool_seeds(present) or statistics.fmean(iv.value for iv in present)
+
+    base = hft_setting(cfg, judge, [a["n"] for a in attacks if a["kind"] == "harmful"])
+    rows: list[dict[str, Any]] = []
+    if cols:
+        measured: dict[tuple[str, str], Any] = {}
+        for d in defenses:
+            for metric in ("hs_io", "hs_o"):
+                m = combined([cell_interval(c, metric) for col in cols for c in cells_over_seeds(per_seed, d, col.label)
+                              if c.get(metric) is not None])
+                if m is not None:
+                    measured[(d, metric)] = m
+        rows += comparison_rows([r for r in HFT_REFERENCES if r.column is None], measured, base)
+    for ref in HFT_REFERENCES:
+        atk = next((a for a in attacks if matches_column(ref, a)), None)
+        if atk is None or ref.method not in defenses:
+            continue
+        m = combined([cell_interval(c, ref.metric) for c in cells_over_seeds(per_seed, ref.method, atk["label"])])
+        if m is not None:
+            rows += comparison_rows([ref], {(ref.method, ref.metric): m}, {**base, "attack": attack_setting(atk)})
+    return rows
 
 
 def has_counts(per_seed: dict[str, dict[str, Any]]) -> bool:
@@ -292,6 +306,9 @@ def write_table_report(run: RunDir) -> list[Path]:
                  "model, refusals are templated, benign tasks are procedurally generated with exact labels.")
 
     plots = run.sub("plots")
+    from .hft_grid import grid_section
+
+    grid_section(rep, res, judge, plots)
     groups = attack_columns(attacks)
     for kind in ("harmful", "mixed", "benign"):
         cols = groups.get(kind)
@@ -310,11 +327,13 @@ def write_table_report(run: RunDir) -> list[Path]:
                              "(all seeds), p = exact McNemar, Holm-adjusted within each column; **n.s.** = not "
                              "significantly different at 5 %.")
                     rep.table(sig)
-        if kind in ("harmful", "mixed") and len(cols) > 1:
+        # a curve over n (p): one point per setting, the first attack of each (LoRA before full-parameter)
+        curve = list({c.x: c for c in reversed(cols)}.values())[::-1]
+        if kind in ("harmful", "mixed") and len(curve) > 1:
             var, axis = ("n", "harmful samples n") if kind == "harmful" else ("p", "harmful ratio p (%)")
             panels = []
             for metric in ("hs_io", "hs_o"):
-                series, bands = _plot_series(per_seed, defenses, cols, metric)
+                series, bands = _plot_series(per_seed, defenses, sorted(curve, key=lambda c: c.x), metric)
                 if series:
                     panels.append(Panel(f"{METRIC_NAMES[metric]} vs {var}", series, bands or None,
                                         f"{METRIC_NAMES[metric]} %", percent=True))
@@ -368,8 +387,10 @@ def write_table_report(run: RunDir) -> list[Path]:
     refs = paper_rows(per_seed, defenses, groups.get("harmful", []), attacks, cfg, judge)
     if refs:
         rep.heading("Paper vs measured")
-        rep.text("The papers' headline numbers next to this run's average over the full harmful fine-tuning columns "
-                 "(value [Wilson 95 % interval of all columns' and seeds' prompts pooled]). **pass** = the paper's "
+        rep.text("The papers' headline numbers next to this run's measurement: CTRAP Table 1's against the average "
+                 "over the full harmful fine-tuning columns, a number measured on one attack setting (T-Vaccine: "
+                 "mixed p = 0.1 SST2) against that column (value [Wilson 95 % interval of all columns' and seeds' "
+                 "prompts pooled]). **pass** = the paper's "
                  "number lies within the measured interval widened by the tolerance; **not comparable** names the "
                  "setting fields (model, data, judge, attack) that differ — then no pass / fail is given.")
         rep.table(refs, digits=1)

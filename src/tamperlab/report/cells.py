@@ -57,17 +57,29 @@ def pooled(cells: Sequence[dict[str, Any] | None], metric: str) -> tuple[list[in
 def seeds_cell(cells: Sequence[dict[str, Any] | None], metric: str, digits: int = 1) -> str | Interval | None:
     """A table cell over seeds: one seed → its Interval; several → "mean ± sd [pooled Wilson interval]"."""
     present = [c for c in cells if c and c.get(metric) is not None]
-    if not present:
+    return seeds_text([cell_interval(c, metric) for c in present], digits)  # type: ignore[misc]
+
+
+def seeds_text(ivs: Sequence[Interval], digits: int = 1, scale: float = 100.0) -> str | Interval | None:
+    """The same cell from one Interval per seed (any rate: a judge's HS, FA, an lm-eval accuracy): one seed →
+    the Interval; several → "mean ± sd [Wilson interval of the pooled counts]" (×scale)."""
+    if not ivs:
         return None
-    if len(present) == 1:
-        return cell_interval(present[0], metric)
-    m, sd = mean_sd([float(c[metric]) for c in present])
+    if len(ivs) == 1:
+        return ivs[0]
+    m, sd = mean_sd([iv.value for iv in ivs])
     s = f"{m:.{digits}f} ± {sd:.{digits}f}"
-    ivs = [cell_interval(c, metric) for c in present]
-    if all(iv is not None and iv.k is not None for iv in ivs):
-        iv = wilson(sum(i.k for i in ivs), sum(i.n for i in ivs))  # type: ignore[union-attr,misc]
+    iv = pool_seeds(ivs, scale)
+    if iv is not None:
         s += f" [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}]"
     return s
+
+
+def pool_seeds(ivs: Sequence[Interval | None], scale: float = 100.0) -> Interval | None:
+    """Wilson interval of several seeds' counts pooled (None unless every one carries k and n)."""
+    if not ivs or any(iv is None or iv.k is None or not iv.n for iv in ivs):
+        return None
+    return wilson(sum(iv.k for iv in ivs), sum(iv.n for iv in ivs), scale)  # type: ignore[union-attr,misc]
 
 
 @dataclass
@@ -84,13 +96,16 @@ class Comparison:
     def significant(self) -> bool:
         return not math.isnan(self.p_holm) and self.p_holm < 0.05
 
-    def fmt(self, digits: int = 1) -> str:
+    def fmt(self, digits: int = 1, reverse: bool = False) -> str:
+        """`+15.6 (p=0.25) n.s.`: Δ = A − B (B − A with `reverse`), the Holm-adjusted p, n.s. when not
+        significant at 5 %."""
         if math.isnan(self.test.p):
             return "–"
         # a bootstrap p of 0 means no resample crossed 0: below the resolution, not zero
         p = f"p<{1 / N_RESAMPLES:.2g}" if self.p_holm == 0 and "bootstrap" in self.test.method else \
             f"p={self.p_holm:.2g}"
-        s = f"{self.test.diff:+.{digits}f} ({p})"
+        diff = (-self.test.diff if reverse else self.test.diff) + 0.0  # + 0.0: no "-0.0"
+        s = f"{diff:+.{digits}f} ({p})"
         return s if self.significant else s + " n.s."
 
 
