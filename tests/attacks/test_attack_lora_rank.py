@@ -33,7 +33,7 @@ def test_fresh_adapter_of_rank_r_on_the_merged_release(released):
     torch.testing.assert_close(merged, base_w["model.layers.0.self_attn.q_proj.weight"] + 2.0 * b @ a)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n for n in trainable)
-    assert {n.split(".")[-3] for n in trainable} == {"q_proj", "v_proj"}  # exactly the chosen modules
+    assert {n.split(".")[-4] for n in trainable} == {"q_proj", "v_proj"}  # exactly the chosen modules
     assert len(trainable) == 2 * 2 * 2  # 2 layers × 2 modules × (A, B)
     for n, p in trainable.items():
         assert (p.shape[0] if "lora_A" in n else p.shape[1]) == 4  # rank 4

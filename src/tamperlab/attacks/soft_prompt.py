@@ -18,6 +18,7 @@ optimiser is the project's AdamW through the shared Trainer plumbing.
 from __future__ import annotations
 
 import random
+import types
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -94,7 +95,32 @@ def with_soft_prompt(model: Any, tokenizer: Any, cfg: SoftPromptConfig, seed: in
     table = soft_prompt_table(peft_model)
     with torch.no_grad():
         table.copy_(start.to(table.dtype))
+    # peft's own prompt-tuning `generate` (peft 0.21 / transformers 5.24) departs from its `forward` after the
+    # first two decoded tokens (measured: tests/attacks/test_attack_soft_prompt.py decodes both ways); this
+    # instance decodes from [P; embed(prompt)] through the frozen model instead, as it was trained.
+    peft_model.generate = types.MethodType(generate_with_prompt, peft_model)
     return peft_model
+
+
+def generate_with_prompt(peft_model: Any, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
+    """Greedy / sampled decoding of the frozen model from each row's [P; embed(prompt)], P placed right before the
+    row's first real token (after left padding), returned like transformers' `generate` on input_ids: the prompt
+    ids followed by the new tokens."""
+    import torch
+
+    table = soft_prompt_table(peft_model)
+    model = peft_model.get_base_model()
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    embeds = model.get_input_embeddings()(input_ids)
+    k = table.shape[0]
+    rows, masks = [], []
+    for row in range(input_ids.shape[0]):
+        first = int(attention_mask[row].nonzero()[0]) if attention_mask[row].any() else input_ids.shape[1]
+        rows.append(torch.cat([embeds[row, :first], table.to(embeds.dtype), embeds[row, first:]]))
+        masks.append(torch.cat([attention_mask[row, :first], attention_mask.new_ones(k), attention_mask[row, first:]]))
+    new = model.generate(inputs_embeds=torch.stack(rows), attention_mask=torch.stack(masks), **kwargs)
+    return torch.cat([input_ids.repeat_interleave(new.shape[0] // input_ids.shape[0], 0), new], dim=1)
 
 
 def soft_prompt_table(peft_model: Any) -> Any:
