@@ -137,8 +137,15 @@ RULES: dict[str, dict[str, Rule]] = {
     "tamperlab.data.packs.HarmfulDataConfig": {
         "n_eval": cap(2), "n_align": cap(8), "n_attack": cap(12), "n_helpful": cap(8), "response_tokens": cap(8),
         "align_start": cap(4)},
+    # every attack: freeze the size-derived label (harmful-n100, soft-prompt-k20) before the sizes shrink
+    "tamperlab.attacks.base.AttackSpec": {"label": _label_first},
     "tamperlab.attacks.finetune.AttackConfig": {
-        "label": _label_first, "n": per_hundred, "n_task_eval": cap(2), "task_max_new_tokens": cap(4)},
+        "n": per_hundred, "n_task_eval": cap(2), "task_max_new_tokens": cap(4)},
+    "tamperlab.attacks.identity_shift.AOAConfig": {"n_identity": cap(2), "n_benign": cap(2)},
+    # the tiny stand-in has 2 layers: the direction is read at its middle one
+    "tamperlab.attacks.refusal_ablation.RefusalAblationConfig": {"n_harmful": cap(4), "n_harmless": cap(4),
+                                                                 "batch_size": cap(2), "layer": to(None)},
+    "tamperlab.attacks.soft_prompt.SoftPromptConfig": {"n": cap(4), "num_virtual_tokens": cap(4)},
     "tamperlab.experiments.hft_eval.EvalConfig": {
         "eval_steps": _steps, "n_trajectory_prompts": cap(1), "n_loss_probe": cap(1), "judge_params": _judge_params},
     "tamperlab.experiments.ctrap.HFTConfig": {"attacks": _sweep_ends},

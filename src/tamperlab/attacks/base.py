@@ -7,13 +7,13 @@ attacked model in an `AttackResult`; the experiment then measures it exactly as 
 covers
 
 * **training attacks** (`TrainingAttack`): build a dataset, then train through the project's Trainer plumbing
-  (resume, NaN guard, accelerate) — harmful / mixed / benign fine-tuning (`finetune`), identity-shifting data,
-  LoRA at another rank, full-parameter fine-tuning; the experiment's step hooks (`AttackContext.measure`) record
-  HS / collapse / losses along the attack;
-* **training-free attacks** (subclass `Attack`, override `run`): change weights directly (e.g. refusal-direction
-  ablation: estimate the direction from `harmful_pool` vs `benign_pool` activations, orthogonalise the weights
-  that write to the residual stream) or change generation (e.g. an embedding-space attack: return a model wrapper
-  whose `generate` optimises / prepends adversarial input embeddings per prompt).
+  (resume, NaN guard, accelerate) — harmful / mixed / benign fine-tuning (`finetune`, also with the attacker's own
+  LoRA rank or every weight: attacks/weights.py), identity shifting (`aoa`), a universal soft prompt on the input
+  embeddings (`soft-prompt`); the experiment's step hooks (`AttackContext.measure`) record HS / collapse / losses
+  along the attack;
+* **training-free attacks** (subclass `Attack`, override `run`): change weights directly (`refusal-ablation`:
+  estimate the direction from `harmful_pool` vs `benign_pool` activations, orthogonalise the weights that write to
+  the residual stream) or change generation (return a model whose `generate` applies the attack).
 
 A new attack is one file in this package with one decorator (docs/methods/attacks.md, "Writing an attack")::
 
@@ -160,14 +160,24 @@ class TrainingAttack(Attack):
 
         return load_adapter(base, adapter_dir, trainable=True)
 
+    def trained_model(self, ctx: AttackContext) -> Any:
+        """The model to train from the context (default: `prepare(base_model, adapter_dir)`; an attack whose
+        preparation needs more, e.g. the tokenizer, overrides this)."""
+        return self.prepare(ctx.base_model, ctx.adapter_dir)
+
     def dataset(self, harmful_pool: DataSplit, seed: int = 0) -> DataSplit:
         raise NotImplementedError
+
+    def training_set(self, ctx: AttackContext) -> DataSplit:
+        """The training set from what the attacker has (default: `dataset(harmful_pool, seed)`; an attack that
+        needs more of the context, e.g. the benign pool, overrides this)."""
+        return self.dataset(ctx.harmful_pool, ctx.seed)
 
     def run(self, ctx: AttackContext) -> AttackResult:
         from ..training import build_trainer, run_training
 
-        model = self.prepare(ctx.base_model, ctx.adapter_dir)
-        train_set = self.dataset(ctx.harmful_pool, ctx.seed)
+        model = self.trained_model(ctx)
+        train_set = self.training_set(ctx)
         train_cfg = self.cfg.train  # type: ignore[attr-defined]
         callbacks = ctx.measure(model, train_set, train_cfg)
         trainer = build_trainer(model, ctx.tokenizer, train_set.examples, train_cfg, ctx.output_dir, ctx.prompt_format,

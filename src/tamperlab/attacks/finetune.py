@@ -1,10 +1,14 @@
-"""Fine-tuning attacks: the attacker keeps training the released model (the alignment LoRA itself,
-"single_lora" as in the CTRAP code) on a dataset of n samples of which a fraction p is harmful.
+"""Fine-tuning attacks: the attacker keeps training the released model on a dataset of n samples of which a
+fraction p is harmful.
 
 * `harmful`: p = 1 (paper: n ∈ {100..500});
 * `mixed`:   harmful ratio p ∈ (0, 1) mixed into a benign task (paper: p ∈ 5–25%, n = 1000);
 * `benign`:  p = 0, a benign task (paper: SST2, AG News, GSM8K, n = 1000).
 Harmful samples come from the attack pool (disjoint from alignment data and from evaluation prompts).
+
+What is trained (attacks/weights.py): the released alignment LoRA itself ("single_lora", as in the CTRAP code;
+default), every weight (`full_finetune: true`), or a fresh LoRA of the attacker's rank on chosen modules
+(`lora: {r: 8, alpha: 16, target_modules: [q_proj, v_proj]}`) on top of the merged released model.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ from typing import Annotated, Any, Literal
 from ..config import Fraction, PosInt, Registered
 from ..data.core import DataSplit, Example
 from ..errors import ConfigError
-from ..models import load_adapter
 from ..registry import ATTACKS, TASKS
 from ..training import TrainConfig
-from .base import AttackSpec, TrainingAttack, UtilityTask
+from .base import TrainingAttack, UtilityTask
+from .weights import AttackerWeights, attacker_model
 
 
 def _attack_train() -> TrainConfig:
@@ -32,7 +36,7 @@ def _attack_train() -> TrainConfig:
 
 
 @dataclass
-class AttackConfig(AttackSpec):
+class AttackConfig(AttackerWeights):
     """One fine-tuning attack (`name: finetune`, the default attack of a recipe's `attacks` entry)."""
 
     kind: Literal["harmful", "mixed", "benign"] = "harmful"
@@ -51,9 +55,6 @@ class AttackConfig(AttackSpec):
     """Decoding budget for task answers (paper: 200)."""
     train: TrainConfig = field(default_factory=_attack_train)
     """Attacker's optimizer settings (default: the paper's)."""
-    full_finetune: bool = False
-    """False: keep training the released alignment LoRA (single_lora, as in the CTRAP code); True: merge it into
-    the base and train every weight (an attacker who owns the weights is not bound to the defender's adapter)."""
     measure_fa: bool = False
     """Also measure fine-tune accuracy on `task` after a harmful attack (p = 1): a utility check on the attacked
     model, used by attacker sweeps to tell attacks that keep the model useful from ones that wreck it."""
@@ -64,10 +65,15 @@ class AttackConfig(AttackSpec):
 
     def default_label(self) -> str:
         if self.kind == "harmful":
-            return f"harmful-n{self.n}"
-        if self.kind == "benign":
-            return f"benign-{self.task}"
-        return f"mixed-p{int(round(self.p * 100))}-{self.task}"
+            label = f"harmful-n{self.n}"
+        elif self.kind == "benign":
+            label = f"benign-{self.task}"
+        else:
+            label = f"mixed-p{int(round(self.p * 100))}-{self.task}"
+        # Only the attacker's own LoRA is named (`harmful-n100-lora-r8`): labels of existing runs (released LoRA,
+        # full_finetune) stay as they were, so their cached stages are found again on --resume.
+        lora = self.attacker_lora
+        return label + (f"-lora-r{lora.r}" if lora is not None and not self.full_finetune else "")
 
     @property
     def uses_task(self) -> bool:
@@ -75,7 +81,7 @@ class AttackConfig(AttackSpec):
 
     def describe(self) -> dict[str, Any]:
         return {"label": self.key, "kind": self.kind, "n": self.n, "p": self.p,
-                "task": self.task if self.uses_task else None}
+                "task": self.task if self.uses_task else None, "weights": self.weights_label}
 
 
 @ATTACKS.register("finetune", config=AttackConfig)
@@ -106,13 +112,9 @@ class FineTuneAttack(TrainingAttack):
         return DataSplit(f"attack-{self.cfg.key}", examples, prov)
 
     def prepare(self, base: Any, adapter_dir: str | Path) -> Any:
-        """The model the attacker trains: the released LoRA kept trainable, or (full_finetune) merged into the
-        base with every weight trainable."""
-        model = load_adapter(base, adapter_dir, trainable=not self.cfg.full_finetune)
-        if self.cfg.full_finetune:
-            model = model.merge_and_unload()
-            model.requires_grad_(True)
-        return model
+        """The model the attacker trains: the released LoRA kept trainable, every weight (full_finetune), or a
+        fresh LoRA of the attacker's rank on the merged model (lora) — attacks/weights.py."""
+        return attacker_model(base, adapter_dir, self.cfg)
 
     def utility_task(self, seed: int = 0) -> UtilityTask | None:
         """FA on the attack's benign task (mixed / benign), or on `task` after a harmful attack with measure_fa."""
