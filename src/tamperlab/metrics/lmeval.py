@@ -94,10 +94,11 @@ class LMEvalConfig:
     the reason stored in their place; smoke runs set it."""
 
     def __post_init__(self) -> None:
+        # messages name the field only: the loader prefixes the section (eval.lm_eval, sweep.lm_eval)
         if len(set(self.tasks)) != len(self.tasks):
-            raise ConfigError(f"eval.lm_eval.tasks: duplicate names in {self.tasks}")
+            raise ConfigError(f"tasks: duplicate names in {self.tasks}")
         if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise ConfigError(f"eval.lm_eval.num_fewshot: {self.num_fewshot} < 0")
+            raise ConfigError(f"num_fewshot: {self.num_fewshot} < 0")
         known = set(shipped_tasks()) | set(STAND_INS)
         unknown = [t for t in self.tasks if t not in known]
         if unknown:  # only then scan lm-eval's task files
@@ -105,7 +106,7 @@ class LMEvalConfig:
         for t in unknown:
             if t not in known:
                 near = difflib.get_close_matches(t, sorted(known), n=1)
-                raise ConfigError(f"eval.lm_eval.tasks: unknown lm-eval task {t!r}"
+                raise ConfigError(f"tasks: unknown lm-eval task {t!r}"
                                   + (f" (did you mean {near[0]!r}?)" if near else ""))
 
     @property
