@@ -10,9 +10,10 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from ctrap.test_sweep import recipe
-from metrics.test_lmeval import CTX, _loglik, _rows
+from metrics.test_lmeval import CTX, _rows
 from tamperlab.attacks.finetune import FineTuneAttack
 from tamperlab.errors import ConfigError
 from tamperlab.experiments import hft_sweep
@@ -32,12 +33,24 @@ def lm_recipe(out, name, **sweep):
 
 
 def plain_acc(model, tok) -> int:
-    """Items of the first LIMIT of tamperlab_mc a plain forward pass answers right (argmax of Σ log p of each
-    choice after the task's prompt): lm-eval's `acc`, computed without lm-eval."""
+    """Items of the first LIMIT of tamperlab_mc a plain forward pass answers right (argmax over choices of
+    Σ log p(choice tokens | the task's prompt), context and choice tokenized together and split at the context's
+    length, as tests/metrics/test_lmeval.py's `_loglik`, here for all choices in one right-padded batch): lm-eval's
+    `acc`, computed without lm-eval."""
+    docs = _rows("tamperlab_mc.jsonl")[:LIMIT]
+    pairs = [(i, CTX.format(q=d["question"]), " " + c) for i, d in enumerate(docs) for c in d["choices"]]
+    ids = [tok(ctx + cont)["input_ids"] for _, ctx, cont in pairs]
+    starts = [len(tok(ctx)["input_ids"]) for _, ctx, _ in pairs]
+    width = max(map(len, ids))
+    batch = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    with torch.no_grad():
+        logp = model(input_ids=batch, attention_mask=mask).logits.float().log_softmax(-1)
+    lls = [float(sum(logp[r, j - 1, x[j]] for j in range(s, len(x)))) for r, (x, s) in enumerate(zip(ids, starts))]
     k = 0
-    for d in _rows("tamperlab_mc.jsonl")[:LIMIT]:
-        lls = [_loglik(model, tok, CTX.format(q=d["question"]), " " + c) for c in d["choices"]]
-        k += int(np.argmax(lls)) == d["answer"]
+    for i, d in enumerate(docs):
+        mine = [ll for (j, _, _), ll in zip(pairs, lls) if j == i]
+        k += int(np.argmax(mine)) == d["answer"]
     return k
 
 
