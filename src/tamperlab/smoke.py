@@ -126,6 +126,10 @@ RULES: dict[str, dict[str, Rule]] = {
     "tamperlab.experiments.hft_eval.EvalConfig": {
         "eval_steps": _steps, "n_trajectory_prompts": cap(1), "n_loss_probe": cap(1), "judge_params": _judge_params},
     "tamperlab.experiments.ctrap.HFTConfig": {"attacks": _sweep_ends},
+    # attacker sweeps (every experiment's): 2 trials of the grid (a seeded draw) or of the TPE search, instead of a
+    # paper-scale grid (ctrap_table_full: 48 per defense); an FA utility on 2 examples, as a fixed attack's FA
+    "tamperlab.sweep.SweepSettings": {"n_trials": limit(2)},
+    "tamperlab.experiments.hft_sweep.HFTSweepConfig": {"n_utility_eval": cap(2), "utility_max_new_tokens": cap(4)},
     "tamperlab.experiments.study.StudyConfig": {"variants": _ends},
     # lm-eval utility: standard task names → the shipped offline stand-ins (no hub), 2 items per task
     "tamperlab.metrics.lmeval.LMEvalConfig": {"offline": to(True), "limit": to(2), "batch_size": cap(2)},
@@ -325,6 +329,9 @@ def substitutions(before: Any, after: Any) -> list[str]:
     out.append(f"training: every stage {SMOKE_STEPS} optimizer steps at batch ≤ 2")
     if len(getattr(before, "attacks", [])) != len(getattr(after, "attacks", [])):
         out.append(f"attacks: sweeps → their first and last setting ({len(after.attacks)} of {len(before.attacks)})")
+    sweep = getattr(before, "sweep", None)
+    if getattr(sweep, "enabled", False):
+        out.append("attacker sweep: 2 trials (a seeded draw from the grid, or 2 TPE proposals)")
     if len(getattr(before, "variants", [])) != len(getattr(after, "variants", [])):
         out.append(f"variants: the first and the last ({len(after.variants)} of {len(before.variants)}), each "
                    "sub-run smoke-shrunk the same way")
