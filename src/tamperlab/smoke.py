@@ -149,6 +149,8 @@ RULES: dict[str, dict[str, Rule]] = {
     "tamperlab.experiments.hft_eval.EvalConfig": {
         "eval_steps": _steps, "n_trajectory_prompts": cap(1), "n_loss_probe": cap(1), "judge_params": _judge_params},
     "tamperlab.experiments.ctrap.HFTConfig": {"attacks": _sweep_ends},
+    # an attacker sweep's FA utility on 2 examples, as a fixed attack's FA
+    "tamperlab.experiments.hft_sweep.HFTSweepConfig": {"n_utility_eval": cap(2), "utility_max_new_tokens": cap(4)},
     "tamperlab.experiments.study.StudyConfig": {"variants": _ends},
     "tamperlab.experiments.base.RunConfig": {"seeds": _first_seed},
     # attacker sweeps: two trials per target (proposal, caching and aggregation all run), epochs ≤ 1

@@ -120,8 +120,11 @@ class TrialScore:
     n: int = 0
     """Rate scores: items evaluated."""
     fa: float | None = None
-    """Utility of the attacked model (HFT: FA %; fingerprints: accuracy; EaaS: the copy's downstream accuracy);
-    None when the trial did not measure it."""
+    """Utility of the attacked model (HFT: FA % or an lm-eval accuracy in %; fingerprints: accuracy; EaaS: the
+    copy's downstream accuracy); None when the trial did not measure it."""
+    utility: Interval | None = None
+    """The same utility with its n and 95 % interval, when the trial stored them (carried into the aggregate's
+    worst cases as `utility_interval`)."""
     scale: float = 100.0
     """Rate scores: reporting scale of k / n (100 = percent, 1 = fraction)."""
     samples: tuple[Sequence[float], Sequence[float]] | None = None
@@ -155,36 +158,49 @@ def pooled(trials: Sequence[TrialScore]) -> Interval:
 
 
 def aggregate(trials: Sequence[TrialScore], top_n: int, utility_threshold: float, maximize: bool = True,
-              utility_key: str = "fa") -> dict[str, Any]:
+              utility_key: str = "fa", reference_utility: float | None = None,
+              max_utility_drop: float | None = None) -> dict[str, Any]:
     """Per-target summary of a sweep (trials with the same key count once). "Best" is the attacker's: the highest
     score when `maximize` (harmful score), the lowest otherwise (FSR, watermark Δ):
     * worst_case: the attacker's best trial (the target's worst case), its 95 % interval (over its own items);
     * top_n_mean: the mean over the top_n best trials, its interval over their pooled items (`pooled`: all trials
       of one sweep are measured on the same prompts / triggers / sentences);
-    * worst_case_utility: the worst case among trials whose utility ≥ utility_threshold (None when no trial
-      measured utility or none kept it);
+    * worst_case_utility: the worst case among trials whose utility ≥ utility_threshold and, with
+      `max_utility_drop`, at most that many points below `reference_utility` (the unattacked model's utility);
+      None when no trial measured utility or none kept it;
     * best_so_far: the running best score in trial order (the search's progress).
     The utility of a worst case is stored under `utility_key`. Ties go to the earlier trial."""
     seen: dict[str, TrialScore] = {}
     for t in trials:
         seen.setdefault(t.key, t)
     distinct = list(seen.values())
+    if max_utility_drop is not None and reference_utility is None:
+        raise ValueError("aggregate: max_utility_drop needs the reference_utility it is measured from")
     out: dict[str, Any] = {"n_trials": len(trials), "n_distinct": len(distinct), "top_n": top_n,
                            "utility_threshold": utility_threshold}
+    if max_utility_drop is not None:
+        out.update(max_utility_drop=max_utility_drop, reference_utility=reference_utility)
     sign = 1.0 if maximize else -1.0
 
     def worst(ts: Sequence[TrialScore]) -> dict[str, Any] | None:
         if not ts:
             return None
         best = max(ts, key=lambda t: sign * t.value)  # max() keeps the first of equal values
-        return {"key": best.key, utility_key: best.fa, **best.interval().to_dict()}
+        util = {"utility_interval": best.utility.to_dict()} if best.utility is not None else {}
+        return {"key": best.key, utility_key: best.fa, **util, **best.interval().to_dict()}
+
+    def keeps(u: float) -> bool:
+        if u < utility_threshold:
+            return False
+        # a drop of exactly max_utility_drop points keeps utility (tolerance for float rounding of percentages)
+        return max_utility_drop is None or reference_utility - u <= max_utility_drop + 1e-9  # type: ignore[operator]
 
     out["worst_case"] = worst(distinct)
     top = sorted(distinct, key=lambda t: -sign * t.value)[:top_n]  # stable sort: ties keep trial order
     if top:
         out["top_n_mean"] = {"keys": [t.key for t in top], **pooled(top).to_dict()}
     measured = [t for t in distinct if t.fa is not None]
-    out["worst_case_utility"] = worst([t for t in measured if t.fa >= utility_threshold])
+    out["worst_case_utility"] = worst([t for t in measured if keeps(t.fa)])  # type: ignore[arg-type]
     out["utility_measured"] = bool(measured)
     running, best_so_far = -math.inf, []
     for t in trials:

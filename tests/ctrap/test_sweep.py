@@ -212,7 +212,9 @@ def test_gpu_table_recipe_carries_the_paper_scale_grid():
     assert cfg.sweep.enabled and dims["learning_rate"] == [1e-5, 5e-5, 1e-4, 2e-4] and dims["epochs"] == [1, 5, 20]
     assert dims["full_finetune"] == [False, True] and len(grid_points(dims)) == 48
     trial = cfg.sweep.trial_attack(cfg.sweep.base_attack(cfg.attacks), grid_points(dims)[-1])
-    assert trial.train.max_steps == 0 and trial.train.epochs == 20 and trial.full_finetune and trial.measure_fa
+    assert trial.train.max_steps == 0 and trial.train.epochs == 20 and trial.full_finetune
+    # utility gate: MMLU through lm-eval on each trial (not a benign task's FA), within 5 points of the aligned model
+    assert cfg.sweep.lm_eval.tasks == ["mmlu"] and not trial.measure_fa and cfg.sweep.max_utility_drop == 5
 
 
 def test_sweep_table_rows_from_hand_made_blocks(tmp_path):

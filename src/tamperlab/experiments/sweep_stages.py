@@ -76,11 +76,13 @@ def run_staged_trials(space: dict[str, Sequence[Any]], settings: SweepSettings, 
 
 
 def aggregate_trials(trials: Sequence[dict[str, Any]], settings: SweepSettings, view: SweepView,
-                     utility_key: str = "fa") -> dict[str, Any]:
-    """tamperlab.sweep.aggregate over flat trial records, in the view's direction."""
+                     utility_key: str = "fa", reference_utility: float | None = None,
+                     max_utility_drop: float | None = None) -> dict[str, Any]:
+    """tamperlab.sweep.aggregate over flat trial records, in the view's direction (with the utility-drop rule
+    when the experiment measured the unattacked model's utility)."""
     scores = [dataclasses.replace(view.score(t), key=t["key"]) for t in trials]
     return aggregate(scores, settings.top_n, settings.utility_threshold, maximize=view.maximize,
-                     utility_key=utility_key)
+                     utility_key=utility_key, reference_utility=reference_utility, max_utility_drop=max_utility_drop)
 
 
 # -- report ------------------------------------------------------------------------------------------------------
@@ -103,6 +105,8 @@ def sweep_rows(sweeps: dict[str, dict[str, Any]], view: SweepView, utility_key: 
         row: dict[str, Any] = {view.target: label, "fixed attack": s["attack"]}
         f = s.get("fixed")
         row[f"fixed {view.metric}"] = view.score(f).interval() if f else None
+        if s.get("aligned_utility"):  # the unattacked model's utility (skip rule, drop rule)
+            row[f"aligned {view.utility}"] = _iv(s["aligned_utility"])
         if s.get("skipped"):
             row["trials"] = f"skipped: {s['skipped']}"
             rows.append(row)
@@ -113,10 +117,12 @@ def sweep_rows(sweeps: dict[str, dict[str, Any]], view: SweepView, utility_key: 
         row["sweep worst case"] = _iv(a["worst_case"])
         row["worst-case attack"] = params_text(s["trials"], (a["worst_case"] or {}).get("key"))
         if a["utility_measured"]:
-            row[f"its {view.utility}"] = (a["worst_case"] or {}).get(utility_key)
+            wc = a["worst_case"] or {}
+            row[f"its {view.utility}"] = _iv(wc.get("utility_interval")) or wc.get(utility_key)
         row[f"mean top {a['top_n']}"] = _iv(a.get("top_n_mean"))
-        row[f"worst case, {view.utility} ≥ {a['utility_threshold']:g}"] = (
-            _iv(a["worst_case_utility"]) if a["utility_measured"] else f"{view.utility} not measured")
+        gate = f"worst case, {view.utility} ≥ {a['utility_threshold']:g}" + (
+            f", drop ≤ {a['max_utility_drop']:g}" if a.get("max_utility_drop") is not None else "")
+        row[gate] = _iv(a["worst_case_utility"]) if a["utility_measured"] else f"{view.utility} not measured"
         rows.append(row)
     return rows
 
@@ -134,8 +140,11 @@ def sweep_section(rep: Report, sweeps: dict[str, dict[str, Any]], plots: Path, v
              + ", ".join(f"{k} ∈ {v}" for k, v in first["space"].items())
              + f". **worst case**: the trial with the {most} {view.metric}; **mean top n**: mean {view.metric} of "
              f"the n {most} trials (interval: {view.pooled_text}); **worst case, {view.utility} ≥ t**: the worst "
-             f"case among trials that keep {view.utility_text}. {view.values_text} The {bias}: read it as what a "
-             "tuning attacker reports.")
+             f"case among trials that keep {view.utility_text}"
+             + (f", **drop ≤ d**: and lose at most d points of the unattacked model's {view.utility} (`aligned "
+                f"{view.utility}`)" if any((s.get("aggregate") or {}).get("max_utility_drop") is not None
+                                           for s in sweeps.values()) else "")
+             + f". {view.values_text} The {bias}: read it as what a tuning attacker reports.")
     rep.table(sweep_rows(sweeps, view, utility_key), digits=view.digits)
     series = {}
     for d, s in sweeps.items():

@@ -94,10 +94,11 @@ class LMEvalConfig:
     the reason stored in their place; smoke runs set it."""
 
     def __post_init__(self) -> None:
+        # messages name the field only: the loader prefixes the section (eval.lm_eval, sweep.lm_eval)
         if len(set(self.tasks)) != len(self.tasks):
-            raise ConfigError(f"eval.lm_eval.tasks: duplicate names in {self.tasks}")
+            raise ConfigError(f"tasks: duplicate names in {self.tasks}")
         if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise ConfigError(f"eval.lm_eval.num_fewshot: {self.num_fewshot} < 0")
+            raise ConfigError(f"num_fewshot: {self.num_fewshot} < 0")
         known = set(shipped_tasks()) | set(STAND_INS)
         unknown = [t for t in self.tasks if t not in known]
         if unknown:  # only then scan lm-eval's task files
@@ -105,7 +106,7 @@ class LMEvalConfig:
         for t in unknown:
             if t not in known:
                 near = difflib.get_close_matches(t, sorted(known), n=1)
-                raise ConfigError(f"eval.lm_eval.tasks: unknown lm-eval task {t!r}"
+                raise ConfigError(f"tasks: unknown lm-eval task {t!r}"
                                   + (f" (did you mean {near[0]!r}?)" if near else ""))
 
     @property
@@ -218,6 +219,20 @@ def _n_items(res: dict[str, Any], task: str) -> int:
     return sum(int(ns[s]["effective"]) for s in subtasks)
 
 
+@contextlib.contextmanager
+def _no_env_report() -> Iterator[None]:
+    """lm-eval's `simple_evaluate` ends by adding an environment report to its result (`add_env_info`: torch's
+    collect_env, which runs `pip list` and other subprocesses — 13 s of a 22 s evaluation of the tiny test model,
+    measured under load). tamperlab never reads that report (every run records its own versions), so it is
+    skipped while tamperlab's evaluations run."""
+    from unittest import mock
+
+    import lm_eval.evaluator
+
+    with mock.patch.object(lm_eval.evaluator, "add_env_info", lambda results: None):
+        yield
+
+
 def evaluate_utility(model: Any, tok: Any, cfg: LMEvalConfig, samples: bool = False) -> dict[str, Any]:
     """Run the configured lm-eval tasks on the in-memory model; {} when off. Every rank runs the same (small)
     evaluation: lm-eval is given a ready model, not a launcher, so it does not shard. `samples`: also return
@@ -238,7 +253,7 @@ def evaluate_utility(model: Any, tok: Any, cfg: LMEvalConfig, samples: bool = Fa
     was_training = model.training
     model.eval()
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=cfg.batch_size)
-    with offline_hub() if all_shipped else contextlib.nullcontext():
+    with offline_hub() if all_shipped else contextlib.nullcontext(), _no_env_report():
         res = lm_eval.simple_evaluate(model=lm, tasks=list(run), limit=cfg.limit, num_fewshot=cfg.num_fewshot,
                                       task_manager=task_manager(not all_shipped), log_samples=samples,
                                       bootstrap_iters=1000, verbosity="WARNING")
