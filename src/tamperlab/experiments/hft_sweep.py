@@ -241,8 +241,9 @@ def _drop_checkpoints(folder: Path) -> None:
 
 
 def aligned_fa(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: Path,
-               atk: AttackConfig) -> dict[str, Any]:
-    """FA of the aligned (not yet attacked) model on the sweep's utility task, cached."""
+               atk: AttackConfig, data: "HarmfulData") -> dict[str, Any]:
+    """FA of the aligned (not yet attacked) model on the sweep's utility task, cached and versioned by the aligned
+    model's inputs and the utility attack's task settings (a grown grid never keeps a stale FA)."""
 
     def do() -> dict[str, Any]:
         base, tok = exp._base()
@@ -252,11 +253,11 @@ def aligned_fa(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: 
         save_samples(run, f"samples-fa-{spec.key}-aligned", samples)
         return {"fa": fa, "task": atk.task, **fa_fields(samples)}
 
-    return run.cached(f"sweep-{spec.key}-aligned-fa", do)
+    return run.cached(f"sweep-{spec.key}-aligned-fa", do, inputs=exp.stage_inputs(spec, data, atk=atk))
 
 
 def aligned_lm_utility(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: Path,
-                       cfg: HFTSweepConfig) -> dict[str, Any]:
+                       cfg: HFTSweepConfig, data: "HarmfulData") -> dict[str, Any]:
     """The sweep's lm-eval utility of the aligned (not yet attacked) model, cached once per defense as
     `sweep-<defense>-aligned-u<hash>`: {"lm_eval": block}."""
 
@@ -265,16 +266,17 @@ def aligned_lm_utility(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", a
         model = load_adapter(base, adapter, trainable=False)
         return {"lm_eval": evaluate_utility(model, tok, cfg.lm_eval)}
 
-    return run.cached(f"sweep-{spec.key}-aligned-u{cfg.utility_tag()}", do)
+    inputs = {**exp.stage_inputs(spec, data, evaluation=True), "lm_eval": to_dict(cfg.lm_eval)}
+    return run.cached(f"sweep-{spec.key}-aligned-u{cfg.utility_tag()}", do, inputs=inputs)
 
 
 def aligned_utility(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: Path, cfg: HFTSweepConfig,
-                    util: AttackConfig | None) -> dict[str, Any] | None:
+                    util: AttackConfig | None, data: "HarmfulData") -> dict[str, Any] | None:
     """The aligned model's utility record in the sweep's measure (lm-eval metric or FA, %), or None without one."""
     if cfg.lm_eval.enabled:
-        return lm_utility(aligned_lm_utility(exp, run, spec, adapter, cfg)["lm_eval"], cfg.lm_eval.tasks[0],
+        return lm_utility(aligned_lm_utility(exp, run, spec, adapter, cfg, data)["lm_eval"], cfg.lm_eval.tasks[0],
                           cfg.utility_metric)
-    return fa_utility(aligned_fa(exp, run, spec, adapter, util)) if util is not None else None
+    return fa_utility(aligned_fa(exp, run, spec, adapter, util, data)) if util is not None else None
 
 
 @dataclass
@@ -335,7 +337,7 @@ def run_sweep(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: P
     util = cfg.utility_attack(base)
     reference = None
     if cfg.skip_if_aligned_fa_below > 0 or cfg.max_utility_drop is not None:
-        reference = aligned_utility(exp, run, spec, adapter, cfg, util)
+        reference = aligned_utility(exp, run, spec, adapter, cfg, util, data)
         if reference is None:
             raise ResourceError(f"sweep: the aligned {spec.key} model has no {utility_label(None, cfg)} (lm-eval "
                                 "skipped the task?); the skip rule / max_utility_drop need it")
