@@ -184,7 +184,7 @@ def test_fingerprint_rows_carry_wilson_intervals_and_mcnemar_vs_fingerprinted():
 
 
 def test_eaas_and_extraction_rows_wrap_rates_with_intervals():
-    from tamperlab.experiments.eaas import spa_rows, utility_rows
+    from tamperlab.eaas.report import spa_rows, utility_rows
     from tamperlab.experiments.extraction import result_row
     from tamperlab.stats import bootstrap_mean
 

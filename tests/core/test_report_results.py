@@ -268,7 +268,7 @@ def _verify(cos_b: list[float], cos_n: list[float]) -> dict:
 
 def _eaas_results() -> dict:
     from tamperlab.eaas.spa import detection_report
-    from tamperlab.experiments.eaas import spa_records
+    from tamperlab.eaas.spa import spa_records
 
     texts = [f"text {i}" for i in range(20)]
     counts = np.array([1] * 5 + [2] * 5 + [0] * 10)
@@ -315,7 +315,7 @@ def test_spa_records_are_wilson_on_hand_counts():
 def test_eaas_paired_tests_hand_computed():
     from scipy.stats import bootstrap
 
-    from tamperlab.experiments.eaas import paired_rows
+    from tamperlab.eaas.report import paired_rows
 
     r = _eaas_results()
     (row,) = paired_rows(r)
