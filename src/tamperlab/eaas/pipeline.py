@@ -44,15 +44,16 @@ Encode = Callable[[list[str], str], np.ndarray]
 """An embedding source: (texts, tag) → embeddings; the tag names the texts' cache entry."""
 
 
-def cached_array(run: RunDir, key: str, fn: Callable[[], Any]) -> np.ndarray:
-    """Cache a float array stage as arrays/<key>.npy, written atomically (JSON stages are for small results)."""
+def cached_array(run: RunDir, key: str, fn: Callable[[], Any], stage: str | None = None) -> np.ndarray:
+    """Cache an array stage as arrays/<key>.npy, written atomically (JSON stages are for small results); `stage`
+    names it in the log (default: `key`)."""
     p = run.sub("arrays") / f"{key}.npy"
     if p.exists():
         return np.load(p)
     t0 = time.time()
     arr = np.asarray(fn())
     atomic_write_bytes(p, lambda f: np.save(f, arr))
-    run.log("stage_done", stage=key, seconds=round(time.time() - t0, 2))
+    run.log("stage_done", stage=stage or key, seconds=round(time.time() - t0, 2))
     distributed.barrier()  # as RunDir.cached: every rank sees the array before the next existence check
     return arr
 
@@ -254,17 +255,13 @@ def spa_suffixes(ctx: EaaSRun) -> np.ndarray:
     from .embedder import Embedder
     from .spa import search_suffixes
 
-    run, cfg = ctx.run, ctx.cfg
-    p = run.sub("arrays") / "spa_suffix_idx.npy"
-    if p.exists():
-        return np.load(p)
-    t0 = time.time()
-    sur = Embedder.load(cfg.spa.surrogate, batch_size=cfg.provider.batch_size)
-    idx = search_suffixes(ctx.train.texts, ctx.pool, sur.encode, cfg.spa.candidates, cfg.spa.n_suffixes)
-    atomic_write_bytes(p, lambda f: np.save(f, idx))
-    run.log("stage_done", stage="spa_suffix_search", seconds=round(time.time() - t0, 2))
-    distributed.barrier()
-    return idx
+    cfg = ctx.cfg
+
+    def search() -> np.ndarray:
+        sur = Embedder.load(cfg.spa.surrogate, batch_size=cfg.provider.batch_size)
+        return search_suffixes(ctx.train.texts, ctx.pool, sur.encode, cfg.spa.candidates, cfg.spa.n_suffixes)
+
+    return cached_array(ctx.run, "spa_suffix_idx", search, stage="spa_suffix_search")
 
 
 def copies(ctx: EaaSRun, sc: "ScenarioConfig", stolen: Stolen) -> dict[str, Any]:

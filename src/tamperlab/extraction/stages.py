@@ -26,7 +26,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..data.core import DataSplit, Example
 from ..runs import RunDir
@@ -169,45 +169,43 @@ def backdoor_samples(ctx: ExtractionRun, d1: DataSplit) -> "BackdoorSamples":
     return samples
 
 
+def trained(ctx: ExtractionRun, stage_key: str, name: str, base: Lineage,
+            fit: Callable[[Any, Any], tuple[Any, dict[str, Any]]]) -> Lineage:
+    """A training stage (cached as `stage_key`): the model of `base`, trained by `fit(model, tok) → (model, stats)`,
+    saved as models/<name>; returns the new model's lineage (base + this stage)."""
+    from .lineage import save_stage
+
+    run = ctx.run
+
+    def train() -> dict[str, Any]:
+        model, tok = ctx.load(base)
+        model, stats = fit(model, tok)
+        stage = save_stage(model, tok, run.path / "models" / name, name)
+        ctx.free(model)
+        return {"lineage": base + [stage], "stats": stats}
+
+    return run.cached(stage_key, train)["lineage"]
+
+
 def publisher_sft(ctx: ExtractionRun, key: str, examples: list[Example]) -> Lineage:
     """The publisher's SFT of the base model on `examples` (stage publisher_<key>)."""
     from .backdoor import train_backdoor_sft
-    from .lineage import save_stage
 
-    cfg, run = ctx.cfg, ctx.run
-
-    def train() -> dict[str, Any]:
-        model, tok = ctx.load([])
-        out = run.sub("checkpoints", key)
-        model, stats = train_backdoor_sft(model, tok, examples, cfg.backdoor, out, ctx.fmt, cfg.model.max_length,
-                                          cfg.seed, callbacks=[ctx.log_hook(key)])
-        stage = save_stage(model, tok, run.path / "models" / key, key)
-        ctx.free(model)
-        return {"lineage": [stage], "stats": stats}
-
-    return run.cached(f"publisher_{key}", train)["lineage"]
+    cfg = ctx.cfg
+    return trained(ctx, f"publisher_{key}", key, [], lambda model, tok: train_backdoor_sft(
+        model, tok, examples, cfg.backdoor, ctx.run.sub("checkpoints", key), ctx.fmt, cfg.model.max_length, cfg.seed,
+        callbacks=[ctx.log_hook(key)]))
 
 
 def publisher_grpo(ctx: ExtractionRun, base: Lineage, d1: DataSplit, samples: "BackdoorSamples") -> Lineage:
     """GRPO on top of the SFT backdoor (stage publisher_backdoor_grpo)."""
     from .backdoor import train_backdoor_grpo
-    from .lineage import save_stage
 
-    cfg, run, g = ctx.cfg, ctx.run, ctx.cfg.grpo
-
-    def train() -> dict[str, Any]:
-        model, tok = ctx.load(base)
-        negs = samples.negative_words
-        if g.n_negative_prompts > 0:
-            negs = negs[: g.n_negative_prompts]
-        model, stats = train_backdoor_grpo(
-            model, tok, [e.prompt for e in d1], samples.positive_words, negs, cfg.backdoor.samples.instruction, g,
-            run.sub("checkpoints", "backdoor_grpo"), cfg.seed, callbacks=[ctx.log_hook("backdoor_grpo")])
-        stage = save_stage(model, tok, run.path / "models" / "backdoor_grpo", "backdoor_grpo")
-        ctx.free(model)
-        return {"lineage": base + [stage], "stats": stats}
-
-    return run.cached("publisher_backdoor_grpo", train)["lineage"]
+    cfg, g = ctx.cfg, ctx.cfg.grpo
+    negs = samples.negative_words[: g.n_negative_prompts] if g.n_negative_prompts > 0 else samples.negative_words
+    return trained(ctx, "publisher_backdoor_grpo", "backdoor_grpo", base, lambda model, tok: train_backdoor_grpo(
+        model, tok, [e.prompt for e in d1], samples.positive_words, negs, cfg.backdoor.samples.instruction, g,
+        ctx.run.sub("checkpoints", "backdoor_grpo"), cfg.seed, callbacks=[ctx.log_hook("backdoor_grpo")]))
 
 
 def publishers(ctx: ExtractionRun, d1: DataSplit, samples: "BackdoorSamples") -> dict[str, Lineage]:
@@ -227,22 +225,13 @@ def publishers(ctx: ExtractionRun, d1: DataSplit, samples: "BackdoorSamples") ->
 
 def victim(ctx: ExtractionRun, key: str, base: Lineage, d2: DataSplit, loss: str | None = None) -> Lineage:
     """The victim's fine-tuning of one release on D2 (stage victim_<key>)."""
-    from .lineage import save_stage
     from .victim import victim_finetune
 
-    cfg, run = ctx.cfg, ctx.run
+    cfg = ctx.cfg
     vcfg = dataclasses.replace(cfg.victim, loss=loss) if loss else cfg.victim
-
-    def train() -> dict[str, Any]:
-        model, tok = ctx.load(base)
-        out = run.sub("checkpoints", f"victim_{key}")
-        model, stats = victim_finetune(model, tok, d2.examples, vcfg, out, ctx.fmt, cfg.model.max_length, cfg.seed,
-                                       callbacks=[ctx.log_hook(f"victim_{key}")])
-        stage = save_stage(model, tok, run.path / "models" / f"victim_{key}", f"victim_{key}")
-        ctx.free(model)
-        return {"lineage": base + [stage], "stats": stats}
-
-    return run.cached(f"victim_{key}", train)["lineage"]
+    return trained(ctx, f"victim_{key}", f"victim_{key}", base, lambda model, tok: victim_finetune(
+        model, tok, d2.examples, vcfg, ctx.run.sub("checkpoints", f"victim_{key}"), ctx.fmt, cfg.model.max_length,
+        cfg.seed, callbacks=[ctx.log_hook(f"victim_{key}")]))
 
 
 def victims(ctx: ExtractionRun, releases: dict[str, Lineage], d2: DataSplit) -> dict[str, Lineage]:
