@@ -2,6 +2,7 @@
 
     init_from       reuse the finished stages of an earlier run with the same settings
     data            D1 (publisher) and D2 (victim)                        stage data
+    words           candidate words S (+ D2's real openers: the known-opener setting)
     backdoor_samples the backdoor mixture built from D1                   stage backdoor_samples
     publishers      the released models: SFT backdoor, GRPO on top, garbled-instruction backdoor, no backdoor
                                                                           stages publisher_<key>
