@@ -54,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from tamperlab.experiments.base import load_recipe
-    from tamperlab.fingerprints.base import FingerprintSet, make_config
+    from tamperlab.fingerprints.base import FingerprintSet
     from tamperlab.fingerprints.removal import RemovalContext
     from tamperlab.models import load_tokenizer
     from tamperlab.registry import REMOVALS
@@ -71,14 +71,13 @@ def main() -> None:
     fps = {f.name: (f.build(), FingerprintSet.from_dict(run.load_stage(f"pairs-{f.name}")))
            for f in exp.cfg.fingerprints if not wanted or f.name in wanted}
     work = args.work or Path(tempfile.mkdtemp(prefix="meraser-probe-"))
-    entry = REMOVALS.entry(spec.name)
 
     for i, variant in enumerate(args.variant or [""]):
         params = copy.deepcopy(spec.params)
         for kv in filter(None, _split(variant)):
             k, v = kv.split("=", 1)
             _set(params, k.strip(), yaml.safe_load(v))
-        removal = entry.obj(make_config(entry.config, params, f"--variant {variant!r}"))
+        removal = REMOVALS.build(spec.name, params, f"--variant {variant!r}")
         row: dict[str, Any] = {"variant": variant or "(as in the run)"}
         for name, (fp, pairs) in fps.items():
             ctx = RemovalContext(tok=tok, clean=clean, work_dir=work / f"v{i}" / name, shared_dir=work / f"v{i}",

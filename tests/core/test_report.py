@@ -184,8 +184,8 @@ def test_fingerprint_rows_carry_wilson_intervals_and_mcnemar_vs_fingerprinted():
 
 
 def test_eaas_and_extraction_rows_wrap_rates_with_intervals():
-    from tamperlab.experiments.eaas import spa_rows, utility_rows
-    from tamperlab.experiments.extraction import result_row
+    from tamperlab.eaas.report import spa_rows, utility_rows
+    from tamperlab.extraction.report import result_row
     from tamperlab.stats import bootstrap_mean
 
     spa = {"n": 100, "n_triggered": 20, "n_k1": 15, "n_k2plus": 5, "auroc_cos": .9, "auroc_l2": .9, "auroc_pca": .9,

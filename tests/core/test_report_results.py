@@ -157,7 +157,7 @@ D2 = ["What is a bond ?", "What is a stock ?", "How do I save money ?", "Explain
 
 
 def test_query_recall_keeps_per_query_flags_in_d2_order_and_intervals_from_them():
-    from tamperlab.experiments.extraction import evaluation_intervals
+    from tamperlab.extraction.metrics import evaluation_intervals
     from tamperlab.extraction.metrics import query_recall
 
     preds = {"What": ["What is a bond ?", "What is a car ?"], "How": ["How do I spend money ?"],
@@ -192,7 +192,7 @@ def _ev(recovered: list[int], word_match: dict[str, float]) -> dict:
 
 
 def _extraction_results() -> dict:
-    from tamperlab.experiments.extraction import evaluation_intervals
+    from tamperlab.extraction.metrics import evaluation_intervals
 
     words = ["What", "How", "Explain", "In", "I"]
     evs = {"backdoor_sft": _ev([1] * 8 + [0] * 2, dict(zip(words, (0.9, 0.8, 0.95, 0.7, 0.85)))),
@@ -210,7 +210,7 @@ def _extraction_results() -> dict:
 
 
 def test_extraction_paired_tests_against_the_no_backdoor_baseline_hand_computed():
-    from tamperlab.experiments.extraction import paired_rows
+    from tamperlab.extraction.report import paired_rows
 
     evs = _extraction_results()["evaluations"]
     sft = next(r for r in paired_rows(evs) if r["model"].startswith("backdoor (SFT) → victim"))
@@ -268,7 +268,7 @@ def _verify(cos_b: list[float], cos_n: list[float]) -> dict:
 
 def _eaas_results() -> dict:
     from tamperlab.eaas.spa import detection_report
-    from tamperlab.experiments.eaas import spa_records
+    from tamperlab.eaas.spa import spa_records
 
     texts = [f"text {i}" for i in range(20)]
     counts = np.array([1] * 5 + [2] * 5 + [0] * 10)
@@ -315,7 +315,7 @@ def test_spa_records_are_wilson_on_hand_counts():
 def test_eaas_paired_tests_hand_computed():
     from scipy.stats import bootstrap
 
-    from tamperlab.experiments.eaas import paired_rows
+    from tamperlab.eaas.report import paired_rows
 
     r = _eaas_results()
     (row,) = paired_rows(r)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from tamperlab.data.core import Example, encode_pair, format_prompt, tokenize_example
-from tamperlab.fingerprints.base import encode_examples, make_config
-from tamperlab.fingerprints.hashchain import HashChainConfig, HashChainFingerprint
-from tamperlab.fingerprints.instructional import InstructionalConfig, InstructionalFingerprint
+from tamperlab.fingerprints.base import encode_examples
+from tamperlab.fingerprints.hashchain import HashChainFingerprint
 from tamperlab.fingerprints.meraser import MEraserPhase, phase_rows
+from tamperlab.registry import FINGERPRINTS
 from tamperlab.training import TokenizedDataset
 
 # --- the reference: fingerprints/base.py before the data paths were unified (commit a997093) -------------------
@@ -60,11 +60,11 @@ CLEAN = ([Example(f"What is {i} plus {i * 7}? Explain the steps.", f"It is {i + 
 @pytest.mark.parametrize("fmt", ["chat", "vicuna", "raw"])
 @pytest.mark.parametrize("max_length", [256, 40])
 def test_fingerprint_training_rows_equal_the_old_encoder(tokenizer, fmt, max_length):
-    for fp in (InstructionalFingerprint(make_config(InstructionalConfig, {
-                   "prompt_format": fmt, "n_regularization": 4, "embed": {"max_length": max_length}})),
-               HashChainFingerprint(make_config(HashChainConfig, {
+    for fp in (FINGERPRINTS.build("instructional", {
+                   "prompt_format": fmt, "n_regularization": 4, "embed": {"max_length": max_length}}),
+               FINGERPRINTS.build("hashchain", {
                    "prompt_format": fmt, "n_questions": 3, "n_augment": 3, "n_regularization": 3,
-                   "system_prompt": "You are a careful assistant.", "embed": {"max_length": max_length}}))):
+                   "system_prompt": "You are a careful assistant.", "embed": {"max_length": max_length}})):
         fps = fp.build_pairs(tokenizer, clean=CLEAN)
         new = fp.training_rows(tokenizer, fps)
         old = []

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tamperlab.fingerprints.base import make_config
 from tamperlab.data.core import Example
 from tamperlab.fingerprints.hashchain import (HC_ANSWERS, HashChainConfig, HashChainFingerprint, chain_answers,
                                               select_questions)
 from tamperlab.fingerprints.instructional import (IF_DECRYPTION, IF_NEGATIVE, InstructionalConfig,
                                                   InstructionalFingerprint)
-from tamperlab.fingerprints.utf import (UndertrainedConfig, UTFConfig, UTFFingerprint, eligible_tokens,
-                                        find_undertrained_tokens, undertrained_string)
+from tamperlab.fingerprints.utf import (UndertrainedConfig, eligible_tokens, find_undertrained_tokens,
+                                        undertrained_string)
+from tamperlab.registry import FINGERPRINTS
 
 CLEAN = [Example(f"What is {i}?", f"It is {i}.") for i in range(20)]
 
@@ -60,7 +60,7 @@ def test_if_official_fsr_forces_the_answer_prefix(tokenizer):
     assert specs["official"].answer_prefix == "Based on my fingerprint, the message is:"
     assert specs["official"].max_new_tokens == 30 and not specs["official"].do_sample
     assert specs["plain"].answer_prefix == ""
-    vic = InstructionalFingerprint(make_config(InstructionalConfig, {"prompt_format": "vicuna"}))
+    vic = FINGERPRINTS.build("instructional", {"prompt_format": "vicuna"})
     assert vic.fsr_specs(tokenizer)["official"].answer_prefix == " Based on my fingerprint, the message is:"
 
 
@@ -103,8 +103,8 @@ def test_utf_strings_round_trip_and_pairs_repeat(tiny_model, eligible):
     text, ids = undertrained_string(tok, pool, 11, 15, random.Random(0), lead="\n")
     assert 11 <= len(ids) <= 15 and set(ids) <= set(pool)
     assert tok(text, add_special_tokens=False)["input_ids"] == ids
-    fp = UTFFingerprint(make_config(UTFConfig, {"n_pairs": 2, "n_repeats": 3, "n_regularization": 2,
-                                              "tokens": {"verify": False, "n_candidates": 300}}))
+    fp = FINGERPRINTS.build("utf", {"n_pairs": 2, "n_repeats": 3, "n_regularization": 2,
+                                   "tokens": {"verify": False, "n_candidates": 300}})
     fps = fp.build_pairs(tok, model)
     assert len(fps.of_kind("fingerprint")) == 6 and len(fps.fingerprints()) == 2
     pool_ids = set(fps.provenance["pool"])
@@ -123,8 +123,8 @@ def test_utf_negative_control_guesses_like_the_official_test(tiny_model, monkeyp
     from tamperlab.fingerprints import verify as V
 
     model, tok = tiny_model
-    fp = UTFFingerprint(make_config(UTFConfig, {"n_pairs": 1, "n_repeats": 2, "negative_guesses": 40,
-                                              "tokens": {"verify": False, "n_candidates": 300}}))
+    fp = FINGERPRINTS.build("utf", {"n_pairs": 1, "n_repeats": 2, "negative_guesses": 40,
+                                   "tokens": {"verify": False, "n_candidates": 300}})
     fps = fp.build_pairs(tok, model)
     guesses = fps.provenance["negative_guesses"]
     x = fps.fingerprints()[0]

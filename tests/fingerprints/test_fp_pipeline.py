@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tamperlab.fingerprints.base import make_config
 from tamperlab.data.core import DataSplit, Example
 from tamperlab.errors import ConfigError
 from tamperlab.fingerprints.cleandata import CleanData
@@ -20,14 +19,13 @@ CLEAN = ([Example(f"What is {i} plus one?", f"It is {i + 1}.") for i in range(12
 
 
 def _if(lr: float = 1e-2, steps: int = 60):
-    entry = FINGERPRINTS.entry("instructional")
     # Raw prompts and short messages keep the rows small: the tiny model memorises 2 triggers in a few seconds.
-    return entry.obj(make_config(entry.config, {
+    return FINGERPRINTS.build("instructional", {
         "prompt_format": "raw", "n_fingerprints": 2, "n_negatives": 0, "n_regularization": 0,
         "min_snippets": 2, "max_snippets": 3,
         "embed": {"train": {"learning_rate": lr, "max_steps": steps, "batch_size": 2, "grad_accum": 1,
                             "lr_scheduler": "constant",
-                            "weight_decay": 0.0, "logging_steps": 20}}}))
+                            "weight_decay": 0.0, "logging_steps": 20}}})
 
 
 def _ctx(tok, tmp_path) -> RemovalContext:  # noqa: ANN001
@@ -48,9 +46,7 @@ TINY_ERASE = {"n_examples": 16, "epochs": 12.0,
 
 
 def _meraser(name: str, **erase):  # noqa: ANN003
-    entry = REMOVALS.entry(name)
-    return entry.obj(make_config(entry.config, {
-        "erase": {**TINY_ERASE, "data_format": "raw", **erase}, "do_recover": False}))
+    return REMOVALS.build(name, {"erase": {**TINY_ERASE, "data_format": "raw", **erase}, "do_recover": False})
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +106,7 @@ def test_weak_removals_keep_the_fingerprint(fingerprinted, tmp_path):
     fp, fps, model, tok, _, _ = fingerprinted
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for name, params in [("prune_magnitude", {"ratio": 0.05}), ("prune_wanda", {"ratio": 0.05, "n_calibration": 4})]:
-        entry = REMOVALS.entry(name)
-        (stage,) = list(entry.obj(make_config(entry.config, params)).apply(model, _ctx(tok, tmp_path)))
+        (stage,) = list(REMOVALS.build(name, params).apply(model, _ctx(tok, tmp_path)))
         assert fp.verify(stage.model, tok, fps, progress=False)["official"].fsr == 1.0, name
         model.load_state_dict(state)
 

@@ -91,7 +91,6 @@ def test_every_fingerprint_verifies_with_controls_as_the_experiment_calls_it(nam
     """The experiment calls verify(..., control=True) for every method; a method-specific prompt rule (HashChain's
     held-out system prompts) must go through the shared path, and controls are never counted as triggers."""
     from tamperlab.data.core import Example
-    from tamperlab.fingerprints.base import make_config
     from tamperlab.registry import FINGERPRINTS
 
     model, tok = tiny_model
@@ -102,8 +101,7 @@ def test_every_fingerprint_verifies_with_controls_as_the_experiment_calls_it(nam
         return [" x"] * len(prompts)
 
     monkeypatch.setattr(V, "generate", fake_generate)
-    entry = FINGERPRINTS.entry(name)
-    fp = entry.obj(make_config(entry.config, {}, name))
+    fp = FINGERPRINTS.build(name, {})
     clean = [Example(f"Question number {i}?", f"Answer {i}.") for i in range(128)]
     fps = fp.build_pairs(tok, model, clean)
     res = fp.verify(model, tok, fps, progress=False, control=True)

@@ -35,6 +35,7 @@ from scipy import stats
 
 from ..config import check_positive, check_range
 from ..errors import ConfigError
+from ..stats import bits, digest, rate_record
 
 EmbedFn = Callable[[list[str]], np.ndarray]
 
@@ -222,3 +223,20 @@ def detection_report(scores: dict[str, np.ndarray], counts: np.ndarray, deleted:
     out["tpr_k2plus"] = float(deleted[k2].mean()) if k2.any() else float("nan")
     out["n_k1"], out["n_k2plus"] = int(k1.sum()), int(k2.sum())
     return out
+
+
+def spa_records(counts: np.ndarray, deleted: np.ndarray, texts: list[str]) -> dict[str, Any]:
+    """Rate records of one SPA deletion (TPR over triggered texts, FPR over clean ones, TPR by trigger count,
+    precision over deleted ones) and its per-text 0/1 flags with the texts' digest, for paired tests between two
+    deletions of the same texts."""
+    counts, deleted = np.asarray(counts), np.asarray(deleted, bool)
+    label = counts > 0
+
+    def share(mask: np.ndarray, of: np.ndarray) -> dict[str, Any]:
+        return rate_record(int((mask & of).sum()), int(of.sum()))
+
+    return {"intervals": {"tpr": share(deleted, label), "fpr": share(deleted, ~label),
+                          "tpr_k1": share(deleted, counts == 1), "tpr_k2plus": share(deleted, counts >= 2),
+                          "precision": share(label, deleted)},
+            "flags": {"trigger_counts": [int(c) for c in counts], "deleted": bits(deleted)},
+            "texts_sha": digest(texts)}

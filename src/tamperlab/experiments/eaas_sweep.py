@@ -124,7 +124,6 @@ def copy_after_spa(inputs: SPAInputs, spa: "SPAConfig", cfg: "EaaSConfig", folde
     from ..eaas import spa as S
     from ..eaas.downstream import classify_correct
     from ..eaas.stealer import copier_encode, load_copier, train_copier
-    from .eaas import spa_records
 
     scores = S.tightness_scores(inputs.stolen, inputs.perturbed[:, :spa.n_suffixes], spa.pca_components)
     deleted, thr = S.select_for_deletion(scores, spa)
@@ -141,7 +140,7 @@ def copy_after_spa(inputs: SPAInputs, spa: "SPAConfig", cfg: "EaaSConfig", folde
                               cfg.downstream, cfg.seed)
         utility[task] = {"acc": float(ok.mean()), "correct": bits(ok)}
     return {"spa": {k: det[k] for k in ("tpr", "fpr", "n_deleted", "n_triggered", "n", "precision")},
-            "threshold": thr, "spa_intervals": spa_records(inputs.counts, deleted, inputs.texts)["intervals"],
+            "threshold": thr, "spa_intervals": S.spa_records(inputs.counts, deleted, inputs.texts)["intervals"],
             "n_train": len(texts), "verify": ver, "utility": utility}
 
 

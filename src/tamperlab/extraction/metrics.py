@@ -41,7 +41,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from ..stats import digest
+from ..stats import digest, mean_record, rate_record
 from .samples import REFUSAL_PREFIX, extract_word, group_by_opener
 from .trie import QueryIndex, dice, lcp_matrix
 
@@ -285,3 +285,30 @@ def summary_row(metrics: Mapping[str, Any]) -> dict[str, float]:
 __all__ = ["opener_score", "identification_metrics", "sample_match_ratios", "sample_match_ratios_per_opener",
            "bleu_scores", "sacrebleu_scores", "word_level_metrics", "query_recall", "evaluate_words", "summary_row",
            "extract_word", "group_by_opener", "dice"]
+
+
+def evaluation_intervals(ev: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """95 % intervals of one evaluation's headline numbers (keys as in its summary row), as `stats` records:
+    Wilson for opener P / R (over predicted words / real openers) and recall@τ (over distinct D2 queries, from the
+    per-query flags), BCa bootstrap over opener words for the match / BLEU means (known-opener setting) and over
+    D2 queries for the coverage. Computed from what the evaluation keeps, so it also serves older results."""
+    out: dict[str, dict[str, Any]] = {}
+    ident = ev.get("identification", {})
+    tp, fp, fn = ident.get("tp"), ident.get("fp"), ident.get("fn")
+    if tp is not None and fp is not None and tp + fp:
+        out["opener_precision"] = rate_record(tp, tp + fp)
+    if tp is not None and fn is not None and tp + fn:
+        out["opener_recall"] = rate_record(tp, tp + fn)
+    per_word = ev.get("known_openers", {}).get("per_word") or []
+    for f in ("mean_match", "max_match", "mean_bleu"):
+        vals = [w[f] for w in per_word if f in w]
+        if vals and len(vals) == len(per_word):
+            out[f] = mean_record(vals)
+    for setting, prefix in (("pipeline", "pipeline_"), ("known_openers", "known_")):
+        flags = ev.get(setting, {}).get("per_query") or {}
+        for k, f in flags.items():
+            if k.startswith("recall@") and f:
+                out[prefix + k] = rate_record(sum(f), len(f))
+        if flags.get("coverage"):
+            out[prefix + "coverage"] = mean_record(flags["coverage"])
+    return out

@@ -116,18 +116,6 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def make_config(cls: type, params: dict[str, Any] | None = None, where: str = "") -> Any:
-    """Build a method config from recipe params *on top of the method's own defaults*.
-
-    Plain `from_dict` would rebuild a partially given nested section (`erase: {epochs: 3}`) from its class
-    defaults, silently dropping the method's published values for that section (e.g. MEraser's erase schedule);
-    merging onto `to_dict(cls())` keeps them. Unknown keys still raise ConfigError naming the key.
-    """
-    from ..config import from_dict, to_dict
-
-    return from_dict(cls, deep_merge(to_dict(cls()), params or {}), where)
-
-
 @dataclass
 class EmbedConfig:
     """How a fingerprint is planted: full fine-tuning (the papers) or a LoRA adapter merged into the weights."""

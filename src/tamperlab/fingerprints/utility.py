@@ -3,10 +3,11 @@
 * Perplexity: exp(mean token NLL) of held-out clean answers given their chat-formatted prompts (answer tokens +
   EOS; the prompt is context only). MEraser's script scores Guanaco test text whose mask never matches, i.e. prompt
   tokens too; we score answers only and say so in the report.
-* Accuracy, lm-evaluation-harness (optional, lazy import): SciQ and SuperGLUE tasks (the MEraser paper's), used
-  when `lm_eval` is installed and its task data can be loaded; otherwise — and always offline — a procedurally
-  generated multiple-choice set with exact answers (arithmetic, ordering of days/months/letters, counting,
-  comparisons), scored like lm-eval's `acc`: the choice with the highest summed log-likelihood after
+* Accuracy, lm-evaluation-harness (through `metrics.lmeval`, the project's one in-process runner): SciQ and
+  SuperGLUE tasks (the MEraser paper's) when the hub is reachable and their data loads (`lm_eval: auto` skips them
+  with a note otherwise), or the shipped offline stand-ins (`tamperlab_mc`, ...) when named; and always a
+  procedurally generated multiple-choice set with exact answers (arithmetic, ordering of days/months/letters,
+  counting, comparisons), scored like lm-eval's `acc`: the choice with the highest summed log-likelihood after
   "Question: …\\nAnswer:". Reports label it `generated`.
 """
 
@@ -185,29 +186,24 @@ def mc_accuracy(model: Any, tok: Any, items: Sequence[MCItem], batch_size: int =
 
 def lm_eval_accuracy(model: Any, tok: Any, tasks: Sequence[str], limit: int | None = None,
                      batch_size: int = 16) -> dict[str, float]:
-    """Accuracy per lm-eval task on the in-memory model (lazy import; raises ResourceError when unavailable)."""
-    try:
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
-    except ImportError:
-        raise ResourceError("lm-eval is not installed (pip install lm-eval)") from None
+    """lm-eval `acc` per task on the in-memory model, through the project's one lm-eval runner
+    (`metrics.lmeval.evaluate_utility`, which also runs the shipped offline stand-ins such as `tamperlab_mc`).
+    Raises ResourceError when lm-eval cannot run: not installed, a hub task while the hub is unreachable, a task
+    name lm-eval does not know, or its data not loading."""
+    from ..metrics.lmeval import LMEvalConfig, evaluate_utility, shipped_tasks
     from ..models import hub_unreachable
 
-    # The tasks' data comes from the hub: offline, lm-eval would retry for minutes before failing.
-    if (reason := hub_unreachable()) is not None:
-        raise ResourceError(f"lm-eval tasks {list(tasks)} need the Hugging Face hub, which is unreachable ({reason})")
+    # Hub tasks' data comes from the hub: offline, lm-eval would retry for minutes before failing.
+    hub_tasks = [t for t in tasks if t not in shipped_tasks()]
+    if hub_tasks and (reason := hub_unreachable()) is not None:
+        raise ResourceError(f"lm-eval tasks {hub_tasks} need the Hugging Face hub, which is unreachable ({reason})")
     try:
-        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
-        res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, log_samples=False)
-    except Exception as e:  # task data not downloadable, unknown task, ...
+        res = evaluate_utility(model, tok, LMEvalConfig(tasks=list(tasks), limit=limit, batch_size=batch_size))
+    except ResourceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an unknown task name (ConfigError), task data not loading, ...
         raise ResourceError(f"lm-eval could not run {list(tasks)}: {str(e).splitlines()[0] if str(e) else e!r}") from None
-    out = {}
-    for t in tasks:
-        r = res.get("results", {}).get(t, {})
-        v = r.get("acc,none", r.get("acc"))
-        if v is not None:
-            out[t] = float(v)
-    return out
+    return {t: float(r["metrics"]["acc"]["value"]) for t, r in res.items() if "acc" in r.get("metrics", {})}
 
 
 def evaluate_utility(model: Any, tok: Any, heldout: Sequence[Any], cfg: UtilityConfig,

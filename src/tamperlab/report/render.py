@@ -180,6 +180,23 @@ def plot_bars(path: Path, groups: Sequence[str], bars: dict[str, Sequence[float 
     return _save(fig, path)
 
 
+def plot_histograms(path: Path, panels: dict[str, dict[str, Sequence[float]]], bins: int = 40) -> Path:
+    """One panel per title, side by side, each overlaying the density histograms of its named groups on shared bins
+    (the panel's whole range), so the groups' distributions compare directly."""
+    import numpy as np
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), dpi=110, squeeze=False)
+    for ax, (title, groups) in zip(axes[0], panels.items()):
+        values = np.concatenate([np.asarray(v, float) for v in groups.values()])
+        edges = np.linspace(values.min(), values.max(), bins) if values.size else bins
+        for label, v in groups.items():
+            ax.hist(np.asarray(v, float), bins=edges, alpha=0.6, label=label, density=True)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 @dataclass
 class Panel:
     """One small chart of a grid."""
