@@ -179,10 +179,13 @@ def test_grid_recipes_cover_the_defenses_and_attack_kinds():
                                               "tar", "safelora", "antidote", "lisa"]
     assert gpu.seeds == [0, 1, 2] and gpu.eval.judges[0] == "beaver-dam" and gpu.sweep.enabled
     assert all(a.train.learning_rate == 1e-5 and a.train.epochs == 20 and a.train.batch_size == 10
-               for a in gpu.attacks)
+               for a in gpu.attacks if a.name == "finetune")
+    # the field's other attacks run in the GPU grid (the CPU grid keeps them as a commented block: CPU time)
+    assert {a.name for a in gpu.attacks} == {"finetune", "aoa", "refusal-ablation", "soft-prompt"}
     cpu = load_recipe(RECIPES_DIR / "hft_grid_demo.yaml").cfg
     assert {"sft", "ctrap", "vaccine", "booster", "repnoise"} <= {d.name for d in cpu.defenses}
     assert cpu.model.name_or_path.startswith("embedded:") and cpu.sweep.enabled and cpu.eval.lm_eval.tasks
     for cfg in (gpu, cpu):
-        assert {a.kind for a in cfg.attacks} == {"harmful", "mixed", "benign"}
-        assert [a.key for a in cfg.attacks if a.full_finetune] == [a.key for a in cfg.attacks][-1:]
+        ft = [a for a in cfg.attacks if a.name == "finetune"]
+        assert {a.kind for a in ft} == {"harmful", "mixed", "benign"}
+        assert [a.key for a in ft if a.full_finetune] == [a.key for a in ft][-1:]
