@@ -287,11 +287,20 @@ ENV_CASES: list[tuple[str, Callable[[Path, Any], list[str]], str]] = [
     ("cache-is-file", lambda t, m: (m.setenv("TAMPERLAB_CACHE", str(_write(t / "cachefile", "x"))),
                                     ["run", _recipe(t), "--output-dir", str(t / "o")])[-1], "is a file"),
     ("cache-unwritable", lambda t, m: (m.setenv("TAMPERLAB_CACHE", str(t / "cache")),
+                                       _forget_tiny_tokenizer(),
                                        m.setattr("tamperlab.models.embedded_tokenizer_dir", _unwritable_cache),
                                        ["run", _recipe(t), "--output-dir", str(t / "o")])[-1], "TAMPERLAB_CACHE"),
     ("recipe-unreadable", lambda t, m: (m.setattr(Path, "read_bytes", _eacces), ["run", _recipe(t)])[-1],
      "cannot read recipe"),
 ]
+
+
+def _forget_tiny_tokenizer() -> None:
+    """The tiny models' tokenizer is loaded once per process (models._tiny_tokenizer); an earlier test has usually
+    loaded it, and then the run would never reach the unwritable cache."""
+    from tamperlab import models
+
+    models._tiny_tokenizer.cache_clear()
 
 
 def _unwritable_cache(*a: Any, **k: Any) -> None:
