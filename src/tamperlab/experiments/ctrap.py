@@ -9,10 +9,11 @@ defense or attack) or changed computes only the new and changed cells.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 from ..attacks.base import Attack, AttackContext, AttackSpec
 from ..attacks.finetune import AttackConfig
@@ -22,7 +23,7 @@ from ..data.packs import HarmfulData, HarmfulDataConfig, build_harmful_data
 from ..defenses.base import TRAP_TEXT, AlignmentData, Defense
 from ..errors import ConfigError
 from ..metrics.hft import METRIC_DEFINITIONS
-from ..metrics.lmeval import LMEvalConfig, add_utility
+from ..metrics.lmeval import add_utility, evaluate_utility
 from ..models import LoraSettings, ModelConfig, apply_lora, load_adapter, load_model, save_model
 from ..registry import ATTACKS, DEFENSES, EXPERIMENTS
 from ..runs import RunDir, inputs_hash
@@ -216,13 +217,15 @@ class HFTExperiment(Experiment):
         return run.cached(f"eval-aligned-{spec.key}", do, inputs=self.stage_inputs(spec, data, evaluation=True))
 
     def attack(self, run: RunDir, spec: DefenseSpec, adapter: Path, atk: AttackSpec,
-               data: HarmfulData, key: str | None = None, utility: LMEvalConfig | None = None) -> dict[str, Any]:
+               data: HarmfulData, key: str | None = None,
+               utility: Callable[[Any, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
         """One attack on one aligned adapter, cached as stage `key` (default `attack-<defense>-<attack>`; attacker
-        sweeps pass one key per trial). The attack is the registered component its `name` picks. `utility`: the
-        lm-eval tasks measured on the attacked model (stored under "lm_eval"); default `eval.lm_eval` for a fixed
-        attack, none for a sweep trial (which passes the utility its sweep gates on, `sweep.lm_eval`)."""
-        if utility is None:
-            utility = self.cfg.eval.lm_eval if key is None else LMEvalConfig()
+        sweeps pass one key per trial). The attack is the registered component its `name` picks. `utility(model,
+        tok)` measures the attacked (and repaired) model's utility, stored under "lm_eval" unless empty; default:
+        lm-eval's `eval.lm_eval` for a fixed attack, nothing for a sweep trial (the sweep passes the utility it
+        gates on)."""
+        if utility is None and key is None:
+            utility = functools.partial(evaluate_utility, cfg=self.cfg.eval.lm_eval)  # {} when it names no task
         key = key or f"attack-{spec.key}-{atk.key}"
 
         def do() -> dict[str, Any]:
@@ -264,7 +267,8 @@ class HFTExperiment(Experiment):
                 out.update(fa_fields(fa_samples))
                 save_samples(run, f"samples-fa-{spec.key}-{atk.key}", fa_samples)
             save_samples(run, f"samples-{key}", samples)
-            add_utility(out, model, tok, utility)
+            if utility is not None and (block := utility(model, tok)):
+                out["lm_eval"] = block
             return out
 
         return run.cached(key, do, inputs=self.stage_inputs(spec, data, atk=atk))

@@ -325,10 +325,15 @@ def run_sweep(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: P
             return out
     trial_exp = trial_experiment(exp)
 
+    def trial_utility(model: Any, tok: Any) -> dict[str, Any]:
+        """The sweep's lm-eval utility, measured by the trial's stage on its attacked model (the one place that
+        sees it)."""
+        return evaluate_utility(model, tok, cfg.lm_eval)
+
     def trial(params: dict[str, Any], key: str) -> dict[str, Any]:
         fresh = not run.has_stage(key)
-        # the trial's own evaluation is the one place that sees its attacked model: it measures the sweep's utility
-        m = trial_exp.attack(run, spec, adapter, cfg.trial_attack(base, params), data, key=key, utility=cfg.lm_eval)
+        m = trial_exp.attack(run, spec, adapter, cfg.trial_attack(base, params), data, key=key,
+                             utility=trial_utility if lm else None)
         if fresh:
             _drop_checkpoints(run.path / "checkpoints" / key)
         return summary(m, cfg)
