@@ -22,21 +22,14 @@ from tamperlab.experiments.base import execute, load_recipe
 from tamperlab.experiments.ctrap import HFTExperiment
 from tamperlab.report.seeds import summaries
 
+from ctrap.helpers import tiny_attack, tiny_hft_recipe  # tests/ is on sys.path
+
 
 def recipe(out, name, **extra):
-    return {
-        "experiment": "ctrap", "name": name, "output_dir": str(out),
-        "model": {"name_or_path": "tiny:llama"}, "lora": {"r": 4, "alpha": 8},
-        "data": {"n_eval": 4, "n_align": 8, "n_attack": 8, "n_helpful": 8, "response_tokens": 8},
-        "alignment": {"max_steps": 1, "batch_size": 2, "save_steps": 1, "learning_rate": 1e-3},
-        "defenses": [{"name": "sft", "params": {"helpful_batch_size": 2}}],
-        "attacks": [{"kind": "harmful", "n": 8, "train": {"max_steps": 1, "batch_size": 2, "save_steps": 1,
-                                                          "learning_rate": 1e-3}}],
-        "eval": {"eval_steps": [1], "n_trajectory_prompts": 2, "n_loss_probe": 2,
-                 "generation": {"max_new_tokens": 4}},
-        "evaluate_aligned": False,
-        **extra,
-    }
+    return tiny_hft_recipe(out, name, experiment="ctrap",
+                           attacks=[tiny_attack(8, max_steps=1, batch_size=2, save_steps=1)],
+                           eval={"eval_steps": [1], "n_trajectory_prompts": 2, "n_loss_probe": 2,
+                                 "generation": {"max_new_tokens": 4}}, **extra)
 
 
 def events(run_dir, kind=None):

@@ -15,23 +15,7 @@ from tamperlab.data.core import DataSplit, Example
 from tamperlab.data.packs import HarmfulData
 from tamperlab.experiments.base import execute, load_recipe
 
-
-def _attack(n: int, lr: float = 1e-3) -> dict[str, Any]:
-    return {"kind": "harmful", "n": n, "train": {"max_steps": 2, "batch_size": 4, "save_steps": 2,
-                                                 "learning_rate": lr}}
-
-
-def _recipe(out: Path, name: str = "grid") -> dict[str, Any]:
-    return {
-        "experiment": "hft", "name": name, "output_dir": str(out),
-        "model": {"name_or_path": "tiny:llama"}, "lora": {"r": 4, "alpha": 8},
-        "data": {"n_eval": 4, "n_align": 8, "n_attack": 8, "n_helpful": 8, "response_tokens": 8},
-        "alignment": {"max_steps": 1, "batch_size": 2, "save_steps": 1, "learning_rate": 1e-3},
-        "defenses": [{"name": "sft", "params": {"helpful_batch_size": 2}}],
-        "attacks": [_attack(8)],
-        "eval": {"eval_steps": [], "n_trajectory_prompts": 2, "n_loss_probe": 4, "generation": {"max_new_tokens": 4}},
-        "evaluate_aligned": False,
-    }
+from .helpers import tiny_attack, tiny_hft_recipe
 
 
 def _log(path: Path) -> list[dict[str, Any]]:
@@ -49,7 +33,7 @@ def _resume(recipe: dict[str, Any], path: Path) -> tuple[list[str], list[dict[st
 
 
 def test_hft_grid_grows_and_changes_cell_by_cell(tmp_path):
-    recipe = _recipe(tmp_path)
+    recipe = tiny_hft_recipe(tmp_path, "grid")
     run = execute(load_recipe(recipe))
     assert [e["stage"] for e in _log(run.path) if e["event"] == "stage_done"] == [
         "data", "align-sft", "attack-sft-harmful-n8"]
@@ -57,7 +41,7 @@ def test_hft_grid_grows_and_changes_cell_by_cell(tmp_path):
 
     # one more attack: only its stage runs; the old cell is loaded, number for number
     grown = copy.deepcopy(recipe)
-    grown["attacks"].append(_attack(4))
+    grown["attacks"].append(tiny_attack(4))
     computed, changed, results = _resume(grown, run.path)
     assert computed == ["attack-sft-harmful-n4"] and changed == []
     assert results["sft"]["attacks"]["harmful-n8"] == first
@@ -89,7 +73,7 @@ def test_hft_grid_grows_and_changes_cell_by_cell(tmp_path):
 
 def _table_inputs(tmp_path: Path, **over: Any) -> dict[str, dict[str, Any]]:
     """Stage inputs of every (defense, seed) cell of a ctrap_table recipe, without running it."""
-    recipe = {**_recipe(tmp_path), "experiment": "ctrap_table", "seeds": [0, 1],
+    recipe = {**tiny_hft_recipe(tmp_path, "grid"), "experiment": "ctrap_table", "seeds": [0, 1],
               "defenses": [{"name": "sft", "params": {"helpful_batch_size": 2}, "alignment": {"batch_size": 4}},
                            {"name": "sft", "label": "sft2", "params": {"helpful_batch_size": 2}}], **over}
     exp = load_recipe(recipe)

@@ -16,12 +16,8 @@ from ctrap.helpers import harmful_pairs, helpful, refusals  # tests/ is on sys.p
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI / dev machines have 2 shared cores; intra-op threads only add contention at this model size.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Every defense test runs on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from tamperlab.eaas.embedder import torch_threads
+
 
 @pytest.fixture(autouse=True, scope="package")
 def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    # Package-scoped, not the per-test `one_torch_thread` of tests/conftest.py: the module-scoped fixtures here
+    # (the fingerprinted model of test_fp_pipeline) train before any per-test fixture starts.
+    with torch_threads(1):
+        yield

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar
 
 from ..config import Registered
-from ..data.core import DataSplit
+from ..data.core import DataSplit, Example
 
 
 @dataclass
@@ -147,6 +147,13 @@ class Attack:
     def utility_task(self, seed: int = 0) -> UtilityTask | None:
         """The benign task whose accuracy (FA) the experiment measures on the attacked model, if any."""
         return None
+
+    def eval_prompt(self, prompt: Example) -> Example:
+        """One harmful evaluation prompt as this attack's user poses it to the attacked model (default: unchanged).
+        The experiment generates and judges HS — final and along the attack — and builds the harmful-loss probe
+        from these; an attack whose threat includes how the model is invoked overrides it (`aoa`: the persona's
+        system turn and instruction prefix)."""
+        return prompt
 
 
 class TrainingAttack(Attack):

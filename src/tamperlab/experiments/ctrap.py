@@ -9,10 +9,11 @@ defense or attack) or changed computes only the new and changed cells.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 from ..attacks.base import Attack, AttackContext, AttackSpec
 from ..attacks.finetune import AttackConfig
@@ -22,7 +23,7 @@ from ..data.packs import HarmfulData, HarmfulDataConfig, build_harmful_data
 from ..defenses.base import TRAP_TEXT, AlignmentData, Defense
 from ..errors import ConfigError
 from ..metrics.hft import METRIC_DEFINITIONS
-from ..metrics.lmeval import add_utility
+from ..metrics.lmeval import add_utility, evaluate_utility
 from ..models import LoraSettings, ModelConfig, apply_lora, load_adapter, load_model, save_model
 from ..registry import ATTACKS, DEFENSES, EXPERIMENTS
 from ..runs import RunDir, inputs_hash
@@ -216,9 +217,15 @@ class HFTExperiment(Experiment):
         return run.cached(f"eval-aligned-{spec.key}", do, inputs=self.stage_inputs(spec, data, evaluation=True))
 
     def attack(self, run: RunDir, spec: DefenseSpec, adapter: Path, atk: AttackSpec,
-               data: HarmfulData, key: str | None = None) -> dict[str, Any]:
+               data: HarmfulData, key: str | None = None,
+               utility: Callable[[Any, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
         """One attack on one aligned adapter, cached as stage `key` (default `attack-<defense>-<attack>`; attacker
-        sweeps pass one key per trial). The attack is the registered component its `name` picks."""
+        sweeps pass one key per trial). The attack is the registered component its `name` picks. `utility(model,
+        tok)` measures the attacked (and repaired) model's utility, stored under "lm_eval" unless empty; default:
+        lm-eval's `eval.lm_eval` for a fixed attack, nothing for a sweep trial (the sweep passes the utility it
+        gates on)."""
+        if utility is None and key is None:
+            utility = functools.partial(evaluate_utility, cfg=self.cfg.eval.lm_eval)  # {} when it names no task
         key = key or f"attack-{spec.key}-{atk.key}"
 
         def do() -> dict[str, Any]:
@@ -226,14 +233,15 @@ class HFTExperiment(Experiment):
             attack: Attack = ATTACKS.build(atk.name, atk)
             ckpt = run.sub("checkpoints", key)
             recorders: list[TrajectoryRecorder] = []
+            prompts = [attack.eval_prompt(e) for e in data.eval_prompts.examples]  # as this attack's user poses them
 
             def measure(model: Any, train_set: Any, train: TrainConfig) -> list[Any]:
                 """Step hooks of a training attack: HS / collapse / losses at `eval.eval_steps`."""
                 ev = self.evaluator((model, tok))
                 harmful_probe = [e for e in train_set.examples if e.response and e in data.attack_harmful.examples]
-                rec = TrajectoryRecorder(ev, data.eval_prompts.examples[: self.cfg.eval.n_trajectory_prompts],
-                                         ev.probes(data.helpful.examples, harmful_probe or data.attack_harmful.examples),
-                                         ckpt / "trajectory.json")
+                probe = [attack.eval_prompt(e) for e in harmful_probe or data.attack_harmful.examples]
+                rec = TrajectoryRecorder(ev, prompts[: self.cfg.eval.n_trajectory_prompts],
+                                         ev.probes(data.helpful.examples, probe), ckpt / "trajectory.json")
                 total = steps_for(len(train_set), train)
                 hook = StepHook([s for s in self.cfg.eval.eval_steps if s <= total], rec,
                                 log_fn=lambda r: run.log("attack_log", defense=spec.key, attack=atk.key, **r))
@@ -247,7 +255,7 @@ class HFTExperiment(Experiment):
             repair = self.repair(spec, model, tok, adapter, data)
             ev = recorders[0].ev if recorders else self.evaluator((model, tok))
             points = recorders[0].points if recorders else {}
-            m, samples = ev.harm(model, data.eval_prompts.examples, desc=f"HS {spec.key}/{atk.key}")
+            m, samples = ev.harm(model, prompts, desc=f"HS {spec.key}/{atk.key}")
             out: dict[str, Any] = {**m, "train": res.train, "data": res.data,
                                    "trajectory": {str(k): v for k, v in sorted(points.items())}}
             if repair is not None:
@@ -259,8 +267,8 @@ class HFTExperiment(Experiment):
                 out.update(fa_fields(fa_samples))
                 save_samples(run, f"samples-fa-{spec.key}-{atk.key}", fa_samples)
             save_samples(run, f"samples-{key}", samples)
-            if key == f"attack-{spec.key}-{atk.key}":  # a fixed attack, not an attacker-sweep trial
-                add_utility(out, model, tok, self.cfg.eval.lm_eval)
+            if utility is not None and (block := utility(model, tok)):
+                out["lm_eval"] = block
             return out
 
         return run.cached(key, do, inputs=self.stage_inputs(spec, data, atk=atk))

@@ -31,7 +31,7 @@ from ..report.render import Report
 from ..runs import RunDir
 from ..stats import Interval, wilson
 from ..sweep import SweepSettings, TrialScore, trial_key
-from .hft_eval import Evaluator, fa_fields, save_samples
+from .hft_eval import fa_fields, save_samples
 from .sweep_stages import SweepView, aggregate_trials, run_staged_trials
 from .sweep_stages import sweep_rows as stage_rows
 from .sweep_stages import sweep_section as stage_section
@@ -279,35 +279,10 @@ def aligned_utility(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adap
     return fa_utility(aligned_fa(exp, run, spec, adapter, util, data)) if util is not None else None
 
 
-@dataclass
-class UtilityEvaluator(Evaluator):
-    """A sweep trial's evaluator: its HS pass on the final (attacked, repaired) model also measures the sweep's
-    lm-eval utility, stored under "lm_eval" in the trial's stage. (HFTExperiment.attack runs `eval.lm_eval` on
-    fixed attacks only; the trial's own evaluation is the one place that sees the attacked model of a trial.
-    Trials record no trajectory, so this pass runs once per trial.)"""
-
-    utility: LMEvalConfig = field(default_factory=LMEvalConfig)
-    """The sweep's lm-eval utility (`sweep.lm_eval`)."""
-
-    def harm(self, model: Any, prompts: Any, desc: str = "HS eval") -> tuple[dict[str, Any], list]:
-        out, samples = super().harm(model, prompts, desc)
-        out["lm_eval"] = evaluate_utility(model, self.tok, self.utility)
-        return out, samples
-
-
-def trial_experiment(exp: "HFTExperiment", cfg: HFTSweepConfig) -> "HFTExperiment":
+def trial_experiment(exp: "HFTExperiment") -> "HFTExperiment":
     """The experiment that runs the trials: the same stages without a mid-attack trajectory (one generation pass
-    per trial, not one per measured step), measuring the lm-eval utility when the sweep gates on it."""
-    trial_cfg = dataclasses.replace(exp.cfg, eval=dataclasses.replace(exp.cfg.eval, eval_steps=[]))
-    if not cfg.lm_eval.enabled:
-        trial_exp = type(exp)(trial_cfg)
-    else:
-        class Trials(type(exp)):  # type: ignore[misc,valid-type]
-            def evaluator(self, tok_model: tuple[Any, Any]) -> Evaluator:
-                return UtilityEvaluator(tok_model, self.judge, self.cfg.eval, self.cfg.model.prompt_format,
-                                        self.cfg.model.max_length, utility=cfg.lm_eval)
-
-        trial_exp = Trials(trial_cfg)
+    per trial, not one per measured step)."""
+    trial_exp = type(exp)(dataclasses.replace(exp.cfg, eval=dataclasses.replace(exp.cfg.eval, eval_steps=[])))
     trial_exp.judge = exp.judge
     return trial_exp
 
@@ -348,11 +323,17 @@ def run_sweep(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: P
         if reference["value"] < cfg.skip_if_aligned_fa_below:
             out["skipped"] = f"aligned {label} {reference['value']:.1f} % < {cfg.skip_if_aligned_fa_below:g} %"
             return out
-    trial_exp = trial_experiment(exp, cfg)
+    trial_exp = trial_experiment(exp)
+
+    def trial_utility(model: Any, tok: Any) -> dict[str, Any]:
+        """The sweep's lm-eval utility, measured by the trial's stage on its attacked model (the one place that
+        sees it)."""
+        return evaluate_utility(model, tok, cfg.lm_eval)
 
     def trial(params: dict[str, Any], key: str) -> dict[str, Any]:
         fresh = not run.has_stage(key)
-        m = trial_exp.attack(run, spec, adapter, cfg.trial_attack(base, params), data, key=key)
+        m = trial_exp.attack(run, spec, adapter, cfg.trial_attack(base, params), data, key=key,
+                             utility=trial_utility if lm else None)
         if fresh:
             _drop_checkpoints(run.path / "checkpoints" / key)
         return summary(m, cfg)
