@@ -6,7 +6,7 @@ or value fails at load time with the usual message), run as its own run director
 interrupted or changed one continues from its stage cache (an `hft` run's stages are versioned by their inputs, so
 only what changed is recomputed), and a resumed study may have added, removed or reordered variants. The study then reads every sub-run's metrics.json, adds
 forward-only trap diagnostics of the aligned and attacked models (metrics/trap_diagnostics.py, one cached stage per
-variant) and writes the study table (experiments/study_report.py): per variant, the aligned collapse rate, HS and
+variant) and writes the study table (experiments/study_table.py, rendered by report/study.py): per variant, the aligned collapse rate, HS and
 collapse after harmful fine-tuning and FA and collapse after benign fine-tuning against the reference defense, with
 Wilson intervals, exact McNemar tests and a "shape reached?" verdict (docs/methods/ctrap_study.md).
 """
@@ -203,7 +203,7 @@ class StudyExperiment(Experiment):
 
     def run(self, run: RunDir) -> dict[str, Any]:
         from ..metrics.trap_diagnostics import DEFINITIONS
-        from .study_report import study_rows
+        from .study_table import study_rows
 
         for v in self.cfg.variants:
             self.run_variant(run, v)
@@ -212,7 +212,7 @@ class StudyExperiment(Experiment):
                                 diagnostics_definitions=DEFINITIONS)
 
     def report(self, run: RunDir) -> list[Path]:
-        from .study_report import write_study_report
+        from ..report.study import write_study_report
 
         return write_study_report(run)
 
