@@ -21,7 +21,6 @@ SUMMARY_METRICS = ("hs_io", "hs_o", "fa", "collapse_rate")
 TASK_NAMES = {"sst2": "SST2", "agnews": "AG News", "gsm8k": "GSM8K"}
 
 
-
 @dataclass(frozen=True)
 class Column:
     """One attack setting of a table."""
@@ -35,9 +34,11 @@ class Column:
     """Position on the plot's x axis (n, p in %, or the task index)."""
 
 
-
 def attack_columns(attacks: Sequence[dict[str, Any]]) -> dict[str, list[Column]]:
-    """Group attack descriptors ({label, kind, n, p, task}) into table columns by kind, in sweep order."""
+    """Group attack descriptors ({label, kind, n, p, task, weights}) into table columns by kind, in sweep order.
+    Headers: n for harmful, p for mixed, the task for benign, the label for every other kind and for an attack
+    that trains other weights than the released LoRA (full-parameter, an attacker LoRA of rank r) or shares its
+    setting with another attack."""
     out: dict[str, list[Column]] = {}
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for a in attacks:
@@ -57,13 +58,14 @@ def attack_columns(attacks: Sequence[dict[str, Any]]) -> dict[str, list[Column]]
             else:
                 header = task + (f" n={a['n']}" if len(ns) > 1 else "")
                 x = float(i)
+            if a.get("weights") not in (None, "released-lora"):  # full-parameter / attacker-LoRA: say which
+                header = a["label"]
             cols.append(Column(a["label"], kind, header, x))
         if kind in ("harmful", "mixed"):
             cols.sort(key=lambda c: c.x)
         heads = [c.header for c in cols]  # two attacks of one setting (LoRA and full-parameter): their labels
         out[kind] = [dataclasses.replace(c, header=c.label) if heads.count(c.header) > 1 else c for c in cols]
     return out
-
 
 
 def cell_values(per_seed: dict[str, dict[str, Any]], defense: str, attack: str | None, metric: str) -> list[float]:
@@ -77,11 +79,9 @@ def cell_values(per_seed: dict[str, dict[str, Any]], defense: str, attack: str |
     return vals
 
 
-
 def mean_std(vals: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for a single value)."""
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
-
 
 
 def average_values(per_seed: dict[str, dict[str, Any]], defense: str, cols: Sequence[Column],
@@ -95,7 +95,6 @@ def average_values(per_seed: dict[str, dict[str, Any]], defense: str, cols: Sequ
     return out
 
 
-
 def cells_over_seeds(per_seed: dict[str, dict[str, Any]], defense: str, attack: str | None) -> list[dict[str, Any]]:
     """The metric dicts of one (defense, attack) cell, one per seed, in seed order (attack None = aligned)."""
     out = []
@@ -105,7 +104,6 @@ def cells_over_seeds(per_seed: dict[str, dict[str, Any]], defense: str, attack: 
         if m is not None:
             out.append(m)
     return out
-
 
 
 def summarize(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str],
@@ -132,7 +130,6 @@ def summarize(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str],
     return out
 
 
-
 def stage_seconds(log: Sequence[dict[str, Any]], cell_keys: dict[str, str]) -> dict[str, dict[str, float]]:
     """Wall seconds spent per defense in alignment and in attacks (incl. their evaluation), summed over seeds,
     from the run log's stage_done events. cell_keys maps a stage's defense key (per seed) → table defense."""
@@ -155,7 +152,6 @@ def stage_seconds(log: Sequence[dict[str, Any]], cell_keys: dict[str, str]) -> d
     return out
 
 
-
 def pooled_interval(per_seed: dict[str, dict[str, Any]], defense: str, attack: str | None,
                     metric: str) -> Interval | None:
     """All seeds' prompts of a cell together: the Wilson interval drawn as a band / whisker."""
@@ -163,7 +159,6 @@ def pooled_interval(per_seed: dict[str, dict[str, Any]], defense: str, attack: s
     if not ivs or any(iv is None or iv.k is None for iv in ivs):
         return None
     return wilson(sum(iv.k for iv in ivs), sum(iv.n for iv in ivs))  # type: ignore[misc,union-attr]
-
 
 
 def has_counts(per_seed: dict[str, dict[str, Any]]) -> bool:

@@ -40,7 +40,13 @@ METRIC_NAMES = {"hs_io": "HS(IO)", "hs_o": "HS(O)", "fa": "FA", "collapse_rate":
 KIND_METRICS = {"harmful": ("hs_io", "hs_o", "collapse_rate"), "mixed": ("hs_io", "hs_o", "fa"),
                 "benign": ("fa", "hs_io", "hs_o")}
 KIND_TITLES = {"harmful": "Full harmful fine-tuning (p = 1)", "mixed": "Mixed harmful fine-tuning",
-               "benign": "Benign fine-tuning (p = 0)"}
+               "benign": "Benign fine-tuning (p = 0)", "aoa": "Identity shifting (AOA, no harmful example)",
+               "refusal-ablation": "Refusal-direction ablation (weight orthogonalisation, no training)",
+               "soft-prompt": "Universal soft prompt (input embeddings)"}
+"""Section title per attack kind; a kind without one (a plugin's attack) is titled by its name."""
+OTHER_METRICS = ("hs_io", "hs_o", "collapse_rate", "fa")
+"""The metrics of every other attack kind (AOA, refusal ablation, a soft prompt, a plugin's): HS first, then
+collapse and FA where the attack measured them."""
 
 
 def fmt_cell(vals: Sequence[float], digits: int = 1) -> str:
@@ -187,6 +193,54 @@ def grid_section(rep: Report, res: dict[str, Any], judge: dict[str, Any], plots:
     return written
 
 
+def kind_section(rep: Report, per_seed: dict[str, dict[str, Any]], defenses: Sequence[str], kind: str,
+                 cols: Sequence[Column], plots: Path) -> None:
+    """One attack kind's tables (one per metric it measured, paired tests on its first), its HS-vs-n / HS-vs-p
+    curve and its FA bars."""
+    metrics = KIND_METRICS.get(kind, OTHER_METRICS)
+    rep.heading(KIND_TITLES.get(kind, kind))
+    for metric in metrics:
+        if not any(cell_values(per_seed, d, c.label, metric) for d in defenses for c in cols):
+            continue
+        rep.heading(METRIC_NAMES[metric], 3)
+        rep.table(paper_table(per_seed, defenses, cols, metric))
+        if metric == metrics[0]:
+            sig = significance_table(per_seed, defenses, cols, metric)
+            if sig:
+                rep.text(f"Paired tests, {METRIC_NAMES[metric]}: Δ = A − B in points on the same prompts "
+                         "(all seeds), p = exact McNemar, Holm-adjusted within each column; **n.s.** = not "
+                         "significantly different at 5 %.")
+                rep.table(sig)
+    # a curve over n (p): one point per setting, the first attack of each (LoRA before full-parameter)
+    curve = list({c.x: c for c in reversed(cols)}.values())[::-1]
+    if kind in ("harmful", "mixed") and len(curve) > 1:
+        var, axis = ("n", "harmful samples n") if kind == "harmful" else ("p", "harmful ratio p (%)")
+        panels = []
+        for metric in ("hs_io", "hs_o"):
+            series, bands = _plot_series(per_seed, defenses, sorted(curve, key=lambda c: c.x), metric)
+            if series:
+                panels.append(Panel(f"{METRIC_NAMES[metric]} vs {var}", series, bands or None,
+                                    f"{METRIC_NAMES[metric]} %", percent=True))
+        if panels:
+            name = f"hs-vs-{var}.png"
+            plot_grid(plots / name, panels, axis, "bands: Wilson 95 % (seeds pooled)", ncols=2)
+            rep.image(f"plots/{name}", f"HS vs {var}")
+    if kind in ("benign", "mixed"):
+        fa_cols = [c for c in cols if any(cell_values(per_seed, d, c.label, "fa") for d in defenses)]
+        if fa_cols:
+            bars: dict[str, list[float | None]] = {}
+            errs: dict[str, tuple[list, list]] = {}
+            for d in defenses:
+                bars[d] = [mean_std(v)[0] if (v := cell_values(per_seed, d, c.label, "fa")) else None
+                           for c in fa_cols]
+                ivs = [pooled_interval(per_seed, d, c.label, "fa") for c in fa_cols]
+                errs[d] = ([iv.lo if iv else None for iv in ivs], [iv.hi if iv else None for iv in ivs])
+            name = f"fa-{kind}.png"
+            plot_bars(plots / name, [c.header for c in fa_cols], bars, f"fine-tune accuracy ({kind}; whiskers: "
+                      "95 %)", "FA %", errors=errs, percent=True)
+            rep.image(f"plots/{name}", f"fine-tune accuracy ({kind})")
+
+
 def write_table_report(run: RunDir) -> list[Path]:
     metrics = run.load_metrics()
     res = metrics["results"]
@@ -218,51 +272,11 @@ def write_table_report(run: RunDir) -> list[Path]:
     plots = run.sub("plots")
     grid_section(rep, res, judge, plots)
     groups = attack_columns(attacks)
-    for kind in ("harmful", "mixed", "benign"):
-        cols = groups.get(kind)
-        if not cols:
-            continue
-        rep.heading(KIND_TITLES[kind])
-        for metric in KIND_METRICS[kind]:
-            if not any(cell_values(per_seed, d, c.label, metric) for d in defenses for c in cols):
-                continue
-            rep.heading(METRIC_NAMES[metric], 3)
-            rep.table(paper_table(per_seed, defenses, cols, metric))
-            if metric == KIND_METRICS[kind][0]:
-                sig = significance_table(per_seed, defenses, cols, metric)
-                if sig:
-                    rep.text(f"Paired tests, {METRIC_NAMES[metric]}: Δ = A − B in points on the same prompts "
-                             "(all seeds), p = exact McNemar, Holm-adjusted within each column; **n.s.** = not "
-                             "significantly different at 5 %.")
-                    rep.table(sig)
-        # a curve over n (p): one point per setting, the first attack of each (LoRA before full-parameter)
-        curve = list({c.x: c for c in reversed(cols)}.values())[::-1]
-        if kind in ("harmful", "mixed") and len(curve) > 1:
-            var, axis = ("n", "harmful samples n") if kind == "harmful" else ("p", "harmful ratio p (%)")
-            panels = []
-            for metric in ("hs_io", "hs_o"):
-                series, bands = _plot_series(per_seed, defenses, sorted(curve, key=lambda c: c.x), metric)
-                if series:
-                    panels.append(Panel(f"{METRIC_NAMES[metric]} vs {var}", series, bands or None,
-                                        f"{METRIC_NAMES[metric]} %", percent=True))
-            if panels:
-                name = f"hs-vs-{var}.png"
-                plot_grid(plots / name, panels, axis, "bands: Wilson 95 % (seeds pooled)", ncols=2)
-                rep.image(f"plots/{name}", f"HS vs {var}")
-        if kind in ("benign", "mixed"):
-            fa_cols = [c for c in cols if any(cell_values(per_seed, d, c.label, "fa") for d in defenses)]
-            if fa_cols:
-                bars: dict[str, list[float | None]] = {}
-                errs: dict[str, tuple[list, list]] = {}
-                for d in defenses:
-                    bars[d] = [mean_std(v)[0] if (v := cell_values(per_seed, d, c.label, "fa")) else None
-                               for c in fa_cols]
-                    ivs = [pooled_interval(per_seed, d, c.label, "fa") for c in fa_cols]
-                    errs[d] = ([iv.lo if iv else None for iv in ivs], [iv.hi if iv else None for iv in ivs])
-                name = f"fa-{kind}.png"
-                plot_bars(plots / name, [c.header for c in fa_cols], bars, f"fine-tune accuracy ({kind}; whiskers: "
-                          "95 %)", "FA %", errors=errs, percent=True)
-                rep.image(f"plots/{name}", f"fine-tune accuracy ({kind})")
+    # the paper's three kinds in its order, then every other kind the run has (AOA, refusal ablation, soft prompt,
+    # a plugin's attack) in recipe order
+    order = list(KIND_METRICS)
+    for kind in sorted(groups, key=lambda k: order.index(k) if k in order else len(order)):
+        kind_section(rep, per_seed, defenses, kind, groups[kind], plots)
 
     if any(cell_values(per_seed, d, None, "hs_io") for d in defenses):
         rep.heading("After alignment, before any attack")
