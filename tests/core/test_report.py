@@ -66,7 +66,7 @@ def test_md_and_html_tables_are_built_from_data():
 
 def build_hft_report(tmp_path):
     """An HFT report of three defenses (two judges, trajectories, FA, samples) rendered into tmp_path/r."""
-    from tamperlab.experiments.hft_report import write_hft_report
+    from tamperlab.report.hft import write_hft_report
 
     panel = JudgePanel(["embedded", "garak-mitigation"])
     run = RunDir.create(tmp_path / "r", {"experiment": "hft", "model": {"name_or_path": "m"}, "description": "d"})
@@ -115,7 +115,8 @@ def test_hft_report_structure(tmp_path):
 
 
 def test_table_report_marks_non_significant_pairs_and_pools_seeds(tmp_path):
-    from tamperlab.experiments.hft_table import summarize, write_table_report
+    from tamperlab.experiments.hft_table import summarize
+    from tamperlab.report.hft_table import write_table_report
 
     panel = JudgePanel(["embedded", "garak-mitigation"])
     attacks = [{"label": "harmful-n100", "kind": "harmful", "n": 100, "p": 1.0, "task": None},

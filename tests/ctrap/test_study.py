@@ -10,7 +10,7 @@ from pathlib import Path
 from scipy.stats import binomtest
 
 from tamperlab.experiments.base import execute, load_recipe
-from tamperlab.experiments.study_report import shape
+from tamperlab.experiments.study_table import shape
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "tiny_ctrap.yaml"
 ATTACK = "harmful-n8"

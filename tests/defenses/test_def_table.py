@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tamperlab.experiments.base import execute, load_recipe
-from tamperlab.experiments.hft_table import (attack_columns, average_values, fmt_cell, paper_table, stage_seconds,
-                                             summarize)
+from tamperlab.experiments.hft_table import attack_columns, average_values, stage_seconds, summarize
+from tamperlab.report.hft_table import fmt_cell, paper_table
 
 ATTACKS = [{"label": "harmful-n200", "kind": "harmful", "n": 200, "p": 1.0, "task": None},
            {"label": "harmful-n100", "kind": "harmful", "n": 100, "p": 1.0, "task": None},
@@ -60,7 +60,7 @@ def test_stage_seconds_by_defense():
 
 def test_report_from_metrics_has_paper_tables_and_plots(tmp_path):
     from tamperlab.runs import RunDir
-    from tamperlab.experiments.hft_table import write_table_report
+    from tamperlab.report.hft_table import write_table_report
 
     attacks = ATTACKS + [{"label": "mixed-p20-sst2", "kind": "mixed", "n": 1000, "p": 0.2, "task": "sst2"}]
     per_seed = {s: {d: {"aligned": _cell(1.0), "attacks": {a["label"]: _cell(10.0 * i + int(s), 80.0 - i)

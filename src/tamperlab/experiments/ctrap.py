@@ -313,7 +313,7 @@ class HFTExperiment(Experiment):
             metric_definitions=METRIC_DEFINITIONS)
 
     def report(self, run: RunDir) -> list[Path]:
-        from .hft_report import write_hft_report
+        from ..report.hft import write_hft_report
 
         return write_hft_report(run)
 

@@ -5,7 +5,7 @@ Built on the `hft` experiment's stages, so each cell is cached in the run direct
 once per (defense, seed) and reused by all of its attacks, a finished cell is skipped on `--resume`, and a killed
 training stage continues from its last checkpoint. Stages are versioned by their inputs (`HFTExperiment.stage_inputs`,
 with the cell's seed and the defense's own alignment overrides), so a table resumed with more defenses, attacks or
-seeds, or with one changed, computes only those cells. The report is `hft_table.write_table_report`: paper-style
+seeds, or with one changed, computes only those cells. The report is `report/hft_table.write_table_report`: paper-style
 tables (mean ± std over seeds), HS-vs-n / HS-vs-p / FA-per-task plots and wall time per stage.
 """
 
@@ -136,6 +136,6 @@ class HFTTableExperiment(HFTExperiment):
             })
 
     def report(self, run: RunDir) -> list[Path]:
-        from .hft_table import write_table_report
+        from ..report.hft_table import write_table_report
 
         return write_table_report(run)

@@ -16,20 +16,18 @@ seeds (n = seeds). Missing cells stay missing (hatched "–"). Differences from 
 first defense) are tested with the report's exact McNemar tests, Holm-adjusted over all pairs of a column
 (`report.cells.pairwise`, as in the significance tables), and marked "n.s." where not significant.
 
-Pure functions over metrics.json, like the rest of `hft_table`."""
+Pure functions over metrics.json, like the rest of `hft_table`; `report/hft_table.py` renders the section."""
 
 from __future__ import annotations
 
 import math
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..metrics.lmeval import ACCURACY_METRICS
 from ..report.cells import Comparison, cell_interval, judge_hs, pairwise, pool_seeds, seeds_text
-from ..report.heatmap import HeatTable, save_heatmaps
-from ..report.render import Report
+from ..report.heatmap import HeatTable
 from ..stats import Interval, wilson
 from .hft_table import TASK_NAMES, cells_over_seeds
 
@@ -288,50 +286,3 @@ def grid_rows(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str], atta
             rows.append(row)
     keep = [k for k in rows[0] if k in ("attack", "defense") or any(r[k] is not None for r in rows)] if rows else []
     return [{k: r[k] for k in keep} for r in rows]
-
-
-# -- the report section -------------------------------------------------------------------------------------------
-FIGURES = {
-    "hs": "HS(IO) per judge of the panel (lower is better); the primary judge's panel ends with the attacker "
-          "sweep's worst case when a sweep ran",
-    "fa": "fine-tune accuracy on each attack's benign task (higher is better)",
-    "collapse": "collapse rate: answers dominated by the trap word (CTRAP's intended effect after a harmful attack; "
-                "a cost anywhere else)",
-    "utility": "lm-evaluation-harness utility per task (its first accuracy metric), as % (higher is better)",
-    "sweep": "attacker sweep: the fixed attack next to the tuned attackers' worst case, mean of the top n and "
-             "worst case among trials that keep FA",
-}
-
-
-def grid_section(rep: Report, res: dict[str, Any], judge: dict[str, Any], plots: Path) -> list[Path]:
-    """The "Comparison grid" section: one heatmap figure per metric group and the grid table. Returns the
-    images written."""
-    per_seed, defenses, attacks = res["per_seed"], res["defenses"], res["attacks"]
-    if not defenses:
-        return []
-    panel = judge.get("panel") or ([judge["name"]] if judge.get("name") else [])
-    tests = reference_tests(per_seed, defenses, [ALIGNED] + grid_columns(attacks))
-    tables = grid_tables(per_seed, defenses, attacks, panel, tests)
-    ref = reference_row(defenses)
-    rep.heading("Comparison grid")
-    seeds = len(per_seed)
-    rep.text("Every defense (rows) against every attack (columns), one heatmap per metric. A cell: the value "
-             + ("[Wilson 95 % interval]" if seeds == 1 else
-                "over all seeds' prompts pooled [Wilson 95 %] (a metric without counts: the mean over seeds, n = "
-                "seeds)")
-             + "; colours on a fixed 0–100 scale; a hatched **–** was not measured (never a 0). **aligned**: the "
-             f"aligned model before any attack. **n.s. vs {ref}**: not significantly different from the "
-             f"reference row {ref} on the same prompts (exact McNemar, Holm-adjusted over all pairs of the column). "
-             f"**{WORST}**: the highest HS(IO) of the attacker sweep's trials (docs/methods/measurement.md).")
-    written = []
-    for name, group in tables.items():
-        path = save_heatmaps(plots / f"grid-{name}.png", group)
-        written.append(path)
-        rep.image(f"plots/{path.name}", FIGURES[name])
-    rows = grid_rows(per_seed, defenses, attacks, panel, tests)
-    if rows:
-        rep.text(f"The grid as a table (value [Wilson 95 %]{'' if seeds == 1 else '; mean ± sd [pooled] over seeds'}"
-                 f"). Δ = row − {ref} in points on the same prompts, p = exact McNemar, Holm-adjusted; **n.s.** = "
-                 "not significant at 5 %.")
-        rep.table(rows, digits=1)
-    return written

@@ -84,23 +84,31 @@ def finished(path: Path) -> bool:
     return bool(ends) and ends[-1] == "run_done" and (path / "metrics.json").is_file()
 
 
+def run_subrun(parent: RunDir, event: str, key: Any, sub: "Experiment", run_one: Callable[["Experiment"], Any],
+               progress: str = "") -> bool:
+    """One sub-run of a base recipe with changes — a seed of `seeds:`, a variant of a study (experiments/study.py)
+    — into `<parent>/<sub's name>/`: the one mechanism both use. Skipped when it finished under the same recorded
+    config (every rank takes rank 0's decision: a rank that skipped a sub-run the others run would desynchronise
+    them); else run through `run_one`, which resumes it from its own stage cache and Trainer checkpoints (an
+    experiment with versioned stages whose recipe changed recomputes only the stages whose inputs changed).
+    Logs `<event>_skipped`, or `<event>_start` and `<event>_done`, with `<event>=key`; returns whether it ran."""
+    path = Path(sub.cfg.output_dir) / sub.cfg.name
+    if distributed.broadcast(finished(path) and RunDir(path).config == sub.recorded_config()):
+        log.info("%s %s%s: finished earlier, skipping", event, key, progress)
+        parent.log(f"{event}_skipped", **{event: key})
+        return False
+    log.info("%s %s%s → %s", event, key, progress, path)
+    parent.log(f"{event}_start", **{event: key})
+    run_one(sub)
+    parent.log(f"{event}_done", **{event: key})
+    return True
+
+
 def run_seeds(exp: "Experiment", parent: RunDir, run_one: Callable[["Experiment"], RunDir]) -> list[int]:
-    """Run every seed not finished yet under the current recipe (each resumable through its own stage cache; a
-    finished seed of an experiment with versioned stages whose recipe changed is resumed too, recomputing only
-    the stages whose inputs changed); returns the seeds."""
+    """Run every seed not finished yet under the current recipe (`run_subrun`); returns the seeds."""
     seeds = list(exp.cfg.seeds)
     for i, seed in enumerate(seeds, 1):
-        sub = seed_experiment(exp, seed, parent.path)
-        path = parent.path / seed_dir(seed)
-        # Every rank takes rank 0's decision: a rank that skipped a seed the others run would desynchronise them.
-        if distributed.broadcast(finished(path) and RunDir(path).config == sub.recorded_config()):
-            log.info("seed %d (%d/%d): finished earlier, skipping", seed, i, len(seeds))
-            parent.log("seed_skipped", seed=seed)
-            continue
-        log.info("seed %d (%d/%d) → %s", seed, i, len(seeds), parent.path / seed_dir(seed))
-        parent.log("seed_start", seed=seed)
-        run_one(sub)
-        parent.log("seed_done", seed=seed)
+        run_subrun(parent, "seed", seed, seed_experiment(exp, seed, parent.path), run_one, f" ({i}/{len(seeds)})")
     return seeds
 
 

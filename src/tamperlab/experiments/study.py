@@ -2,13 +2,15 @@
 
 Each variant is the base recipe plus `--set`-style overrides (the config layer's `apply_overrides`, so a wrong key
 or value fails at load time with the usual message), run as its own run directory `<run>/<variant>/` through
-`experiments.base.execute`: a finished variant (metrics.json written under the same config) is skipped, an
-interrupted or changed one continues from its stage cache (an `hft` run's stages are versioned by their inputs, so
-only what changed is recomputed), and a resumed study may have added, removed or reordered variants. The study then reads every sub-run's metrics.json, adds
-forward-only trap diagnostics of the aligned and attacked models (metrics/trap_diagnostics.py, one cached stage per
-variant) and writes the study table (experiments/study_report.py): per variant, the aligned collapse rate, HS and
-collapse after harmful fine-tuning and FA and collapse after benign fine-tuning against the reference defense, with
-Wilson intervals, exact McNemar tests and a "shape reached?" verdict (docs/methods/ctrap_study.md).
+`experiments.base.execute`, by the sub-run mechanism of `seeds:` (`repeat.run_subrun`): a finished variant (its log
+ends in `run_done` under the same config) is skipped, an interrupted or changed one continues from its stage cache
+(an `hft` run's stages are versioned by their inputs, so only what changed is recomputed), and a resumed study may
+have added, removed or reordered variants. The study then reads every sub-run's metrics.json, adds forward-only trap
+diagnostics of the aligned and attacked models (metrics/trap_diagnostics.py, one cached stage per variant) and
+writes the study table (rows: experiments/study_table.py; rendered by report/study.py): per variant, the aligned
+collapse rate, HS and collapse after harmful fine-tuning and FA and collapse after benign fine-tuning against the
+reference defense, with Wilson intervals, exact McNemar tests and a "shape reached?" verdict
+(docs/methods/ctrap_study.md).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..errors import ConfigError
 from ..registry import EXPERIMENTS
 from ..runs import RunDir
 from .base import Experiment, RunConfig, execute, load_recipe, resolve_recipe_path
+from .repeat import run_subrun
 
 log = logging.getLogger("tamperlab")
 
@@ -135,14 +138,8 @@ class StudyExperiment(Experiment):
     def run_variant(self, run: RunDir, v: Variant) -> Path:
         exp = self.sub(run, v)
         path = run.path / v.name
-        done = (path / "metrics.json").exists() and (path / "config.yaml").exists()
-        if done and RunDir(path).config == exp.recorded_config():
-            log.info("study: variant %s already finished, skipped", v.name)
-            run.log("variant_skipped", variant=v.name)
-        else:
-            log.info("study: variant %s", v.name)
-            execute(exp, resume=True)
-            run.log("variant_done", variant=v.name)
+        # the sub-run mechanism of `seeds:` (skipped when finished under the same config, else resumed)
+        run_subrun(run, "variant", v.name, exp, lambda e: execute(e, resume=True))
         if self.cfg.diagnostics:
             run.cached(f"diagnostics-{v.name}", lambda: self.diagnose(exp, path),
                        inputs={"variant": exp.recorded_config(), "defense": self.cfg.defense,
@@ -203,7 +200,7 @@ class StudyExperiment(Experiment):
 
     def run(self, run: RunDir) -> dict[str, Any]:
         from ..metrics.trap_diagnostics import DEFINITIONS
-        from .study_report import study_rows
+        from .study_table import study_rows
 
         for v in self.cfg.variants:
             self.run_variant(run, v)
@@ -212,7 +209,7 @@ class StudyExperiment(Experiment):
                                 diagnostics_definitions=DEFINITIONS)
 
     def report(self, run: RunDir) -> list[Path]:
-        from .study_report import write_study_report
+        from ..report.study import write_study_report
 
         return write_study_report(run)
 

@@ -24,7 +24,9 @@ Bands = dict[str, tuple[Sequence[float | None], Sequence[float | None]]]
 """name → (lower ends, upper ends) of the 95 % intervals, aligned with the series' xs."""
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
+def fmt_value(v: Any, digits: int = 3) -> str:
+    """One table cell as text: – for a missing / nan value, an Interval as "value [lo, hi]", yes / no for a bool,
+    a float to `digits` decimals without trailing zeros (tiny values in significant digits)."""
     if v is None:
         return "–"
     if isinstance(v, Interval):
@@ -58,7 +60,7 @@ def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = Non
     cols = _columns(rows, columns)
 
     def cell(v: Any) -> str:
-        return _fmt(v, digits).replace("|", "\\|").replace("\n", " ")
+        return fmt_value(v, digits).replace("|", "\\|").replace("\n", " ")
 
     out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     out += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
@@ -82,10 +84,10 @@ def html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = N
 
     def cell(v: Any) -> str:
         if isinstance(v, Interval) and v.n:
-            value, _, rest = _fmt(v, digits).partition(" ")
+            value, _, rest = fmt_value(v, digits).partition(" ")
             return f'<td class="num">{html.escape(value)} <span class="ci">{html.escape(rest)}</span></td>'
         cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None else ""
-        return f"<td{cls}>{md.renderInline(_fmt(v, digits))}</td>"
+        return f"<td{cls}>{md.renderInline(fmt_value(v, digits))}</td>"
 
     head = "".join(f"<th>{md.renderInline(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(cell(r.get(c)) for c in cols) + "</tr>" for r in rows)

@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..experiments.hft_sweep import sweep_section
+from ..experiments.hft_table import Column
 from ..metrics.lmeval import hft_cells, report_section
-from ..report.cells import fmt2, cell_interval, judge_hs, pairwise, panel_agreement
-from ..report.render import Panel, Report, plot_grid, provenance_block
-from ..report.samples import write_sample_view
 from ..runs import RunDir
 from ..stats import rate_from_value
-from .hft_sweep import sweep_section
-from .hft_table import Column, paper_rows
+from .cells import cell_interval, fmt2, judge_hs, pairwise, panel_agreement
+from .render import Panel, Report, plot_grid, provenance_block
+from .samples import write_sample_view
 
 RATES = {"hs_io": "HS(IO)", "hs_o": "HS(O)", "fa": "FA", "collapse_rate": "collapse %",
          "degenerate_rate": "degenerate %"}
@@ -104,6 +104,8 @@ def write_hft_report(run: RunDir) -> list[Path]:
         if pooled:
             rep.text("Pooled over every evaluation above (Cohen's κ: sklearn; – when a judge is constant):")
             rep.table(pooled, digits=1)
+
+    from .hft_table import paper_rows  # hft_table builds on this module's rows
 
     harmful = [Column(label, "harmful", f"n={a.get('n')}", float(a.get("n") or 0))
                for a, label in zip(metrics["config"].get("attacks", []), attacks) if a.get("kind") == "harmful"]
