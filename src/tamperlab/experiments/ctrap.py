@@ -306,11 +306,21 @@ class HFTExperiment(Experiment):
             if self.cfg.sweep.enabled:
                 row["sweep"] = run_sweep(self, run, spec, adapter, data, row["attacks"])
             results[spec.key] = row
+        extra: dict[str, Any] = {}
+        if self.cfg.eval.trap_diagnostics:
+            from ..metrics.trap_diagnostics import DEFINITIONS
+            from .trap_diagnosis import diagnose_run
+
+            keys = [spec.key for spec in self.cfg.defenses]
+            extra["trap_diagnostics"] = run.cached(
+                "trap-diagnostics", lambda: diagnose_run(self.cfg, run.path, results, keys),
+                inputs={"config": self.recorded_config()})
+            extra["trap_diagnostics_definitions"] = DEFINITIONS
         return run.save_metrics(
             results,
             judge=self.judge.describe(),
             data=data.describe(),
-            metric_definitions=METRIC_DEFINITIONS)
+            metric_definitions=METRIC_DEFINITIONS, **extra)
 
     def report(self, run: RunDir) -> list[Path]:
         from ..report.hft import write_hft_report

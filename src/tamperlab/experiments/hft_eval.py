@@ -55,6 +55,10 @@ class EvalConfig:
     """Collapse-trap text whose last token collapse is measured against. Leave it empty: the experiment sets it to
     the `trap_text` of the recipe's trap-planting defense (CTRAP), or to the default "an error" without one; a value
     given here must equal the defense's."""
+    trap_diagnostics: bool = False
+    """Forward-only trap diagnostics after the run (experiments/trap_diagnosis.py): for every defense, where the
+    trap token appears in its answers and p(trap) by response position — aligned, and after the first harmful and
+    first benign attack. One forward pass per stored answer set; the CTRAP demo turns it on."""
     n_loss_probe: PosInt = 16
     """Examples in the collapse-loss / harmful-loss probe batches."""
     lm_eval: LMEvalConfig = field(default_factory=LMEvalConfig)

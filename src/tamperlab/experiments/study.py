@@ -147,56 +147,11 @@ class StudyExperiment(Experiment):
         return path
 
     def diagnose(self, exp: Experiment, path: Path) -> dict[str, Any]:
-        """Trap diagnostics of the variant's defense and reference models — aligned, and after its first harmful
-        and first benign attack (the attack's last checkpoint, when it is the trained model) — each on the answers
-        its evaluation stored: {model: {evaluation: summary}}."""
-        from ..defenses.ctrap import CTRAPConfig
-        from ..metrics.trap_diagnostics import diagnose
-        from ..models import load_adapter, load_model
+        """Trap diagnostics of the variant's defense and reference models (experiments/trap_diagnosis.py)."""
+        from .trap_diagnosis import diagnose_run
 
-        cfg = exp.cfg
-        params = {d.key: d for d in cfg.defenses}[self.cfg.defense].config()  # type: ignore[attr-defined]
-        trap_text = params.trap_text if isinstance(params, CTRAPConfig) else CTRAPConfig.trap_text
-        sub = RunDir(path)
-        metrics = sub.load_metrics()["results"]
-        out: dict[str, Any] = {}
-        for key in (self.cfg.defense, self.cfg.reference):
-            out[key] = {}
-            for evaluation, adapter, stage in self._evaluations(cfg, path, key, metrics[key]):
-                if not sub.has_stage(stage):
-                    continue  # evaluate_aligned: false
-                if adapter is None:
-                    out[key][evaluation] = {"skipped": "no LoRA checkpoint of the final attacked model"}
-                    continue
-                rows = sub.load_stage(stage)
-                base, tok = load_model(cfg.model, cfg.seed)  # type: ignore[attr-defined]
-                model = load_adapter(base, adapter, trainable=False)
-                out[key][evaluation] = diagnose(
-                    model, tok, [r["prompt"] for r in rows], [r["output"] for r in rows], trap_text,
-                    cfg.model.prompt_format, cfg.model.max_length)  # type: ignore[attr-defined]
-        return out
-
-    @staticmethod
-    def _evaluations(cfg: Any, path: Path, key: str, results: dict[str, Any]) -> list[tuple[str, Path | None, str]]:
-        """(evaluation, adapter dir or None, samples stage) of the aligned model and of the first harmful and first
-        benign attack. An attack's model is its highest checkpoint, used only when that checkpoint is the final
-        step (its trainer_state global_step = the steps the attack trained) and holds a LoRA adapter."""
-        import json
-
-        out: list[tuple[str, Path | None, str]] = [("aligned", path / "models" / key, f"samples-aligned-{key}")]
-        for kind in ("harmful", "benign"):
-            atk = next((a for a in cfg.attacks if getattr(a, "kind", None) == kind), None)
-            if atk is None or atk.key not in results.get("attacks", {}):
-                continue
-            ckpts = sorted((path / "checkpoints" / f"attack-{key}-{atk.key}").glob("checkpoint-*"),
-                           key=lambda p: int(p.name.rsplit("-", 1)[-1]))
-            adapter = None
-            if ckpts and (ckpts[-1] / "adapter_config.json").exists():
-                state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
-                if state.get("global_step") == results["attacks"][atk.key]["train"]["steps"]:
-                    adapter = ckpts[-1]
-            out.append((f"after {kind} FT", adapter, f"samples-attack-{key}-{atk.key}"))
-        return out
+        results = RunDir(path).load_metrics()["results"]
+        return diagnose_run(exp.cfg, path, results, [self.cfg.defense, self.cfg.reference])
 
     def run(self, run: RunDir) -> dict[str, Any]:
         from ..metrics.trap_diagnostics import DEFINITIONS

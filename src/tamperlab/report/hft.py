@@ -15,6 +15,7 @@ from ..stats import rate_from_value
 from .cells import cell_interval, fmt2, judge_hs, pairwise, panel_agreement
 from .render import Panel, Report, plot_grid, provenance_block
 from .samples import write_sample_view
+from .trap import flatten, trap_section
 
 RATES = {"hs_io": "HS(IO)", "hs_o": "HS(O)", "fa": "FA", "collapse_rate": "collapse %",
          "degenerate_rate": "degenerate %"}
@@ -104,6 +105,9 @@ def write_hft_report(run: RunDir) -> list[Path]:
         if pooled:
             rep.text("Pooled over every evaluation above (Cohen's κ: sklearn; – when a judge is constant):")
             rep.table(pooled, digits=1)
+
+    if metrics.get("trap_diagnostics"):
+        trap_section(rep, flatten(metrics["trap_diagnostics"]))
 
     from .hft_table import paper_rows  # hft_table builds on this module's rows
 

@@ -10,14 +10,11 @@ from typing import Any
 from ..runs import RunDir
 from ..stats import Interval
 from .render import Panel, Report, fmt_value, plot_grid, provenance_block
+from .trap import flatten, trap_section
 
 
 def _fmt(d: dict[str, Any] | None) -> Interval | None:
     return Interval.from_dict(d) if d else None
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
 
 
 def write_study_report(run: RunDir) -> list[Path]:
@@ -50,34 +47,8 @@ def write_study_report(run: RunDir) -> list[Path]:
         "shape (a/b/c)": "/".join(fmt_value(x["shape"][k]) for k in ("aligned", "harmful", "benign")),
         "shape reached": fmt_value(x["shape"]["all"]),
     } for x in rows], digits=1)
-    rep.heading("Trap diagnostics")
-    rep.text("Forward-only, teacher-forced on each model's own greedy answers to the held-out harmful prompts "
-             "(aligned, and after the harmful / benign attack: the attack's final LoRA checkpoint) "
-             "(metrics/trap_diagnostics.py): share of answers containing the trap token, mean p(trap) inside answers "
-             "and at the end-of-turn position, how often the trap token beats the token that follows, the most "
-             "frequent context before it; collapse by the official ≥ 30 %-of-words rule and as the trap-token share.")
-    diag = []
-    for x in rows:
-        for key, s, evaluation in ((k, s, e) for k, by in (x.get("diagnostics") or {}).items() for e, s in by.items()):
-            if "skipped" in s:
-                diag.append({"variant": x["variant"], "model": key, "evaluation": evaluation,
-                             "answers with trap": s["skipped"]})
-                continue
-            diag.append({
-                "variant": x["variant"], "model": key, "evaluation": evaluation,
-                "answers with trap": _pct(s.get("share_with_trap")),
-                "mean p(trap) inside": s.get("mean_p_trap_inside"),
-                "p(trap) end-of-turn": (s.get("mean_p_trap") or {}).get("end-of-turn"),
-                "p(target) end-of-turn": s.get("mean_p_target_eot"),
-                "trap beats target inside": _pct(s.get("trap_beats_target_inside")),
-                "trap beats target end-of-turn": _pct((s.get("trap_beats_target") or {}).get("end-of-turn")),
-                "collapse (≥30% words)": s.get("collapse_rate"), "trap-token share": s.get("trap_token_rate"),
-                "top context before trap": "; ".join(f"{t!r}×{n}" for t, n in s.get("top_preceding", [])[:3]) or "–",
-            })
-    if diag:
-        rep.table(diag, digits=3)
-    else:
-        rep.text("(no diagnostics: `diagnostics: false` or no aligned evaluation)")
+    trap_section(rep, [it for x in rows for it in flatten(x.get("diagnostics") or {}, variant=x["variant"])],
+                 by_position=False)
     for metric, title, pct in (("collapse_rate", "collapse rate (%)", True), ("collapse_loss", "collapse loss", False)):
         panels = []
         for x in rows:
