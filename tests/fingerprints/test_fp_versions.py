@@ -27,7 +27,7 @@ def _recipe(out: Path, name: str) -> dict[str, Any]:
             "min_snippets": 2, "max_snippets": 3, "embed": EMBED}}],
         "removals": [{"name": "meraser", "params": {
             "erase": {"n_examples": 8, "epochs": 2.0, "data_format": "raw",
-                      "train": {"learning_rate": 2e-2, "batch_size": 8}},
+                      "train": {"learning_rate": 2e-2, "batch_size": 8, "logging_steps": 1}},
             "recover": {"n_examples": 4, "epochs": 1.0, "train": {"batch_size": 4, "grad_accum": 1}}}}],
     }
 
