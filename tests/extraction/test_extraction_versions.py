@@ -53,12 +53,13 @@ def test_changed_recipe_recomputes_exactly_the_stages_downstream(tmp_path):
     assert run.load_stage("samples_backdoor_sft")["samples"] != old_samples  # 5 new tokens, not 3
     assert run.load_metrics()["results"]["summary"] == fresh.load_metrics()["results"]["summary"]
 
-    # upstream: the publisher's learning rate retrains the backdoor and everything built on it — its victim, the
-    # two arms sampled from them, its detection probe — and deletes the old adapters; the clean arm is untouched
+    # upstream: the publisher's LoRA rank retrains the backdoor and everything built on it — its victim, the two
+    # arms sampled from them, its detection probe — and deletes the old adapters; the clean arm is untouched
+    # (not its learning rate: the one warm-up step of this tiny schedule trains at lr 0 whatever the rate)
     adapter = run.path / "models" / "backdoor_sft" / "adapter_model.safetensors"
     old_adapter = adapter.read_bytes()
     lr = copy.deepcopy(sampled)
-    lr["backdoor"]["train"]["learning_rate"] = 3e-3
+    lr["backdoor"]["lora"]["r"] = 4
     before = _stamps(run.path)
     assert _resume(lr, run.path) == ["detect_backdoor_sft", "publisher_backdoor_sft", "samples_backdoor_sft",
                                      "samples_backdoor_sft_before_victim", "victim_backdoor_sft"]
@@ -66,10 +67,11 @@ def test_changed_recipe_recomputes_exactly_the_stages_downstream(tmp_path):
     untouched = ["backdoor_samples", "data", "detect_no_backdoor", "samples_no_backdoor", "victim_no_backdoor"]
     assert {k: after[k] for k in untouched} == {k: before[k] for k in untouched}
     assert adapter.read_bytes() != old_adapter
+    assert json.loads((adapter.parent / "adapter_config.json").read_text())["r"] == 4
     changed = [e for e in _log(run.path) if e["event"] == "stage_inputs_changed"][-5:]
     assert {e["stage"] for e in changed} == {"publisher_backdoor_sft", "victim_backdoor_sft", "samples_backdoor_sft",
                                              "samples_backdoor_sft_before_victim", "detect_backdoor_sft"}
-    assert "train.train.learning_rate: 0.001 → 0.003" in next(
+    assert "train.lora.r: 2 → 4" in next(
         e for e in changed if e["stage"] == "publisher_backdoor_sft")["changed"]
     # unchanged recipe: nothing is computed
     assert _resume(lr, run.path) == []
