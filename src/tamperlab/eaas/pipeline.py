@@ -107,10 +107,11 @@ class EaaSRun:
         return {"model": self.cfg.provider.model, "batch_size": self.cfg.provider.batch_size}
 
     def secret_inputs(self, sc: "ScenarioConfig") -> dict[str, Any]:
-        """A scenario's watermark secret and what its API returns: the embedder, the watermark and its settings, and
-        the corpus its triggers / target are chosen from."""
+        """A scenario's watermark secret and what its API returns: the embedder, the watermark and its settings, the
+        corpus its triggers / target are chosen from, and the run's seed (set before the secret is drawn)."""
         return {"embedder": self.embedder_inputs(), "watermark": sc.watermark,
-                "watermark_config": to_dict(sc.watermark_config), "corpus": texts_id(self.train.texts)}
+                "watermark_config": to_dict(sc.watermark_config), "corpus": texts_id(self.train.texts),
+                "seed": self.cfg.seed}
 
     def verify_inputs(self, secret: dict[str, Any]) -> dict[str, Any]:
         """The provider's verification against the secret `secret` describes."""
