@@ -48,7 +48,8 @@ def _stamps(path: Path, keys: list[str]) -> dict[str, int]:
 
 def _fsr(entry: dict[str, Any]) -> dict[str, Any]:
     """What a removal measured, without its wall times."""
-    return {stage: {"fsr": ev["fsr"], "utility": ev["utility"]} for stage, ev in entry["stages"].items()}
+    return {stage: {"fsr": {v: {k: x for k, x in r.items() if k != "seconds"} for v, r in ev["fsr"].items()},
+                    "utility": ev["utility"]} for stage, ev in entry["stages"].items()}
 
 
 UPSTREAM = ["clean_data", "eval-base", "eval-base-instructional", "pairs-instructional"]
