@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -349,7 +349,8 @@ class RunDir:
         atomic_write_json(self.stage_inputs_path(key), {"inputs_sha256": inputs_hash(inputs), "inputs": plain(inputs),
                                                         "payload_sha256": payload_sha256})
 
-    def cached(self, key: str, fn: Callable[[], Any], inputs: Any = None) -> Any:
+    def cached(self, key: str, fn: Callable[[], Any], inputs: Any = None,
+               outputs: Sequence[str | Path] = ()) -> Any:
         """Return the stored result of stage `key`, or compute it with `fn()` and store it atomically.
 
         `inputs`: the JSON-able slice of the config the stage depends on (None = the stage is keyed by its name
@@ -359,6 +360,10 @@ class RunDir:
         stages were versioned (no record) is loaded as before, with a warning. An interrupted stage (record without
         its payload) resumes its checkpoints only when it was started under the same inputs.
 
+        `outputs`: files or folders the stage writes besides its payload (saved models, adapters, arrays, a
+        watermark secret): deleted with the checkpoints when the inputs change, so fn never reuses, and no later
+        stage reads, what the old inputs produced.
+
         Multi-process: the main process decides (and clears stale checkpoints) and every rank takes its decision;
         every rank runs fn (it trains with DDP, generates sharded), the main process stores the result and any
         files fn wrote, and a barrier follows, so all ranks see the same stages at the next check (a stage found on
@@ -367,7 +372,7 @@ class RunDir:
             if self.has_stage(key):
                 log.info("stage %s: cached, skipping", key)
                 return self.load_stage(key)
-        elif distributed.run_collectively(lambda: self._prepare_versioned(key, inputs)):
+        elif distributed.run_collectively(lambda: self._prepare_versioned(key, inputs, outputs)):
             return self.load_stage(key)
         t0 = time.time()
         value = fn()
@@ -377,7 +382,7 @@ class RunDir:
         distributed.barrier()
         return value
 
-    def _prepare_versioned(self, key: str, inputs: Any) -> bool:
+    def _prepare_versioned(self, key: str, inputs: Any, outputs: Sequence[str | Path] = ()) -> bool:
         """Main process: True when the stored stage is to be loaded; else clear what the old inputs left and
         record that the stage is being computed under these inputs (a kill now leaves an unfinished stage)."""
         digest = inputs_hash(inputs)
@@ -398,9 +403,13 @@ class RunDir:
             log.info("stage %s: inputs changed (%s), recomputing", key, what)
             self.log("stage_inputs_changed", stage=key, changed=inputs_diff(record.get("inputs"), plain(inputs)),
                      previous_sha256=record.get("inputs_sha256"), sha256=digest)
-            if ckpt.exists():
-                log.info("stage %s: deleting %s (checkpoints of the old inputs)", key, ckpt)
-                shutil.rmtree(ckpt)
+            for old in (ckpt, *map(Path, outputs)):
+                if old.is_dir() and not old.is_symlink():
+                    log.info("stage %s: deleting %s (written under the old inputs)", key, old)
+                    shutil.rmtree(old)
+                elif old.exists() or old.is_symlink():
+                    log.info("stage %s: deleting %s (written under the old inputs)", key, old)
+                    old.unlink()
         elif record is None and ckpt.exists() and any(ckpt.iterdir()):
             log.warning("stage %s: resuming %s, written before stages were versioned (its inputs are unknown)",
                         key, ckpt)

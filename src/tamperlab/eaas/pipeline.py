@@ -15,14 +15,18 @@
                                                                           stages control_copy, control_verify,
                                                                           control_verify_clean_provider
 
-Every stage is cached in the run directory (JSON stages through `RunDir.cached`, embedding arrays as .npy), so
-`--resume` continues a killed run; the stage names are what runs on disk hold and must not change.
+Every stage is cached in the run directory (JSON stages through `RunDir.cached`, embedding arrays as .npy with a
+small JSON stage `array-<key>` recording them), so `--resume` continues a killed run; the stage names are what runs
+on disk hold and must not change. Every stage is versioned by its inputs: the recipe sections it reads, the texts it
+embeds (by content) and the inputs of the embedding source it measures (the provider's secret, a copy model), so
+`--resume` with a changed recipe recomputes exactly the stages downstream of the change and deletes what the old
+inputs wrote (a watermark secret, arrays, copy models): a changed verification re-verifies, it does not re-steal
+or retrain a copy.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -31,7 +35,8 @@ import numpy as np
 
 from .. import distributed
 from ..errors import ConfigError
-from ..runs import RunDir, atomic_write_bytes
+from ..config import to_dict
+from ..runs import RunDir, atomic_write_bytes, inputs_hash
 from ..stats import bits, digest, rate_record
 
 if TYPE_CHECKING:
@@ -44,18 +49,32 @@ Encode = Callable[[list[str], str], np.ndarray]
 """An embedding source: (texts, tag) → embeddings; the tag names the texts' cache entry."""
 
 
-def cached_array(run: RunDir, key: str, fn: Callable[[], Any], stage: str | None = None) -> np.ndarray:
-    """Cache an array stage as arrays/<key>.npy, written atomically (JSON stages are for small results); `stage`
-    names it in the log (default: `key`)."""
-    p = run.sub("arrays") / f"{key}.npy"
-    if p.exists():
-        return np.load(p)
-    t0 = time.time()
-    arr = np.asarray(fn())
-    atomic_write_bytes(p, lambda f: np.save(f, arr))
-    run.log("stage_done", stage=stage or key, seconds=round(time.time() - t0, 2))
-    distributed.barrier()  # as RunDir.cached: every rank sees the array before the next existence check
-    return arr
+def cached_array(run: RunDir, key: str, fn: Callable[[], Any], inputs: Any) -> np.ndarray:
+    """Cache an array stage as arrays/<key>.npy, written atomically (JSON stages are for small results), versioned
+    by `inputs` through the JSON stage `array-<key>` (shape, dtype and sha256 of the .npy): changed inputs delete the
+    old array and recompute it; an array that is missing or not the recorded one is recomputed too."""
+    import hashlib
+
+    p = run.path / "arrays" / f"{key}.npy"
+
+    def compute() -> dict[str, Any]:
+        arr = np.asarray(fn())
+        atomic_write_bytes(p, lambda f: np.save(f, arr))
+        return {"shape": list(arr.shape), "dtype": str(arr.dtype),
+                "sha256": hashlib.sha256(p.read_bytes()).hexdigest() if distributed.is_main_process() else None}
+
+    rec = run.cached(f"array-{key}", compute, inputs=inputs, outputs=[p])
+    ok = distributed.run_collectively(lambda: p.exists() and hashlib.sha256(p.read_bytes()).hexdigest() == rec["sha256"])
+    if not ok:  # deleted or replaced by hand since it was recorded: compute it again under the same inputs
+        log.warning("array %s: missing or not the recorded one, recomputing", p)
+        run.save_stage(f"array-{key}", compute(), inputs)
+        distributed.barrier()
+    return np.load(p)
+
+
+def texts_id(texts: list[str]) -> str:
+    """The identity of a list of texts (sha256 of their canonical JSON): what an embedding of them depends on."""
+    return inputs_hash(list(texts))
 
 
 def load_task(cfg: "EaaSConfig", name: str, split: str, n: int) -> "TextTask":
@@ -81,6 +100,33 @@ class EaaSRun:
     emb: Any
     """The provider's (unwatermarked) embedder, shared by every scenario."""
     results: dict[str, Any] = field(default_factory=dict)
+
+    # -- stage inputs (what each cached stage depends on; runs.RunDir.cached) -------------------------------
+    def embedder_inputs(self) -> dict[str, Any]:
+        """The provider's clean embedder."""
+        return {"model": self.cfg.provider.model, "batch_size": self.cfg.provider.batch_size}
+
+    def secret_inputs(self, sc: "ScenarioConfig") -> dict[str, Any]:
+        """A scenario's watermark secret and what its API returns: the embedder, the watermark and its settings, the
+        corpus its triggers / target are chosen from, and the run's seed (set before the secret is drawn)."""
+        return {"embedder": self.embedder_inputs(), "watermark": sc.watermark,
+                "watermark_config": to_dict(sc.watermark_config), "corpus": texts_id(self.train.texts),
+                "seed": self.cfg.seed}
+
+    def verify_inputs(self, secret: dict[str, Any]) -> dict[str, Any]:
+        """The provider's verification against the secret `secret` describes."""
+        return {"secret": secret, "verify": to_dict(self.cfg.verify)}
+
+    def utility_inputs(self, source: Any) -> dict[str, Any]:
+        """Downstream accuracy of an embedding source (`source`: its inputs) on the main and extra tasks."""
+        tasks = {t: [texts_id(tr), tr_l, texts_id(te), te_l] for t, (tr, tr_l, te, te_l) in
+                 ((t, (v[0], v[1].tolist(), v[2], v[3].tolist())) for t, v in self.utility_sets().items())}
+        return {"source": source, "tasks": tasks, "downstream": to_dict(self.cfg.downstream), "seed": self.cfg.seed}
+
+    def copy_inputs(self, targets: Any, kept: np.ndarray) -> dict[str, Any]:
+        """A copy model: the embeddings it is trained on (their inputs), which texts it keeps, the stealer."""
+        return {"targets": targets, "kept": inputs_hash(bits(kept)), "stealer": to_dict(self.cfg.stealer),
+                "seed": self.cfg.seed}
 
     @property
     def n_test(self) -> dict[str, int]:
@@ -124,8 +170,9 @@ def open_run(run: RunDir, cfg: "EaaSConfig") -> EaaSRun:
     return EaaSRun(run, cfg, train, test, extras, pool, emb, results)
 
 
-def utility(ctx: EaaSRun, encode: Encode, key: str) -> dict[str, float]:
-    """Downstream accuracy of one embedding source on the main task and the extra tasks (stage utility_<key>).
+def utility(ctx: EaaSRun, encode: Encode, key: str, source: Any) -> dict[str, float]:
+    """Downstream accuracy of one embedding source (`source`: its inputs) on the main task and the extra tasks
+    (stage utility_<key>).
     Its Wilson intervals go to results["utility_intervals"][key], its per-test-text 0/1 correctness to
     results["utility_flags"][key]; accuracy = correct / n, so k is exact."""
     from .downstream import classify_correct
@@ -144,7 +191,7 @@ def utility(ctx: EaaSRun, encode: Encode, key: str) -> dict[str, float]:
                             ete.labels)
         return out
 
-    cached = ctx.run.cached(f"utility_{key}", compute)
+    cached = ctx.run.cached(f"utility_{key}", compute, inputs=ctx.utility_inputs(source))
     # stage caches written before the flags were kept hold the bare accuracy
     acc = {t: v["acc"] if isinstance(v, dict) else v for t, v in cached.items()}
     n_test = ctx.n_test
@@ -187,6 +234,11 @@ def steal_and_spa(ctx: EaaSRun, sc: "ScenarioConfig") -> tuple[dict[str, Any], S
 
     cfg, run = ctx.cfg, ctx.run
     state_dir = run.sub("provider", sc.name)
+    secret = ctx.secret_inputs(sc)
+    # The secret is created from the corpus on first use and restored from watermark.json afterwards: this stage
+    # deletes it when its inputs change, so the service below creates the new one instead of restoring the old.
+    run.cached(f"{sc.name}_secret", lambda: {"watermark": sc.watermark, "state": str(state_dir)}, inputs=secret,
+               outputs=[state_dir / "watermark.json"])
     pcfg = ProviderConfig(model=cfg.provider.model, model_name=cfg.provider.model_name, watermark=sc.watermark,
                           watermark_config=sc.watermark_config, batch_size=cfg.provider.batch_size)
     service = build_service(pcfg, ctx.train.texts, state_dir, embedder=ctx.emb)
@@ -207,13 +259,15 @@ def steal_and_spa(ctx: EaaSRun, sc: "ScenarioConfig") -> tuple[dict[str, Any], S
                                  concurrency=cfg.stealer.query_concurrency)
 
         def api(texts: list[str], tag: str) -> np.ndarray:
-            return cached_array(run, f"{sc.name}_api_{tag}", lambda: client.embed(texts, desc=f"[{sc.name}] query {tag}"))
+            return cached_array(run, f"{sc.name}_api_{tag}", lambda: client.embed(texts, desc=f"[{sc.name}] query {tag}"),
+                                inputs={"api": secret, "texts": texts_id(texts)})
 
         stolen = api(ctx.train.texts, "main_train")
         # Provider's own check of its API (API misuse case): the service itself must verify.
         res["verify_api"] = run.cached(f"{sc.name}_verify_api",
-                                       lambda: verify(ctx, wm, lambda t: client.embed(t, progress=False)))
-        res["utility_api"] = utility(ctx, api, f"{sc.name}_api")
+                                       lambda: verify(ctx, wm, lambda t: client.embed(t, progress=False)),
+                                       inputs=ctx.verify_inputs(secret))
+        res["utility_api"] = utility(ctx, api, f"{sc.name}_api", {"api": secret})
         perturbed, deleted, res["spa"] = spa(ctx, sc, api, stolen, counts)
         res["query_log_audit"] = qlog.audit()
         res["query_log_rows"] = qlog.count()
@@ -261,7 +315,9 @@ def spa_suffixes(ctx: EaaSRun) -> np.ndarray:
         sur = Embedder.load(cfg.spa.surrogate, batch_size=cfg.provider.batch_size)
         return search_suffixes(ctx.train.texts, ctx.pool, sur.encode, cfg.spa.candidates, cfg.spa.n_suffixes)
 
-    return cached_array(ctx.run, "spa_suffix_idx", search, stage="spa_suffix_search")
+    return cached_array(ctx.run, "spa_suffix_idx", search, inputs={
+        "texts": texts_id(ctx.train.texts), "pool": texts_id(ctx.pool), "surrogate": cfg.spa.surrogate,
+        "batch_size": cfg.provider.batch_size, "candidates": cfg.spa.candidates, "n_suffixes": cfg.spa.n_suffixes})
 
 
 def copies(ctx: EaaSRun, sc: "ScenarioConfig", stolen: Stolen) -> dict[str, Any]:
@@ -273,23 +329,27 @@ def copies(ctx: EaaSRun, sc: "ScenarioConfig", stolen: Stolen) -> dict[str, Any]
     keep = ~stolen.deleted
     phases = [("before_spa", np.ones(len(keep), bool))] + ([("after_spa", keep)] if sc.steal_after_spa else [])
     res: dict[str, Any] = {}
+    stolen_from = {"api": ctx.secret_inputs(sc), "texts": texts_id(texts)}
     for phase, mask in phases:
-        folder = run.sub("copies", f"{sc.name}_{phase}")
+        folder = run.path / "copies" / f"{sc.name}_{phase}"
+        made = ctx.copy_inputs(stolen_from, mask)
 
         def fit(_m: np.ndarray = mask, _f: Path = folder) -> dict[str, Any]:
             kept = [t for t, k in zip(texts, _m) if k]
             model = train_copier(kept, stolen.embeddings[_m], cfg.stealer, _f, cfg.seed)
             return {"n_train": len(kept), **getattr(model, "train_summary", {})}
 
-        res[f"copy_{phase}"] = run.cached(f"{sc.name}_copy_{phase}", fit)
+        res[f"copy_{phase}"] = run.cached(f"{sc.name}_copy_{phase}", fit, inputs=made, outputs=[folder])
         model = load_copier(folder)
 
-        def enc(t: list[str], tag: str, _m: Any = model, _k: str = f"{sc.name}_{phase}") -> np.ndarray:
-            return cached_array(run, f"{_k}_{tag}", lambda: copier_encode(_m, t))
+        def enc(t: list[str], tag: str, _m: Any = model, _k: str = f"{sc.name}_{phase}", _c: Any = made) -> np.ndarray:
+            return cached_array(run, f"{_k}_{tag}", lambda: copier_encode(_m, t),
+                                inputs={"copy": _c, "texts": texts_id(t)})
 
         res[f"verify_copy_{phase}"] = run.cached(f"{sc.name}_verify_copy_{phase}", lambda _m=model: verify(
-            ctx, stolen.watermark, lambda t: copier_encode(_m, t)))
-        res[f"utility_copy_{phase}"] = utility(ctx, enc, f"{sc.name}_copy_{phase}")
+            ctx, stolen.watermark, lambda t: copier_encode(_m, t)),
+            inputs={**ctx.verify_inputs(ctx.secret_inputs(sc)), "copy": made})
+        res[f"utility_copy_{phase}"] = utility(ctx, enc, f"{sc.name}_copy_{phase}", {"copy": made})
         v = res[f"verify_copy_{phase}"]
         log.info("[%s] copy %s: Δ=%+.4f p=%.3g detected=%s", sc.name, phase, v.get("delta", 0), v.get("p_value", 1),
                  v.get("detected"))
@@ -302,7 +362,12 @@ def sweep(ctx: EaaSRun, sc: "ScenarioConfig", stolen: Stolen, res: dict[str, Any
 
     inputs = SPAInputs(ctx.train.texts, stolen.embeddings, stolen.perturbed, stolen.counts, stolen.watermark,
                        ctx.utility_sets())
-    return run_sweep(ctx.run, ctx.cfg, sc.name, inputs, res)
+    secret = ctx.secret_inputs(sc)
+    # a trial's inputs, all but its SPA settings: the API's embeddings and perturbed queries, the copy, its checks
+    trial = {"api": secret, "texts": texts_id(ctx.train.texts), "perturbed": texts_id(ctx.pool),
+             "suffixes": to_dict(ctx.cfg.spa), "stealer": to_dict(ctx.cfg.stealer),
+             "verify": ctx.verify_inputs(secret), "utility": ctx.utility_inputs(None), "seed": ctx.cfg.seed}
+    return run_sweep(ctx.run, ctx.cfg, sc.name, inputs, res, trial)
 
 
 def control(ctx: EaaSRun) -> dict[str, Any]:
@@ -313,12 +378,18 @@ def control(ctx: EaaSRun) -> dict[str, Any]:
 
     cfg, run, texts = ctx.cfg, ctx.run, ctx.train.texts
     wm0 = load_watermark(run.sub("provider", cfg.scenarios[0].name))
-    folder = run.sub("copies", "control")
-    clean_train = cached_array(run, "clean_main_train", lambda: ctx.emb.encode(texts))
+    secret0 = ctx.secret_inputs(cfg.scenarios[0])
+    folder = run.path / "copies" / "control"
+    clean_from = {"embedder": ctx.embedder_inputs(), "texts": texts_id(texts)}
+    clean_train = cached_array(run, "clean_main_train", lambda: ctx.emb.encode(texts), inputs=clean_from)
+    made = ctx.copy_inputs(clean_from, np.ones(len(texts), bool))
     ctrl = run.cached("control_copy", lambda: {"n_train": len(texts), **getattr(
-        train_copier(texts, clean_train, cfg.stealer, folder, cfg.seed), "train_summary", {})})
+        train_copier(texts, clean_train, cfg.stealer, folder, cfg.seed), "train_summary", {})}, inputs=made,
+        outputs=[folder])
     model = load_copier(folder)
     return {"copy": ctrl, "verified_against": cfg.scenarios[0].name,
-            "verify_copy": run.cached("control_verify", lambda: verify(ctx, wm0, lambda t: copier_encode(model, t))),
+            "verify_copy": run.cached("control_verify", lambda: verify(ctx, wm0, lambda t: copier_encode(model, t)),
+                                      inputs={**ctx.verify_inputs(secret0), "copy": made}),
             "verify_clean_provider": run.cached("control_verify_clean_provider",
-                                                lambda: verify(ctx, wm0, ctx.emb.encode))}
+                                                lambda: verify(ctx, wm0, ctx.emb.encode),
+                                                inputs={**ctx.verify_inputs(secret0), "embedder": ctx.embedder_inputs()})}

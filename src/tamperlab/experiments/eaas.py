@@ -6,7 +6,8 @@ For each scenario (a watermark served by the provider):
   scores, KDE threshold, deletion; TPR/FPR/AUROC against the true trigger labels) → copy model on the purified
   set → verify again → downstream accuracy of every embedding source.
 A control copies an unwatermarked provider and is verified against the first scenario's secret.
-Every stage is cached in the run directory, so `--resume` continues a killed run. The stages are functions of
+Every stage is cached in the run directory, so `--resume` continues a killed run; stages are versioned by their
+inputs, so `--resume` with a changed recipe recomputes only the stages downstream of the change. The stages are functions of
 `tamperlab.eaas.pipeline`; the report is `tamperlab.eaas.report`.
 """
 
@@ -147,6 +148,7 @@ class EaaSExperiment(Experiment):
     """EaaS watermark (EmbMarker/WARDEN/SAW) → model stealing → verification → SPA → defense."""
 
     config_cls = EaaSConfig
+    versioned_stages = True
 
     def __init__(self, cfg: EaaSConfig):
         super().__init__(cfg)
@@ -160,7 +162,8 @@ class EaaSExperiment(Experiment):
         cfg, t_start = self.cfg, time.time()
         ctx = P.open_run(run, cfg)
         results = ctx.results
-        results["utility_clean_provider"] = P.utility(ctx, ctx.clean_encoder(), "clean_provider")
+        results["utility_clean_provider"] = P.utility(ctx, ctx.clean_encoder(), "clean_provider",
+                                                      {"embedder": ctx.embedder_inputs()})
         for sc in cfg.scenarios:
             res, stolen = P.steal_and_spa(ctx, sc)
             if sc.steal:

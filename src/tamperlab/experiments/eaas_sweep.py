@@ -170,10 +170,11 @@ VIEW = SweepView(
 """SPA: the attacker minimises the copy's watermark evidence Δ, keeping downstream accuracy."""
 
 
-def run_sweep(run: RunDir, cfg: "EaaSConfig", scenario: str, inputs: SPAInputs, res: dict[str, Any]
-              ) -> dict[str, Any]:
+def run_sweep(run: RunDir, cfg: "EaaSConfig", scenario: str, inputs: SPAInputs, res: dict[str, Any],
+              trial_inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sweep SPA against one stolen scenario; `res` = the scenario's fixed results (its after-SPA copy is the
-    fixed attack). Returns the JSON block stored as the scenario's "sweep"."""
+    fixed attack); `trial_inputs` = what every trial depends on besides its SPA settings (its stage is versioned by
+    both). Returns the JSON block stored as the scenario's "sweep"."""
     sw: EaaSSweepConfig = cfg.sweep
     fixed = None
     if res.get("verify_copy_after_spa") and res.get("utility_copy_after_spa"):
@@ -188,7 +189,8 @@ def run_sweep(run: RunDir, cfg: "EaaSConfig", scenario: str, inputs: SPAInputs, 
         def compute() -> dict[str, Any]:
             return {"params": params, **copy_after_spa(inputs, sw.trial_spa(cfg.spa, params), cfg, folder)}
 
-        r = run.cached(key, compute)
+        spa = dataclasses.asdict(sw.trial_spa(cfg.spa, params))
+        r = run.cached(key, compute, inputs={**(trial_inputs or {}), "spa": spa}, outputs=[folder])
         if is_main_process():  # the stage holds the result; the copy model is only its resume point
             shutil.rmtree(folder, ignore_errors=True)
         return {**summary(r["verify"], r["utility"], r["spa"]), "threshold": r.get("threshold")}

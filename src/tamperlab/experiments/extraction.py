@@ -5,7 +5,8 @@ model before the victim's fine-tuning, and (optionally) a victim that trains on 
 detection probes on each released model, and the garbled-instruction backdoor that bypasses them.
 
 Every stage is cached in the run directory (data, each training stage as an adapter, each sampling pass), so
-`--resume` continues a killed run, and re-scoring needs no model. The stages are functions of
+`--resume` continues a killed run, and re-scoring needs no model. Stages are versioned by their inputs: `--resume`
+with a changed recipe recomputes only the stages downstream of the change. The stages are functions of
 `tamperlab.extraction.stages`; the report is `tamperlab.extraction.report`.
 """
 
@@ -88,6 +89,7 @@ class ExtractionExperiment(Experiment):
 
     config_cls = ExtractionConfig
     paper = PAPER
+    versioned_stages = True
 
     def __init__(self, cfg: ExtractionConfig):
         super().__init__(cfg)

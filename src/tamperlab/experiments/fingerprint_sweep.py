@@ -184,11 +184,15 @@ def run_sweep(exp: "FingerprintExperiment", run: RunDir, name: str, fp: "Fingerp
                            "fixed": summary(fixed, cfg.stage, cfg.variant) if fixed else None, "skipped": None}
 
     def trial(params: dict[str, Any], key: str) -> dict[str, Any]:
-        def compute() -> dict[str, Any]:
-            removal = RemovalSpec(spec.name, spec.label, cfg.trial_params(spec, params)).build()
-            return exp.apply_removal(run, removal, name, fp, fps, clean, tok, run.sub("removals", key), key)
+        removal = RemovalSpec(spec.name, spec.label, cfg.trial_params(spec, params)).build()
+        work = run.path / "removals" / key
 
-        return summary(run.cached(key, compute), cfg.stage, cfg.variant)
+        def compute() -> dict[str, Any]:
+            return exp.apply_removal(run, removal, name, fp, fps, clean, tok, work, key)
+
+        # versioned like the fixed removals: the trial's removal on this fingerprinted model, verified and measured
+        entry = run.cached(key, compute, inputs=exp.removal_inputs(name, fp, spec.name, removal), outputs=[work])
+        return summary(entry, cfg.stage, cfg.variant)
 
     out["trials"] = run_staged_trials(cfg.space.dims(), cfg, exp.cfg.seed, f"sweep-{name}", trial, VIEW)
     out["stage"] = out["trials"][0]["stage"] if out["trials"] else cfg.stage

@@ -4,7 +4,10 @@ measure utility (PPL, accuracy) after every stage → one table and plots.
 
 Stages are cached in the run directory (`--resume`): pair sets, fingerprinted models (safetensors under
 `models/`), erase/recover adapters, donor models and every evaluation; a killed training stage resumes from its
-last Trainer checkpoint.
+last Trainer checkpoint. Every stage is versioned by its inputs (the recipe sections it reads and the inputs of the
+model it starts from), so `--resume` with a changed recipe recomputes only the stages downstream of the change —
+changed MEraser parameters re-run that removal, not the embedding — and deletes the files the old inputs wrote
+(fingerprinted model, adapters; a changed base model or clean data also clears `shared/`: donors, transfer LoRAs).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..fingerprints.base import Fingerprint, FingerprintSet
 from ..fingerprints.cleandata import CleanData, CleanDataConfig, load_clean_data
 from ..fingerprints.removal import Removal, RemovalContext
 from ..fingerprints.utility import UtilityConfig, evaluate_utility
+from ..config import to_dict
 from ..models import ModelConfig, load_model, save_model
 from ..registry import EXPERIMENTS, FINGERPRINTS, REMOVALS
 from ..runs import RunDir
@@ -135,6 +139,39 @@ class FingerprintExperiment(Experiment):
     config_cls = FingerprintExperimentConfig
     cfg: FingerprintExperimentConfig
 
+    versioned_stages = True
+
+    # -- stage inputs (what each cached stage depends on; runs.RunDir.cached) -------------------------------
+    def base_inputs(self) -> dict[str, Any]:
+        """The base model and the run's seed (every training stage's seed): every stage depends on them."""
+        return {"model": to_dict(self.cfg.model), "seed": self.cfg.seed}
+
+    def clean_inputs(self) -> dict[str, Any]:
+        """The clean data (offline sources generate responses with the base model)."""
+        return {**self.base_inputs(), "clean_data": to_dict(self.cfg.clean_data)}
+
+    @staticmethod
+    def fingerprint_inputs(name: str, fp: Fingerprint) -> dict[str, Any]:
+        """A fingerprint's resolved settings (defaults included), as verification reads them."""
+        return {"name": name, "params": to_dict(fp.cfg)}
+
+    def pairs_inputs(self, name: str, fp: Fingerprint) -> dict[str, Any]:
+        """A pair set: the clean data, the tokenizer / model (in the clean inputs) and the method's settings except
+        how the pairs are trained and how verification batches."""
+        params = {k: v for k, v in to_dict(fp.cfg).items() if k not in ("embed", "verify_batch_size")}
+        return {"clean": self.clean_inputs(), "fingerprint": {"name": name, "params": params}}
+
+    def embed_inputs(self, name: str, fp: Fingerprint) -> dict[str, Any]:
+        """The fingerprinted model: its pairs and how they are trained in."""
+        return {"pairs": self.pairs_inputs(name, fp), "embed": to_dict(fp.cfg.embed)}
+
+    def removal_inputs(self, name: str, fp: Fingerprint, removal_name: str, removal: Removal) -> dict[str, Any]:
+        """One removal on one fingerprinted model, every stage verified and measured: the fingerprinted model, the
+        removal's resolved settings, verification (the fingerprint's settings) and utility."""
+        return {"model": self.embed_inputs(name, fp), "fingerprint": self.fingerprint_inputs(name, fp),
+                "removal": {"name": removal_name, "params": to_dict(removal.cfg)}, "utility": to_dict(self.cfg.utility),
+                "monitor_every": self.cfg.monitor_every}
+
     # -- helpers --------------------------------------------------------------------------------------------
     def _base(self) -> tuple[Any, Any]:
         return load_model(self.cfg.model, self.cfg.seed)
@@ -167,7 +204,10 @@ class FingerprintExperiment(Experiment):
         def build() -> dict[str, Any]:
             model, tok = base if base is not None else (None, None)
             return _clean_json(load_clean_data(self.cfg.clean_data, model, tok, self.cfg.model.name_or_path))
-        return _clean_from_json(run.cached("clean_data", build))
+        # Donors and transfer LoRAs in shared/ are trained from the base model on the clean data, keyed by their own
+        # settings only: they go when the clean data's inputs (model, seed, data) change.
+        return _clean_from_json(run.cached("clean_data", build, inputs=self.clean_inputs(),
+                                           outputs=[run.path / "shared"]))
 
     def run(self, run: RunDir) -> dict[str, Any]:
         cfg = self.cfg
@@ -181,18 +221,21 @@ class FingerprintExperiment(Experiment):
         sets: dict[str, FingerprintSet] = {}
         for name, fp in methods.items():
             sets[name] = FingerprintSet.from_dict(run.cached(
-                f"pairs-{name}", lambda fp=fp: fp.build_pairs(tok, base_model, clean.train.examples).to_dict()))
+                f"pairs-{name}", lambda fp=fp: fp.build_pairs(tok, base_model, clean.train.examples).to_dict(),
+                inputs=self.pairs_inputs(name, fp)))
             log.info("%s pairs: %s", name, sets[name].counts())
 
         results: dict[str, Any] = {"base": {}, "fingerprints": {}}
         if cfg.evaluate_base:
             t0 = time.time()
             results["base"]["utility"] = run.cached(
-                "eval-base", lambda: self._evaluate(base_model, tok, None, None, clean))["utility"]
+                "eval-base", lambda: self._evaluate(base_model, tok, None, None, clean),
+                inputs={"clean": self.clean_inputs(), "utility": to_dict(cfg.utility)})["utility"]
             for name, fp in methods.items():
                 results["base"][name] = run.cached(
                     f"eval-base-{name}", lambda fp=fp, name=name: self._evaluate(
-                        base_model, tok, fp, sets[name], clean, with_utility=False))
+                        base_model, tok, fp, sets[name], clean, with_utility=False),
+                    inputs={"pairs": self.pairs_inputs(name, fp), "fingerprint": self.fingerprint_inputs(name, fp)})
             timings["evaluate_base"] = round(time.time() - t0, 1)
         del base_model
         gc.collect()
@@ -201,17 +244,22 @@ class FingerprintExperiment(Experiment):
         for name, fp in methods.items():
             t0 = time.time()
             mdir = self._model_dir(run, name)
-            if not (mdir / "config.json").exists():
+
+            def embed(name: str = name, fp: Fingerprint = fp, mdir: Path = mdir) -> dict[str, Any]:
                 model, _ = self._base()
                 model, stats = fp.embed(model, tok, sets[name], run.path / "train" / name, cfg.seed,
                                         resume=True, log_fn=lambda r, n=name: run.log("train", stage=f"embed-{n}", **r))
                 save_model(model, tok, mdir)
-                run.save_stage(f"embed-{name}", stats)
                 del model
+                return stats
+
+            stats = run.cached(f"embed-{name}", embed, inputs=self.embed_inputs(name, fp),
+                               outputs=[mdir, run.path / "train" / name])
             ev = run.cached(f"eval-{name}-fingerprinted", lambda name=name, fp=fp: self._evaluate(
-                self._load_fingerprinted(run, name), tok, fp, sets[name], clean))
-            results["fingerprints"][name] = {"embed": run.load_stage(f"embed-{name}") if run.has_stage(
-                f"embed-{name}") else {}, "fingerprinted": ev, "removals": {}}
+                self._load_fingerprinted(run, name), tok, fp, sets[name], clean),
+                inputs={"model": self.embed_inputs(name, fp), "fingerprint": self.fingerprint_inputs(name, fp),
+                        "utility": to_dict(cfg.utility)})
+            results["fingerprints"][name] = {"embed": stats, "fingerprinted": ev, "removals": {}}
             timings[f"embed+eval {name}"] = round(time.time() - t0, 1)
             gc.collect()
 
@@ -222,12 +270,11 @@ class FingerprintExperiment(Experiment):
                 if spec.targets and name not in spec.targets:
                     continue
                 key = f"removal-{spec.key}-{name}"
-                if run.has_stage(key):
-                    results["fingerprints"][name]["removals"][spec.key] = run.load_stage(key)
-                    continue
-                entry = {"name": spec.name, "params": spec.params, **self.apply_removal(
-                    run, removal, name, fp, sets[name], clean, tok, run.sub("removals", spec.key, name), key)}
-                run.save_stage(key, entry)
+                work = run.path / "removals" / spec.key / name
+                entry = run.cached(key, lambda spec=spec, removal=removal, name=name, fp=fp, work=work: {
+                    "name": spec.name, "params": spec.params, **self.apply_removal(
+                        run, removal, name, fp, sets[name], clean, tok, work, key)},
+                    inputs=self.removal_inputs(name, fp, spec.name, removal), outputs=[work])
                 results["fingerprints"][name]["removals"][spec.key] = entry
                 timings[key] = entry["seconds"]
 
@@ -253,6 +300,7 @@ class FingerprintExperiment(Experiment):
         Starts from the run's seed, so the result does not depend on the removals or sweep trials before it."""
         t0 = time.time()
         seed_everything(self.cfg.seed)
+        work_dir.mkdir(parents=True, exist_ok=True)
         ctx = RemovalContext(
             tok=tok, clean=clean, work_dir=work_dir, shared_dir=run.sub("shared"),
             load_base=lambda: self._base()[0], seed=self.cfg.seed, resume=True,
