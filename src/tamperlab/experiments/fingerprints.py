@@ -235,7 +235,9 @@ class FingerprintExperiment(Experiment):
                 results["base"][name] = run.cached(
                     f"eval-base-{name}", lambda fp=fp, name=name: self._evaluate(
                         base_model, tok, fp, sets[name], clean, with_utility=False),
-                    inputs={"pairs": self.pairs_inputs(name, fp), "fingerprint": self.fingerprint_inputs(name, fp)})
+                    # the base model was never trained, so how the pairs are trained in (`embed`) is not an input
+                    inputs={"pairs": self.pairs_inputs(name, fp), "fingerprint": {
+                        "name": name, "params": {k: v for k, v in to_dict(fp.cfg).items() if k != "embed"}}})
             timings["evaluate_base"] = round(time.time() - t0, 1)
         del base_model
         gc.collect()
