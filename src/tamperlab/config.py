@@ -379,10 +379,20 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "", base: 
     return obj
 
 
+def later_field(default: Any, since: str) -> Any:
+    """A config field added after runs were recorded, whose default reproduces the behaviour from before it existed:
+    `to_dict` leaves it out while it is at its default, so recorded configs and versioned stage inputs written before
+    the field existed still match (a resumed run or study does not recompute finished stages because the code grew
+    an option); a non-default value is recorded, and changes the stage hashes, as usual. `since`: the date it was
+    added (documentation). A field whose default changes behaviour must be a plain field (old stages recompute)."""
+    return dataclasses.field(default=default, metadata={"since": since})
+
+
 def to_dict(obj: Any) -> Any:
-    """Dataclass → plain YAML-able structure."""
+    """Dataclass → plain YAML-able structure (a `later_field` at its default left out)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not ("since" in f.metadata and getattr(obj, f.name) == f.default)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

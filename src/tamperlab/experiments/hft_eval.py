@@ -17,7 +17,7 @@ from typing import Annotated, Any, Sequence
 from ..data.core import DataSplit, Example, format_example, format_prompt
 from ..defenses.base import relabel_all, trap_token_id
 from ..generation import GenerationConfig, generate
-from ..config import PosInt, Registered
+from ..config import PosInt, Registered, later_field
 from ..errors import ConfigError
 from ..judges import CATEGORIES, JudgePanel
 from ..metrics.lmeval import LMEvalConfig
@@ -55,7 +55,7 @@ class EvalConfig:
     """Collapse-trap text whose last token collapse is measured against. Leave it empty: the experiment sets it to
     the `trap_text` of the recipe's trap-planting defense (CTRAP), or to the default "an error" without one; a value
     given here must equal the defense's."""
-    trap_diagnostics: bool = False
+    trap_diagnostics: bool = later_field(False, since="2026-11-30")
     """Forward-only trap diagnostics after the run (experiments/trap_diagnosis.py): for every defense, where the
     trap token appears in its answers and p(trap) by response position — aligned, and after the first harmful and
     first benign attack. One forward pass per stored answer set; the CTRAP demo turns it on."""
