@@ -15,6 +15,8 @@ import pytest
 
 from tamperlab.experiments.base import execute, load_recipe
 
+from stage_log import log_events, resume_stages, stage_stamps  # tests/ is on sys.path
+
 pytestmark = pytest.mark.slow  # three runs of the real pipeline (MiniLM, HTTP service, copies)
 
 
@@ -34,36 +36,22 @@ def _recipe(out: Path, name: str) -> dict[str, Any]:
     }
 
 
-def _log(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (path / "log.jsonl").read_text().splitlines()]
-
-
-def _resume(recipe: dict[str, Any], path: Path) -> list[str]:
-    n = len(_log(path))
-    execute(load_recipe(recipe), resume=True)
-    return sorted(e["stage"] for e in _log(path)[n:] if e["event"] == "stage_done")
-
-
-def _stamps(path: Path) -> dict[str, int]:
-    return {p.stem: p.stat().st_mtime_ns for p in (path / "stages").glob("*.json")}
-
-
 VERIFY = ["embmarker_verify_api", "embmarker_verify_copy_before_spa"]
 
 
 def test_changed_eaas_recipe_recomputes_exactly_the_stages_downstream(tmp_path):
     recipe = _recipe(tmp_path, "v")
     run = execute(load_recipe(recipe))
-    first = sorted(e["stage"] for e in _log(run.path) if e["event"] == "stage_done")
+    first = sorted(e["stage"] for e in log_events(run.path) if e["event"] == "stage_done")
     assert set(VERIFY) <= set(first) and "embmarker_copy_before_spa" in first
-    before = _stamps(run.path)
+    before = stage_stamps(run.path)
     copy_model = sorted((run.path / "copies" / "embmarker_before_spa").rglob("*.safetensors"))[0].read_bytes()
 
     # downstream: verification settings re-verify the API and the copy; nothing is queried or trained again
     ver = copy.deepcopy(recipe)
     ver["verify"]["size"] = 6
-    assert _resume(ver, run.path) == VERIFY
-    after = _stamps(run.path)
+    assert resume_stages(ver, run.path) == VERIFY
+    after = stage_stamps(run.path)
     assert {k: v for k, v in after.items() if k not in VERIFY} == {k: v for k, v in before.items() if k not in VERIFY}
     fresh = execute(load_recipe({**ver, "name": "fresh"}))  # a second, independent computation
     for key in VERIFY:
@@ -75,15 +63,15 @@ def test_changed_eaas_recipe_recomputes_exactly_the_stages_downstream(tmp_path):
     wm = copy.deepcopy(ver)
     wm["scenarios"][0]["watermark_config"]["trigger_seed"] = 7
     old_triggers = json.loads((run.path / "provider" / "embmarker" / "watermark.json").read_text())
-    redone = _resume(wm, run.path)
+    redone = resume_stages(wm, run.path)
     assert redone == sorted(["embmarker_secret", "array-embmarker_api_main_train", "array-embmarker_api_main_test",
                              "array-embmarker_api_spa_perturbed", "embmarker_verify_api", "utility_embmarker_api",
                              "embmarker_copy_before_spa", "array-embmarker_before_spa_main_train",
                              "array-embmarker_before_spa_main_test", "embmarker_verify_copy_before_spa",
                              "utility_embmarker_copy_before_spa"])
-    after = _stamps(run.path)
+    after = stage_stamps(run.path)
     for key in ("array-spa_suffix_idx", "utility_clean_provider"):
         assert after[key] == before[key], key
     assert json.loads((run.path / "provider" / "embmarker" / "watermark.json").read_text()) != old_triggers
     assert sorted((run.path / "copies" / "embmarker_before_spa").rglob("*.safetensors"))[0].read_bytes() != copy_model
-    assert _resume(wm, run.path) == []  # unchanged recipe: nothing is computed
+    assert resume_stages(wm, run.path) == []  # unchanged recipe: nothing is computed

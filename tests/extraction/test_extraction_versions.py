@@ -6,27 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
-from typing import Any
 
 from tamperlab.experiments.base import execute, load_recipe
 
+from stage_log import log_events, resume_stages, stage_stamps  # tests/ is on sys.path
+
 from test_extraction_experiment import TINY
-
-
-def _log(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (path / "log.jsonl").read_text().splitlines()]
-
-
-def _resume(recipe: dict[str, Any], path: Path) -> list[str]:
-    """Resume with `recipe`; the stages this invocation computed."""
-    n = len(_log(path))
-    execute(load_recipe(recipe), resume=True)
-    return sorted(e["stage"] for e in _log(path)[n:] if e["event"] == "stage_done")
-
-
-def _stamps(path: Path) -> dict[str, int]:
-    return {p.stem: p.stat().st_mtime_ns for p in (path / "stages").glob("*.json")}
 
 
 SAMPLES = ["samples_backdoor_sft", "samples_backdoor_sft_before_victim", "samples_no_backdoor"]
@@ -37,15 +22,15 @@ ALL = sorted(["backdoor_samples", "data", "detect_backdoor_sft", "detect_no_back
 def test_changed_recipe_recomputes_exactly_the_stages_downstream(tmp_path):
     recipe = {**copy.deepcopy(TINY), "output_dir": str(tmp_path), "name": "v"}
     run = execute(load_recipe(recipe))
-    assert sorted(e["stage"] for e in _log(run.path) if e["event"] == "stage_done") == ALL
-    before = _stamps(run.path)
+    assert sorted(e["stage"] for e in log_events(run.path) if e["event"] == "stage_done") == ALL
+    before = stage_stamps(run.path)
     old_samples = run.load_stage("samples_backdoor_sft")["samples"]
 
     # downstream: the decoding of the extraction re-samples every arm; nothing is retrained or re-probed
     sampled = copy.deepcopy(recipe)
     sampled["extract"]["sampler"]["max_new_tokens"] = 5
-    assert _resume(sampled, run.path) == SAMPLES
-    after = _stamps(run.path)
+    assert resume_stages(sampled, run.path) == SAMPLES
+    after = stage_stamps(run.path)
     assert {k: after[k] for k in ALL if k not in SAMPLES} == {k: before[k] for k in ALL if k not in SAMPLES}
     fresh = execute(load_recipe({**sampled, "name": "fresh"}))  # a second, independent computation
     for key in SAMPLES:
@@ -60,18 +45,18 @@ def test_changed_recipe_recomputes_exactly_the_stages_downstream(tmp_path):
     old_adapter = adapter.read_bytes()
     lr = copy.deepcopy(sampled)
     lr["backdoor"]["lora"]["r"] = 4
-    before = _stamps(run.path)
-    assert _resume(lr, run.path) == ["detect_backdoor_sft", "publisher_backdoor_sft", "samples_backdoor_sft",
+    before = stage_stamps(run.path)
+    assert resume_stages(lr, run.path) == ["detect_backdoor_sft", "publisher_backdoor_sft", "samples_backdoor_sft",
                                      "samples_backdoor_sft_before_victim", "victim_backdoor_sft"]
-    after = _stamps(run.path)
+    after = stage_stamps(run.path)
     untouched = ["backdoor_samples", "data", "detect_no_backdoor", "samples_no_backdoor", "victim_no_backdoor"]
     assert {k: after[k] for k in untouched} == {k: before[k] for k in untouched}
     assert adapter.read_bytes() != old_adapter
     assert json.loads((adapter.parent / "adapter_config.json").read_text())["r"] == 4
-    changed = [e for e in _log(run.path) if e["event"] == "stage_inputs_changed"][-5:]
+    changed = [e for e in log_events(run.path) if e["event"] == "stage_inputs_changed"][-5:]
     assert {e["stage"] for e in changed} == {"publisher_backdoor_sft", "victim_backdoor_sft", "samples_backdoor_sft",
                                              "samples_backdoor_sft_before_victim", "detect_backdoor_sft"}
     assert "train.lora.r: 2 → 4" in next(
         e for e in changed if e["stage"] == "publisher_backdoor_sft")["changed"]
     # unchanged recipe: nothing is computed
-    assert _resume(lr, run.path) == []
+    assert resume_stages(lr, run.path) == []

@@ -12,6 +12,8 @@ from typing import Any
 
 from tamperlab.experiments.base import execute, load_recipe
 
+from stage_log import log_events, resume_stages, stage_stamps  # tests/ is on sys.path
+
 EMBED = {"train": {"learning_rate": 1e-2, "max_steps": 6, "batch_size": 2, "grad_accum": 1,
                    "lr_scheduler": "constant", "weight_decay": 0.0}}
 
@@ -32,20 +34,6 @@ def _recipe(out: Path, name: str) -> dict[str, Any]:
     }
 
 
-def _log(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (path / "log.jsonl").read_text().splitlines()]
-
-
-def _resume(recipe: dict[str, Any], path: Path) -> list[str]:
-    n = len(_log(path))
-    execute(load_recipe(recipe), resume=True)
-    return sorted(e["stage"] for e in _log(path)[n:] if e["event"] == "stage_done")
-
-
-def _stamps(path: Path, keys: list[str]) -> dict[str, int]:
-    return {k: (path / "stages" / f"{k}.json").stat().st_mtime_ns for k in keys}
-
-
 def _fsr(entry: dict[str, Any]) -> dict[str, Any]:
     """What a removal measured, without its wall times."""
     return {stage: {"fsr": {v: {k: x for k, x in r.items() if k != "seconds"} for v, r in ev["fsr"].items()},
@@ -60,19 +48,19 @@ REMOVAL = "removal-meraser-instructional"
 def test_changed_fingerprint_recipe_recomputes_exactly_the_stages_downstream(tmp_path):
     recipe = _recipe(tmp_path, "v")
     run = execute(load_recipe(recipe))
-    assert sorted(e["stage"] for e in _log(run.path) if e["event"] == "stage_done") == sorted(
+    assert sorted(e["stage"] for e in log_events(run.path) if e["event"] == "stage_done") == sorted(
         UPSTREAM + EMBEDDED + [REMOVAL])
-    kept = _stamps(run.path, UPSTREAM + EMBEDDED)
+    kept = stage_stamps(run.path, UPSTREAM + EMBEDDED)
     model = (run.path / "models" / "instructional" / "model.safetensors").read_bytes()
     first = run.load_stage(REMOVAL)
 
     # downstream: MEraser's erase learning rate re-runs the removal (old adapters deleted first), nothing else
     erase = copy.deepcopy(recipe)
     erase["removals"][0]["params"]["erase"]["train"]["learning_rate"] = 5e-3
-    assert _resume(erase, run.path) == [REMOVAL]
-    assert _stamps(run.path, UPSTREAM + EMBEDDED) == kept
+    assert resume_stages(erase, run.path) == [REMOVAL]
+    assert stage_stamps(run.path, UPSTREAM + EMBEDDED) == kept
     assert (run.path / "models" / "instructional" / "model.safetensors").read_bytes() == model
-    changed = [e for e in _log(run.path) if e["event"] == "stage_inputs_changed"]
+    changed = [e for e in log_events(run.path) if e["event"] == "stage_inputs_changed"]
     assert [(e["stage"], e["changed"]) for e in changed] == [
         (REMOVAL, ["removal.params.erase.train.learning_rate: 0.02 → 0.005"])]
     redone = run.load_stage(REMOVAL)
@@ -88,8 +76,8 @@ def test_changed_fingerprint_recipe_recomputes_exactly_the_stages_downstream(tmp
     # the pairs, the clean data and the base model's evaluations are loaded
     emb = copy.deepcopy(erase)
     emb["fingerprints"][0]["params"]["embed"]["train"]["learning_rate"] = 3e-3
-    assert _resume(emb, run.path) == sorted(EMBEDDED + [REMOVAL])
-    assert _stamps(run.path, UPSTREAM) == {k: kept[k] for k in UPSTREAM}
+    assert resume_stages(emb, run.path) == sorted(EMBEDDED + [REMOVAL])
+    assert stage_stamps(run.path, UPSTREAM) == {k: kept[k] for k in UPSTREAM}
     assert (run.path / "models" / "instructional" / "model.safetensors").read_bytes() != model
     assert run.load_stage("embed-instructional")["resumed_from"] is None
-    assert _resume(emb, run.path) == []  # unchanged recipe: nothing is computed
+    assert resume_stages(emb, run.path) == []  # unchanged recipe: nothing is computed
