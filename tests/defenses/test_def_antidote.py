@@ -21,8 +21,9 @@ def _linears(model):
             if isinstance(m, torch.nn.Linear) and ".layers." in n and "lora_" not in n}
 
 
-def _expected(model, tok, rows, ratio):
-    """(name → effective weight, name → expected prune mask) from an independent computation."""
+def _expected(model, tok, rows, ratio, soft_prompt=None):
+    """(name → effective weight, name → expected prune mask) from an independent computation. With `soft_prompt`
+    (k × d virtual-token embeddings) the frozen model is run on [P; embed(ids)] with P attended, by hand."""
     ref = copy.deepcopy(model)
     layers = lora_layers(ref)
     effective = {}
@@ -38,11 +39,19 @@ def _expected(model, tok, rows, ratio):
     inputs = {}
     hooks = [m.register_forward_hook(lambda _m, a, _o, n=n: inputs.__setitem__(n, a[0].detach()))
              for n, m in _linears(ref).items()]
+    keep = batch["attention_mask"].bool()
     with torch.no_grad():
-        ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if soft_prompt is None:
+            ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        else:
+            base = ref.get_base_model()
+            embeds = base.get_input_embeddings()(batch["input_ids"])
+            n, k = embeds.shape[0], soft_prompt.shape[0]
+            keep = torch.cat([torch.ones(n, k, dtype=torch.bool), keep], dim=1)
+            base(inputs_embeds=torch.cat([soft_prompt.expand(n, -1, -1).to(embeds.dtype), embeds], dim=1),
+                 attention_mask=keep.long())
     for h in hooks:
         h.remove()
-    keep = batch["attention_mask"].bool()
     masks = {}
     for n, w in effective.items():
         feats = inputs[n][keep]  # (tokens, in)
@@ -87,3 +96,24 @@ def test_prune_mask_counts():
     r = prune_mask(score, 0.4, "row")
     assert r.sum(1).tolist() == [2, 2, 2, 2] and bool(r[:, 3:].all())
     assert int(prune_mask(score, 0.0, "layer").sum()) == 0
+
+
+def test_soft_prompted_model_counts_its_virtual_tokens(tiny_model, align_data, tmp_path):
+    """A soft-prompt attack leaves the weights alone and prepends k attended virtual tokens inside peft's forward:
+    Antidote's calibration must see them (the grid crashed here on a mask of the un-prompted length), and the pruned
+    weights are the top-k of an independent score computed on [P; embed(ids)] by hand."""
+    from tamperlab.attacks.soft_prompt import SoftPromptConfig, soft_prompt_table, with_soft_prompt
+
+    model, tok = tiny_model
+    prompted = with_soft_prompt(model, tok, SoftPromptConfig(num_virtual_tokens=3), seed=0)
+    with torch.no_grad():
+        soft_prompt_table(prompted).add_(0.5 * torch.randn_like(soft_prompt_table(prompted)))
+    ratio, rows = 0.1, list(align_data.harmful)[:5]
+    table = soft_prompt_table(prompted).detach().clone()
+    effective, masks = _expected(prompted, tok, rows, ratio, soft_prompt=table)
+    defense = AntidoteDefense(AntidoteConfig(ratio=ratio, n_calibration=5, calibration_batch_size=5))
+    stats = repair_attacked(defense, prompted, RepairContext(tmp_path, rows, tok))
+    after = _linears(prompted)
+    assert set(after) == set(masks) and stats["pruned"] == sum(int(m.sum()) for m in masks.values())
+    for n, m in after.items():
+        assert torch.equal(m.weight.detach() == 0, masks[n])

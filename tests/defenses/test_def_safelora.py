@@ -80,3 +80,16 @@ def test_repair_projects_selected_layers(threshold, lora_model, tmp_path):
 def test_not_a_post_defense_is_left_alone(lora_model, tmp_path):
     model, tok = lora_model
     assert repair_attacked(SFTDefense(), model, RepairContext(tmp_path, [], tok)) is None
+
+
+def test_soft_prompted_model_is_reported_not_repaired(tiny_model, tmp_path):
+    """A soft-prompt attack has no LoRA update: SafeLoRA leaves every weight as it is and says why (a grid mixing
+    LoRA and soft-prompt attacks runs through)."""
+    from tamperlab.attacks.soft_prompt import SoftPromptConfig, with_soft_prompt
+
+    model, tok = tiny_model
+    prompted = with_soft_prompt(model, tok, SoftPromptConfig(num_virtual_tokens=3), seed=0)
+    before = {n: p.detach().clone() for n, p in prompted.named_parameters()}
+    stats = repair_attacked(SafeLoRADefense(SafeLoRAConfig()), prompted, RepairContext(tmp_path, [], tok))
+    assert stats["repaired"] is False and "soft-prompt" in stats["reason"]
+    assert all(torch.equal(p, before[n]) for n, p in prompted.named_parameters())

@@ -61,12 +61,20 @@ def pruned_linears(model: Any) -> dict[str, Any]:
 def input_sq_norms(linears: dict[str, Any], mask_ref: list[Tensor]) -> Iterator[dict[str, Tensor]]:
     """Accumulate Σ_tokens x_j² of every linear's input over the forwards run inside the block; positions where
     mask_ref[0] (the current batch's attention mask) is 0 are left out."""
+    import torch
+
     sums: dict[str, Tensor] = {}
 
     def hook_for(name: str) -> Any:
         def hook(_m: Any, args: tuple[Tensor, ...]) -> None:
             x = args[0].float()
-            m = mask_ref[0].to(x.dtype).unsqueeze(-1)
+            m = mask_ref[0].to(x.dtype)
+            extra = x.shape[1] - m.shape[1]
+            if extra > 0:
+                # a prompt-tuned model (the soft-prompt attack) prepends its virtual tokens to every row inside
+                # peft's forward; they are attended, so they count like real tokens
+                m = torch.cat([m.new_ones(m.shape[0], extra), m], dim=1)
+            m = m.unsqueeze(-1)
             s = ((x * m) ** 2).reshape(-1, x.shape[-1]).sum(0)
             sums[name] = s if name not in sums else sums[name] + s
         return hook

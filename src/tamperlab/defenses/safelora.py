@@ -92,10 +92,13 @@ class SafeLoRADefense(PostFineTuneDefense):
     def repair(self, model: Any, ctx: RepairContext) -> dict[str, Any]:
         layers = lora_layers(model)
         if not layers:
-            # A full-parameter attack (full_finetune: true, e.g. in an attacker sweep): nothing to project. Not an
-            # error, so a sweep mixing LoRA and full fine-tuning runs through; the row says it was not repaired.
-            log.warning("safelora: the attacked model has no LoRA adapter (full-parameter attack): not repaired")
-            return {"repaired": False, "reason": "full-parameter attack: SafeLoRA projects LoRA updates only"}
+            # A full-parameter attack (full_finetune: true, aoa), a refusal-direction ablation or a soft prompt:
+            # nothing to project. Not an error, so a grid or sweep mixing them with LoRA attacks runs through; the
+            # row says it was not repaired.
+            log.warning("safelora: the attacked model has no LoRA adapter (full-parameter, weight-editing or "
+                        "soft-prompt attack): not repaired")
+            return {"repaired": False,
+                    "reason": "no LoRA update to project (full-parameter, weight-editing or soft-prompt attack)"}
         aligned = aligned_factors(ctx.aligned_adapter)
         sims: dict[str, float] = {}
         updates: dict[str, tuple[Tensor, Tensor]] = {}
