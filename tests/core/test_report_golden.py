@@ -16,9 +16,9 @@ FIXTURES = Path(__file__).parents[1] / "fixtures" / "reports"
 
 
 def write(kind: str, run_dir: Path) -> None:
-    from tamperlab.eaas.report import write_report as write_eaas_report
-    from tamperlab.extraction.report import write_report as write_extraction_report
-    from tamperlab.fingerprints.report import build_report
+    from tamperlab.report.eaas import write_report as write_eaas_report
+    from tamperlab.report.extraction import write_report as write_extraction_report
+    from tamperlab.report.fingerprints import build_report
     from tamperlab.report.hft import write_hft_report
     from tamperlab.report.hft_table import write_table_report
     from tamperlab.report.study import write_study_report
