@@ -51,7 +51,7 @@ def _cells(panel):
 
 
 def build_grid_run(tmp_path):
-    from tamperlab.experiments.hft_table import summarize
+    from tamperlab.experiments.ctrap_table import summarize
     from tamperlab.report.hft_table import write_table_report
 
     panel = JudgePanel(["embedded", "garak-mitigation"])
@@ -91,7 +91,7 @@ def grid_run(tmp_path_factory):
 
 
 def test_grid_heatmaps_and_worst_case_column(grid_run):
-    from tamperlab.experiments.hft_grid import WORST, grid_rows, grid_tables
+    from tamperlab.report.grid import WORST, grid_rows, grid_tables
 
     run, per_seed = grid_run
     md = (run.path / "report.md").read_text()
@@ -137,7 +137,7 @@ def test_tvaccine_reference_is_compared_on_its_mixed_column():
     """T-Vaccine's Table 1 number (mixed p = 0.1 SST2, n = 1000, Llama-2-7B, beaver-dam) is set against the run's
     mixed p = 0.1 SST2 cell: pass / fail in the paper's setting, "not comparable" on the model at 135M; a run
     without that column has no T-Vaccine row."""
-    from tamperlab.experiments.hft_table import attack_columns
+    from tamperlab.report.tables import attack_columns
     from tamperlab.report.hft_table import paper_rows
 
     mixed = {"label": "mixed-p10-sst2", "kind": "mixed", "n": 1000, "p": 0.1, "task": "sst2"}

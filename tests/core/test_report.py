@@ -115,7 +115,7 @@ def test_hft_report_structure(tmp_path):
 
 
 def test_table_report_marks_non_significant_pairs_and_pools_seeds(tmp_path):
-    from tamperlab.experiments.hft_table import summarize
+    from tamperlab.experiments.ctrap_table import summarize
     from tamperlab.report.hft_table import write_table_report
 
     panel = JudgePanel(["embedded", "garak-mitigation"])
@@ -151,7 +151,7 @@ def _fsr(hits: list[bool], ctrl_hits: int = 0) -> dict:
 
 
 def test_fingerprint_rows_carry_wilson_intervals_and_mcnemar_vs_fingerprinted():
-    from tamperlab.fingerprints.report import pivot, summary_rows
+    from tamperlab.report.fingerprints import pivot, summary_rows
     from tamperlab.stats import mcnemar_test
 
     fp_hits = [True] * 8
@@ -168,7 +168,7 @@ def test_fingerprint_rows_carry_wilson_intervals_and_mcnemar_vs_fingerprinted():
     # 7 triggers lost: exact McNemar p = 2/128 -> significant; 1 lost -> n.s.
     assert mcnemar_test([True] + [False] * 7, fp_hits).p == pytest.approx(2 / 128)
     assert mer["vs fingerprinted"] == "p=0.016" and prune["vs fingerprinted"].endswith("n.s.")
-    from tamperlab.fingerprints.report import paper_rows
+    from tamperlab.report.fingerprints import paper_rows
 
     res["fingerprints"]["if"]["removals"]["meraser"]["name"] = "meraser"
     res["fingerprints"]["instructional"] = res["fingerprints"].pop("if")
@@ -185,8 +185,8 @@ def test_fingerprint_rows_carry_wilson_intervals_and_mcnemar_vs_fingerprinted():
 
 
 def test_eaas_and_extraction_rows_wrap_rates_with_intervals():
-    from tamperlab.eaas.report import spa_rows, utility_rows
-    from tamperlab.extraction.report import result_row
+    from tamperlab.report.eaas import spa_rows, utility_rows
+    from tamperlab.report.extraction import result_row
     from tamperlab.stats import bootstrap_mean
 
     spa = {"n": 100, "n_triggered": 20, "n_k1": 15, "n_k2plus": 5, "auroc_cos": .9, "auroc_l2": .9, "auroc_pca": .9,

@@ -115,7 +115,7 @@ def test_fsr_result_stores_wilson_interval_flags_and_trigger_digest():
 
 
 def test_fingerprint_report_new_and_old_metrics_show_the_same_intervals_and_mcnemar(tmp_path):
-    from tamperlab.fingerprints.report import build_report
+    from tamperlab.report.fingerprints import build_report
 
     res = _fingerprint_results()
     cfg = {"experiment": "fingerprints", "model": {"name_or_path": "tiny:llama"}}
@@ -137,7 +137,7 @@ def test_fingerprint_report_new_and_old_metrics_show_the_same_intervals_and_mcne
 
 
 def test_fingerprint_mcnemar_only_pairs_results_on_the_same_triggers():
-    from tamperlab.fingerprints.report import summary_rows
+    from tamperlab.report.fingerprints import summary_rows
 
     res = _fingerprint_results()
     ev = res["fingerprints"]["instructional"]["removals"]["meraser"]["stages"]["after"]
@@ -210,7 +210,7 @@ def _extraction_results() -> dict:
 
 
 def test_extraction_paired_tests_against_the_no_backdoor_baseline_hand_computed():
-    from tamperlab.extraction.report import paired_rows
+    from tamperlab.report.extraction import paired_rows
 
     evs = _extraction_results()["evaluations"]
     sft = next(r for r in paired_rows(evs) if r["model"].startswith("backdoor (SFT) → victim"))
@@ -315,7 +315,7 @@ def test_spa_records_are_wilson_on_hand_counts():
 def test_eaas_paired_tests_hand_computed():
     from scipy.stats import bootstrap
 
-    from tamperlab.eaas.report import paired_rows
+    from tamperlab.report.eaas import paired_rows
 
     r = _eaas_results()
     (row,) = paired_rows(r)

@@ -28,7 +28,8 @@ def _cell(k: int, c: int) -> dict:
 
 
 def test_every_attack_kind_gets_its_column_group_with_intervals(tmp_path):
-    from tamperlab.experiments.hft_table import attack_columns, summarize
+    from tamperlab.experiments.ctrap_table import summarize
+    from tamperlab.report.tables import attack_columns
     from tamperlab.report.hft_table import KIND_TITLES, write_table_report
 
     groups = attack_columns(ATTACKS)

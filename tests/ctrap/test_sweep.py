@@ -218,7 +218,8 @@ def test_gpu_table_recipe_carries_the_paper_scale_grid():
 
 
 def test_sweep_table_rows_from_hand_made_blocks(tmp_path):
-    from tamperlab.experiments.hft_sweep import sweep_rows, sweep_section
+    from tamperlab.report.sweep import hft_sweep_rows as sweep_rows
+    from tamperlab.report.sweep import hft_sweep_section as sweep_section
     from tamperlab.report.render import Report
 
     trials = [{"trial": i, "key": key, "params": {"learning_rate": lr}, "hs_io": 100 * k / 32, "k": k, "n": 32,

@@ -181,7 +181,7 @@ def test_lm_gate_aggregation_on_hand_made_trials():
     with pytest.raises(ValueError, match="reference_utility"):
         aggregate(trials, 2, 30.0, max_utility_drop=5.0)
     # the report's row: aligned utility, the worst case's utility with its interval, the gate in the column name
-    from tamperlab.experiments.hft_sweep import sweep_rows
+    from tamperlab.report.sweep import hft_sweep_rows as sweep_rows
 
     recs = [{"trial": i, "key": x.key, "params": {"learning_rate": lr}, "hs_io": x.value, "k": x.k, "n": 32,
              "utility": {**x.utility.to_dict(), "measure": "lm_eval", "task": "tamperlab_mc", "metric": "acc"}}

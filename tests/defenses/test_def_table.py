@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tamperlab.experiments.base import execute, load_recipe
-from tamperlab.experiments.hft_table import attack_columns, average_values, stage_seconds, summarize
+from tamperlab.experiments.ctrap_table import stage_seconds, summarize
+from tamperlab.report.tables import attack_columns, average_values
 from tamperlab.report.hft_table import fmt_cell, paper_table
 
 ATTACKS = [{"label": "harmful-n200", "kind": "harmful", "n": 200, "p": 1.0, "task": None},

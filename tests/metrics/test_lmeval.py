@@ -17,7 +17,8 @@ import torch
 
 from tamperlab.errors import ConfigError
 from tamperlab.metrics import lmeval
-from tamperlab.metrics.lmeval import LMEvalConfig, evaluate_utility, parse_results, utility_rows
+from tamperlab.metrics.lmeval import LMEvalConfig, evaluate_utility, parse_results
+from tamperlab.report.lmeval import utility_rows
 from tamperlab.stats import wilson
 
 CTX = "Question: {q}\nAnswer:"  # both shipped YAMLs' doc_to_text

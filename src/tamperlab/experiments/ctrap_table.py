@@ -15,20 +15,25 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..config import from_dict, to_dict
 from ..metrics.hft import METRIC_DEFINITIONS
 from ..registry import EXPERIMENTS
+from ..report.cells import cell_interval
+from ..report.tables import cell_values, cells_over_seeds, mean_std
 from ..runs import RunDir
+from ..stats import wilson
 from ..training import TrainConfig
 from .base import seed_everything
 from .ctrap import DefenseSpec, HFTConfig, HFTExperiment
 from .hft_eval import make_panel
 from .hft_sweep import run_sweep
-from .hft_table import stage_seconds, summarize
 
 log = logging.getLogger("tamperlab")
+
+SUMMARY_METRICS = ("hs_io", "hs_o", "fa", "collapse_rate")
+"""The metrics of the `summary` in metrics.json."""
 
 
 @dataclass
@@ -65,6 +70,52 @@ class HFTTableConfig(HFTConfig):
 def attack_descriptor(atk: Any) -> dict[str, Any]:
     """A table column's attack: its label, kind and sizes (the attack config's own `describe`)."""
     return atk.describe()
+
+
+def summarize(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str],
+              attacks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """{defense: {attack label | "aligned": {metric: {mean, std, n, [pooled]}}}} for metrics.json consumers:
+    n = seeds; `pooled` = the Wilson 95 % interval of all seeds' prompts together (when the cells carry counts)."""
+    out: dict[str, Any] = {}
+    for d in defenses:
+        cells: dict[str, Any] = {}
+        for label in [None] + [a["label"] for a in attacks]:
+            stats = {}
+            for metric in SUMMARY_METRICS:
+                vals = cell_values(per_seed, d, label, metric)
+                if vals:
+                    m, s = mean_std(vals)
+                    stats[metric] = {"mean": m, "std": s, "n": len(vals)}
+                    ivs = [cell_interval(c, metric) for c in cells_over_seeds(per_seed, d, label)
+                           if c.get(metric) is not None]
+                    if ivs and all(iv is not None and iv.k is not None for iv in ivs):
+                        stats[metric]["pooled"] = wilson(sum(iv.k for iv in ivs),  # type: ignore[misc,union-attr]
+                                                         sum(iv.n for iv in ivs)).to_dict()  # type: ignore[union-attr]
+            cells["aligned" if label is None else label] = stats
+        out[d] = cells
+    return out
+
+
+def stage_seconds(log: Sequence[dict[str, Any]], cell_keys: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Wall seconds spent per defense in alignment and in attacks (incl. their evaluation), summed over seeds,
+    from the run log's stage_done events. cell_keys maps a stage's defense key (per seed) → table defense."""
+    out: dict[str, dict[str, float]] = {}
+    keys = sorted(cell_keys, key=len, reverse=True)  # longest first: "sft.seed1" before "sft"
+    for rec in log:
+        if rec.get("event") != "stage_done":
+            continue
+        stage = str(rec.get("stage", ""))
+        for part in ("align", "eval-aligned", "attack", "sweep"):
+            prefix = f"{part}-"
+            if not stage.startswith(prefix):
+                continue
+            rest = stage[len(prefix):]
+            key = next((k for k in keys if rest == k or rest.startswith(k + "-")), None)
+            if key is not None:
+                slot = out.setdefault(cell_keys[key], {"align": 0.0, "eval-aligned": 0.0, "attack": 0.0})
+                slot[part] = slot.get(part, 0.0) + float(rec.get("seconds", 0.0))
+            break
+    return out
 
 
 @EXPERIMENTS.register("ctrap_table")

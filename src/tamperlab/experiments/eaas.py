@@ -8,7 +8,7 @@ For each scenario (a watermark served by the provider):
 A control copies an unwatermarked provider and is verified against the first scenario's secret.
 Every stage is cached in the run directory, so `--resume` continues a killed run; stages are versioned by their
 inputs, so `--resume` with a changed recipe recomputes only the stages downstream of the change. The stages are functions of
-`tamperlab.eaas.pipeline`; the report is `tamperlab.eaas.report`.
+`tamperlab.eaas.pipeline`; the report is `tamperlab.report.eaas`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from ..config import OneOf, check_positive
 from ..eaas import pipeline as P
 from ..eaas.downstream import DownstreamConfig
-from ..eaas.report import DEFINITIONS, STAND_INS, write_report
+from ..report.eaas import DEFINITIONS, STAND_INS, write_report
 from ..eaas.server import ServerConfig
 from ..eaas.service import ProviderConfig
 from ..eaas.spa import SPAConfig

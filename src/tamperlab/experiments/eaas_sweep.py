@@ -24,11 +24,11 @@ import numpy as np
 from ..config import Fraction, PosInt
 from ..distributed import is_main_process
 from ..errors import ConfigError
-from ..report.render import Report
+from ..report.sweep import SPA_VIEW
 from ..runs import RunDir
 from ..stats import bits
-from ..sweep import SweepSettings, TrialScore
-from .sweep_stages import SweepView, aggregate_trials, run_staged_trials, sweep_section
+from ..sweep import SweepSettings
+from .sweep_stages import aggregate_trials, run_staged_trials
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..eaas.spa import SPAConfig
@@ -158,18 +158,6 @@ def summary(verify: dict[str, Any], utility: dict[str, Any], spa: dict[str, Any]
     return out
 
 
-VIEW = SweepView(
-    score=lambda t: TrialScore("", fa=t.get("acc"), samples=(t["scores_backdoor"], t["scores_benign"])),
-    target="scenario", metric="Δ", utility="acc", utility_text="the copy's downstream accuracy ≥ t (fraction, "
-    "main task)", maximize=False,
-    pooled_text="two-sample bootstrap of the trials' per-sentence means — every copy is verified on the same "
-                "D_b / D_n sentences",
-    values_text="Δ = the copy's watermark evidence (Δcos; SAW: Δ proj_u) [two-sample bootstrap 95 %] over each "
-                "trial's D_b / D_n sentences; each trial's KS p and `detected` are in the trials table.",
-    ylabel="min Δ so far", percent=False, digits=4, objective=lambda t: t["delta"])
-"""SPA: the attacker minimises the copy's watermark evidence Δ, keeping downstream accuracy."""
-
-
 def run_sweep(run: RunDir, cfg: "EaaSConfig", scenario: str, inputs: SPAInputs, res: dict[str, Any],
               trial_inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sweep SPA against one stolen scenario; `res` = the scenario's fixed results (its after-SPA copy is the
@@ -195,32 +183,6 @@ def run_sweep(run: RunDir, cfg: "EaaSConfig", scenario: str, inputs: SPAInputs, 
             shutil.rmtree(folder, ignore_errors=True)
         return {**summary(r["verify"], r["utility"], r["spa"]), "threshold": r.get("threshold")}
 
-    out["trials"] = run_staged_trials(sw.space.dims(), sw, cfg.seed, f"sweep-{scenario}", trial, VIEW)
-    out["aggregate"] = aggregate_trials(out["trials"], sw, VIEW, utility_key="acc")
+    out["trials"] = run_staged_trials(sw.space.dims(), sw, cfg.seed, f"sweep-{scenario}", trial, SPA_VIEW)
+    out["aggregate"] = aggregate_trials(out["trials"], sw, SPA_VIEW, utility_key="acc")
     return out
-
-
-def trial_rows(sweeps: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per trial: its SPA settings, the deletion's TPR / FPR, the copy's Δ, KS p, detected, accuracy."""
-    from ..stats import Interval
-
-    rows = []
-    for name, s in sweeps.items():
-        for t in s.get("trials", []):
-            rows.append({"scenario": name, "trial": t["trial"], **{k: v for k, v in t["params"].items()},
-                         "deleted": t.get("n_deleted"), "TPR": t.get("tpr"), "FPR": t.get("fpr"),
-                         "Δ": Interval.from_dict(t["delta_interval"]) if t.get("delta_interval") else t["delta"],
-                         "p": t["p_value"], "detected": t["detected"], "acc": t["acc"]})
-    return rows
-
-
-def report_section(rep: Report, results: dict[str, Any], plots: Path) -> None:
-    """The SPA sweep's table, per-trial table and best-so-far plot (nothing when the run has no sweep)."""
-    sweeps = {n: s["sweep"] for n, s in results.get("scenarios", {}).items() if s.get("sweep")}
-    if not sweeps:
-        return
-    sweep_section(rep, sweeps, plots, VIEW, utility_key="acc", heading="Attacker sweep (SPA)")
-    rep.text("Every trial: SPA's deletion with the trial's settings on the run's cached API embeddings, a copy "
-             "trained on the purified set, verified by the provider (**detected** = p < α and Δ > 0) and measured "
-             "downstream (main task).")
-    rep.table(trial_rows(sweeps), digits=3)

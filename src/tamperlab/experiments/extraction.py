@@ -7,7 +7,7 @@ detection probes on each released model, and the garbled-instruction backdoor th
 Every stage is cached in the run directory (data, each training stage as an adapter, each sampling pass), so
 `--resume` continues a killed run, and re-scoring needs no model. Stages are versioned by their inputs: `--resume`
 with a changed recipe recomputes only the stages downstream of the change. The stages are functions of
-`tamperlab.extraction.stages`; the report is `tamperlab.extraction.report`.
+`tamperlab.extraction.stages`; the report is `tamperlab.report.extraction`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..extraction.backdoor import BackdoorConfig, GRPOStageConfig
 from ..extraction.data import ExtractionDataConfig
 from ..extraction.defense import DetectionConfig
 from ..extraction.extract import ExtractConfig
-from ..extraction.report import PAPER, write_report
+from ..report.extraction import PAPER, write_report
 from ..extraction.victim import VictimConfig
 from ..models import ModelConfig
 from ..registry import EXPERIMENTS

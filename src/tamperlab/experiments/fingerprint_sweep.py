@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from ..config import Fraction, PosFloat
 from ..errors import ConfigError
 from ..fingerprints.base import deep_merge
-from ..report.render import Report
+from ..report.sweep import FSR_VIEW
 from ..runs import RunDir
-from ..sweep import SweepSettings, TrialScore
-from .sweep_stages import SweepView, aggregate_trials, run_staged_trials, sweep_section
+from ..sweep import SweepSettings
+from .sweep_stages import aggregate_trials, run_staged_trials
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..fingerprints.base import Fingerprint, FingerprintSet
@@ -159,15 +158,6 @@ def summary(entry: dict[str, Any], stage: str, variant: str) -> dict[str, Any]:
             "seconds": entry.get("seconds")}
 
 
-VIEW = SweepView(
-    score=lambda t: TrialScore("", t["hits"], t["n"], t.get("acc"), scale=1.0), target="fingerprint",
-    metric="FSR", utility="acc", utility_text="multiple-choice accuracy ≥ t (fraction)", maximize=False,
-    pooled_text="Wilson over their pooled triggers",
-    values_text="FSR as a fraction [Wilson 95 %] over each trial's triggers.", ylabel="min FSR so far",
-    percent=False, ylim=(-0.05, 1.05), digits=2)
-"""Fingerprint removal: the attacker minimises FSR, keeping accuracy."""
-
-
 def run_sweep(exp: "FingerprintExperiment", run: RunDir, name: str, fp: "Fingerprint", fps: "FingerprintSet",
               clean: "CleanData", tok: Any, row: dict[str, Any]) -> dict[str, Any] | None:
     """Sweep the remover against one fingerprinted model; `row` = that fingerprint's results so far (its fixed
@@ -194,18 +184,7 @@ def run_sweep(exp: "FingerprintExperiment", run: RunDir, name: str, fp: "Fingerp
         entry = run.cached(key, compute, inputs=exp.removal_inputs(name, fp, spec.name, removal), outputs=[work])
         return summary(entry, cfg.stage, cfg.variant)
 
-    out["trials"] = run_staged_trials(cfg.space.dims(), cfg, exp.cfg.seed, f"sweep-{name}", trial, VIEW)
+    out["trials"] = run_staged_trials(cfg.space.dims(), cfg, exp.cfg.seed, f"sweep-{name}", trial, FSR_VIEW)
     out["stage"] = out["trials"][0]["stage"] if out["trials"] else cfg.stage
-    out["aggregate"] = aggregate_trials(out["trials"], cfg, VIEW, utility_key="acc")
+    out["aggregate"] = aggregate_trials(out["trials"], cfg, FSR_VIEW, utility_key="acc")
     return out
-
-
-def report_section(rep: Report, results: dict[str, Any], plots: Path) -> None:
-    """The fingerprint sweep's table and best-so-far plot (nothing when the run has no sweep)."""
-    sweeps = {fp: r["sweep"] for fp, r in results.get("fingerprints", {}).items() if r.get("sweep")}
-    if not sweeps:
-        return
-    first = next(iter(sweeps.values()))
-    sweep_section(rep, sweeps, plots, VIEW, utility_key="acc", heading="Attacker sweep (fingerprint removal)")
-    rep.text(f"Scored stage: `{first.get('stage')}`; FSR definition: `{first.get('variant')}`"
-             + (f"; MEraser phases swept: {', '.join(first['phases'])}" if first.get("phases") else "") + ".")

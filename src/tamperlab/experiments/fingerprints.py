@@ -334,6 +334,6 @@ class FingerprintExperiment(Experiment):
 
     # -- report ---------------------------------------------------------------------------------------------
     def report(self, run: RunDir) -> list[Path]:
-        from ..fingerprints.report import build_report
+        from ..report.fingerprints import build_report
 
         return build_report(run, self.cfg)

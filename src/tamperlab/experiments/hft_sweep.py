@@ -27,14 +27,12 @@ from ..errors import ConfigError, ResourceError
 from ..metrics.lmeval import ACCURACY_METRICS, STAND_INS, LMEvalConfig, evaluate_utility, shipped_tasks
 from ..models import load_adapter
 from ..registry import ATTACKS
-from ..report.render import Report
+from ..report.sweep import HFT_VIEW
 from ..runs import RunDir
-from ..stats import Interval, wilson
-from ..sweep import SweepSettings, TrialScore, trial_key
+from ..stats import wilson
+from ..sweep import SweepSettings, trial_key
 from .hft_eval import fa_fields, save_samples
-from .sweep_stages import SweepView, aggregate_trials, run_staged_trials
-from .sweep_stages import sweep_rows as stage_rows
-from .sweep_stages import sweep_section as stage_section
+from .sweep_stages import aggregate_trials, run_staged_trials
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.packs import HarmfulData
@@ -339,47 +337,11 @@ def run_sweep(exp: "HFTExperiment", run: RunDir, spec: "DefenseSpec", adapter: P
         return summary(m, cfg)
 
     prefix = f"sweep-{spec.key}" + (f"-u{cfg.utility_tag()}" if lm else "")
-    out["trials"] = run_staged_trials(cfg.space.dims(), cfg, exp.cfg.seed, prefix, trial, VIEW)
+    out["trials"] = run_staged_trials(cfg.space.dims(), cfg, exp.cfg.seed, prefix, trial, HFT_VIEW)
     first = next((t["utility"] for t in out["trials"] if t.get("utility")), None)
     if lm and first is not None:
         out["utility_measure"]["label"] = utility_label(first, cfg)
-    out["aggregate"] = aggregate_trials(out["trials"], cfg, VIEW, utility_key=utility_key,
+    out["aggregate"] = aggregate_trials(out["trials"], cfg, HFT_VIEW, utility_key=utility_key,
                                         reference_utility=reference["value"] if reference else None,
                                         max_utility_drop=cfg.max_utility_drop)
     return out
-
-
-# -- report ------------------------------------------------------------------------------------------------------
-def trial_score(t: dict[str, Any]) -> TrialScore:
-    """A stored trial summary → its HS(IO) counts and utility (the `utility` record the sweep gated on; FA for
-    summaries stored before there was one)."""
-    util = t.get("utility")
-    if util:
-        return TrialScore("", t["k"], t["n"], util["value"], utility=Interval.from_dict(util))
-    return TrialScore("", t["k"], t["n"], t.get("fa"))
-
-
-VIEW = SweepView(score=trial_score, objective=lambda t: t["hs_io"])
-"""Harmful fine-tuning: the attacker maximises HS(IO) (%), keeping FA (%) or an lm-eval accuracy (%)."""
-
-
-def view_for(sweeps: dict[str, dict[str, Any]]) -> tuple[SweepView, str]:
-    """The report's view and utility key of a run's sweep blocks (every defense of a run shares its sweep config):
-    FA, or the lm-eval task · metric the sweep gated on."""
-    m = next((s.get("utility_measure") for s in sweeps.values() if s.get("utility_measure")), None)
-    if not m or m["measure"] == "fa":
-        return VIEW, "fa"
-    return dataclasses.replace(VIEW, utility=m["label"], utility_text=f"lm-eval {m['label']} ≥ t %"), m["key"]
-
-
-def sweep_rows(sweeps: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per defense: the fixed attack's HS(IO) next to the sweep's worst case, mean of the top n and
-    worst case keeping utility (each value [Wilson 95 %])."""
-    view, key = view_for(sweeps)
-    return stage_rows(sweeps, view, key)
-
-
-def sweep_section(rep: Report, sweeps: dict[str, dict[str, Any]], plots: Path) -> None:
-    """The sweep's table and best-attack-so-far plot, appended to a harmful-fine-tuning report."""
-    view, key = view_for(sweeps)
-    stage_section(rep, sweeps, plots, view, key)

@@ -6,5 +6,5 @@ backdoor.py publisher SFT + GRPO (trl)                           victim.py   vic
 sampler.py  many samples per prompt with a shared prefill         extract.py  candidates → samples → scores → JSONL
 metrics.py  the paper's metrics                                  defense.py  detection probes (+ garbled bypass)
 lineage.py  base → adapters → merged models                      openers.py  frequency-ranked candidate words
-stages.py   the experiment's stages (cached, resumable)           report.py   report.md / report.html, recorded texts
+stages.py   the experiment's stages (cached, resumable)           (its report: tamperlab/report/extraction.py)
 """

@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..experiments.hft_sweep import sweep_section
-from ..experiments.hft_table import Column
-from ..metrics.lmeval import hft_cells, report_section
 from ..runs import RunDir
 from ..stats import rate_from_value
 from .cells import cell_interval, fmt2, judge_hs, pairwise, panel_agreement
+from .lmeval import hft_cells, utility_section
 from .render import Panel, Report, plot_grid, provenance_block
 from .samples import write_sample_view
+from .sweep import hft_sweep_section
+from .tables import Column
 from .trap import flatten, trap_section
 
 RATES = {"hs_io": "HS(IO)", "hs_o": "HS(O)", "fa": "FA", "collapse_rate": "collapse %",
@@ -82,7 +82,7 @@ def write_hft_report(run: RunDir) -> list[Path]:
              "the primary judge flags, with / without the question (lower is better). FA: fine-tune accuracy on the "
              "benign task (higher is better). collapse %: answers dominated by the trap word; degenerate %: answers "
              "the degeneracy detector flags (their own category).")
-    report_section(rep, hft_cells(results))
+    utility_section(rep, hft_cells(results))
 
     attacks = list(dict.fromkeys(a for r in results.values() for a in r["attacks"]))
     groups = {a: {d: r["attacks"][a] for d, r in results.items() if a in r["attacks"]} for a in attacks}
@@ -122,7 +122,7 @@ def write_hft_report(run: RunDir) -> list[Path]:
         rep.table(refs, digits=1)
 
     plots = run.sub("plots")
-    sweep_section(rep, {d: r["sweep"] for d, r in results.items() if "sweep" in r}, plots)
+    hft_sweep_section(rep, {d: r["sweep"] for d, r in results.items() if "sweep" in r}, plots)
     panels = []
     measured = (("hs_io", "HS(IO) %", True), ("collapse_rate", "collapse %", True),
                 ("collapse_loss", "collapse loss", False), ("harmful_loss", "harmful loss", False))

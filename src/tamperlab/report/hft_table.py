@@ -3,7 +3,7 @@
 refusal-direction ablation, a soft prompt, ... — its own group headed by its label), an Average column. A cell is
 the rate with its Wilson 95 % interval (one seed) or "mean ± sd [pooled Wilson interval]" over seeds; every pair of
 defenses on the same column gets an exact McNemar test (Holm-adjusted within the column) and the report marks the
-pairs that are not significantly different. Plus the comparison grid's heatmaps (`experiments/hft_grid.py` builds
+pairs that are not significantly different. Plus the comparison grid's heatmaps (`report/grid.py` builds
 its tables), the judge panel's per-judge HS and Cohen's κ, HS-vs-n, HS-vs-p and FA-per-task plots with 95 % bands /
 whiskers, and the wall time of every stage.
 
@@ -18,19 +18,18 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..experiments.hft_grid import (ALIGNED, WORST, grid_columns, grid_rows, grid_tables, reference_row,
-                                    reference_tests)
-from ..experiments.hft_sweep import sweep_section
-from ..experiments.hft_table import (Column, attack_columns, average_values, cell_values, cells_over_seeds,
-                                     has_counts, mean_std, pooled_interval)
-from ..metrics.lmeval import hft_cells, report_section
 from ..runs import RunDir
 from ..stats import Interval
 from .cells import cell_interval, judge_hs, pairwise, panel_agreement, pool_seeds, seeds_cell
+from .grid import ALIGNED, WORST, grid_columns, grid_rows, grid_tables, reference_row, reference_tests
 from .heatmap import save_heatmaps
 from .hft import judge_text, result_rows
+from .lmeval import hft_cells, utility_section
 from .render import Panel, Report, plot_bars, plot_grid, provenance_block
 from .samples import write_sample_view
+from .sweep import hft_sweep_section
+from .tables import (Column, attack_columns, average_values, cell_values, cells_over_seeds, has_counts, mean_std,
+                     pooled_interval)
 
 METRIC_NAMES = {"hs_io": "HS(IO)", "hs_o": "HS(O)", "fa": "FA", "collapse_rate": "collapse %"}
 
@@ -118,7 +117,7 @@ def paper_rows(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str], col
     """HFT_REFERENCES against the measurement: a reference of CTRAP Table 1's kind against the mean over the full
     harmful fine-tuning columns, a reference that names its attack column (T-Vaccine: mixed p = 0.1 SST2) against
     that column (pooled interval over seeds when the cells carry counts)."""
-    from ..report.references import HFT_REFERENCES, attack_setting, comparison_rows, hft_setting, matches_column
+    from .references import HFT_REFERENCES, attack_setting, comparison_rows, hft_setting, matches_column
 
     def combined(ivs: Sequence[Interval | None]) -> Interval | float | None:
         present = [iv for iv in ivs if iv is not None]
@@ -282,7 +281,7 @@ def write_table_report(run: RunDir) -> list[Path]:
         rep.heading("After alignment, before any attack")
         rep.table([{"Method": d, **{METRIC_NAMES[m]: table_cell(per_seed, d, None, m)
                                     for m in ("hs_io", "hs_o", "collapse_rate")}} for d in defenses])
-    report_section(rep, [c for s, rows in per_seed.items()
+    utility_section(rep, [c for s, rows in per_seed.items()
                          for c in hft_cells(rows, "" if len(per_seed) == 1 else f" (seed {s})")])
     panel = judge.get("panel") or []
     if len(panel) > 1:
@@ -303,7 +302,7 @@ def write_table_report(run: RunDir) -> list[Path]:
              "(higher is better). collapse %: answers dominated by the trap word. Avg: per seed, the mean over the "
              "columns.")
 
-    sweep_section(rep, {(d if len(per_seed) == 1 else f"{d} (seed {s})"): r["sweep"]
+    hft_sweep_section(rep, {(d if len(per_seed) == 1 else f"{d} (seed {s})"): r["sweep"]
                         for s, rows in per_seed.items() for d, r in rows.items() if "sweep" in r}, plots)
 
     refs = paper_rows(per_seed, defenses, groups.get("harmful", []), attacks, cfg, judge)

@@ -16,7 +16,7 @@ seeds (n = seeds). Missing cells stay missing (hatched "–"). Differences from 
 first defense) are tested with the report's exact McNemar tests, Holm-adjusted over all pairs of a column
 (`report.cells.pairwise`, as in the significance tables), and marked "n.s." where not significant.
 
-Pure functions over metrics.json, like the rest of `hft_table`; `report/hft_table.py` renders the section."""
+Pure functions over metrics.json, like `report/tables.py`; `report/hft_table.py` renders the section."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..metrics.lmeval import ACCURACY_METRICS
-from ..report.cells import Comparison, cell_interval, judge_hs, pairwise, pool_seeds, seeds_text
-from ..report.heatmap import HeatTable
 from ..stats import Interval, wilson
-from .hft_table import TASK_NAMES, cells_over_seeds
+from .cells import Comparison, cell_interval, judge_hs, pairwise, pool_seeds, seeds_text
+from .heatmap import HeatTable
+from .tables import TASK_NAMES, cells_over_seeds
 
 WORST = "worst case (sweep)"
 Getter = Callable[[dict[str, Any]], "Interval | None"]

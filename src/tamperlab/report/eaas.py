@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from ..report.cells import Comparison
-from ..report.render import Report, plot_bars, plot_histograms, provenance_block
 from ..runs import RunDir
 from ..stats import Interval, bootstrap_diff, holm, mcnemar_test, stored_interval
+from .cells import Comparison
+from .render import Report, plot_bars, plot_histograms, provenance_block
+from .sweep import spa_sweep_section
 
 
 DEFINITIONS = {
@@ -230,9 +231,7 @@ def write_report(run: RunDir) -> list[Path]:
                  "test texts. "
                  "p is Holm-adjusted within each column; **n.s.** = not significant at 5 %.")
         rep.table(paired)
-    from ..experiments.eaas_sweep import report_section as sweep_section
-
-    sweep_section(rep, r, run.sub("plots"))
+    spa_sweep_section(rep, r, run.sub("plots"))
     rep.heading("Utility (downstream MLP accuracy)")
     rep.table(utility_rows(r, n_test), digits=3)
     rep.heading("Provider query-log audit")

@@ -1,9 +1,9 @@
 """The numbers behind the paper-style tables of a defense × attack comparison (CTRAP Tables 1-3): attack
-descriptors grouped into table columns, a cell's per-seed values and metric dicts, mean ± sd, the per-seed averages,
-the pooled Wilson interval of a cell, the metrics.json `summary` and the wall time per defense from the run log.
+descriptors grouped into table columns, a cell's per-seed values and metric dicts, mean ± sd, the per-seed averages
+and the pooled Wilson interval of a cell.
 
-Pure functions over the `per_seed` results of a `ctrap_table` run; the report that renders them is
-`report/hft_table.py`.
+Pure functions over the `per_seed` results of a `ctrap_table` run, read by its report (`report/hft_table.py`, the
+grid in `report/grid.py`) and by the metrics.json `summary` the experiment writes (`experiments/ctrap_table.py`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..report.cells import cell_interval
 from ..stats import Interval, wilson
+from .cells import cell_interval
 
-SUMMARY_METRICS = ("hs_io", "hs_o", "fa", "collapse_rate")
-"""The metrics of the `summary` in metrics.json (and of the report's tables)."""
 TASK_NAMES = {"sst2": "SST2", "agnews": "AG News", "gsm8k": "GSM8K"}
 
 
@@ -103,52 +101,6 @@ def cells_over_seeds(per_seed: dict[str, dict[str, Any]], defense: str, attack: 
         m = row.get("aligned") if attack is None else row.get("attacks", {}).get(attack)
         if m is not None:
             out.append(m)
-    return out
-
-
-def summarize(per_seed: dict[str, dict[str, Any]], defenses: Sequence[str],
-              attacks: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """{defense: {attack label | "aligned": {metric: {mean, std, n, [pooled]}}}} for metrics.json consumers:
-    n = seeds; `pooled` = the Wilson 95 % interval of all seeds' prompts together (when the cells carry counts)."""
-    out: dict[str, Any] = {}
-    for d in defenses:
-        cells: dict[str, Any] = {}
-        for label in [None] + [a["label"] for a in attacks]:
-            stats = {}
-            for metric in SUMMARY_METRICS:
-                vals = cell_values(per_seed, d, label, metric)
-                if vals:
-                    m, s = mean_std(vals)
-                    stats[metric] = {"mean": m, "std": s, "n": len(vals)}
-                    ivs = [cell_interval(c, metric) for c in cells_over_seeds(per_seed, d, label)
-                           if c.get(metric) is not None]
-                    if ivs and all(iv is not None and iv.k is not None for iv in ivs):
-                        stats[metric]["pooled"] = wilson(sum(iv.k for iv in ivs),  # type: ignore[misc,union-attr]
-                                                         sum(iv.n for iv in ivs)).to_dict()  # type: ignore[union-attr]
-            cells["aligned" if label is None else label] = stats
-        out[d] = cells
-    return out
-
-
-def stage_seconds(log: Sequence[dict[str, Any]], cell_keys: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Wall seconds spent per defense in alignment and in attacks (incl. their evaluation), summed over seeds,
-    from the run log's stage_done events. cell_keys maps a stage's defense key (per seed) → table defense."""
-    out: dict[str, dict[str, float]] = {}
-    keys = sorted(cell_keys, key=len, reverse=True)  # longest first: "sft.seed1" before "sft"
-    for rec in log:
-        if rec.get("event") != "stage_done":
-            continue
-        stage = str(rec.get("stage", ""))
-        for part in ("align", "eval-aligned", "attack", "sweep"):
-            prefix = f"{part}-"
-            if not stage.startswith(prefix):
-                continue
-            rest = stage[len(prefix):]
-            key = next((k for k in keys if rest == k or rest.startswith(k + "-")), None)
-            if key is not None:
-                slot = out.setdefault(cell_keys[key], {"align": 0.0, "eval-aligned": 0.0, "attack": 0.0})
-                slot[part] = slot.get(part, 0.0) + float(rec.get("seconds", 0.0))
-            break
     return out
 
 

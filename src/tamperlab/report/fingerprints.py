@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..report.render import Report, plot_bars, plot_lines, provenance_block
 from ..runs import RunDir
 from ..stats import Interval, mcnemar_test, stored_interval
+from .render import Report, plot_bars, plot_lines, provenance_block
+from .sweep import fingerprint_sweep_section
 
 OFFICIAL = "official"
 
@@ -109,7 +110,7 @@ def pivot(rows: list[dict[str, Any]], value: str) -> tuple[list[str], dict[str, 
 
 def paper_rows(res: dict[str, Any], config: dict[str, Any]) -> list[dict[str, Any]]:
     """MERASER_REFERENCES against every MEraser stage of the run."""
-    from ..report.references import MERASER_REFERENCES, verdict
+    from .references import MERASER_REFERENCES, verdict
 
     model = str(config.get("model", {}).get("name_or_path", "?"))
     rows = []
@@ -198,9 +199,7 @@ def build_report(run: RunDir, cfg: Any) -> list[Path]:
         rep.table([{"fingerprint": fp, "probes": i["n_probes"], "flagged": i["n_flagged"],
                     "top phrases": " | ".join(repr(f["text"][:30]) for f in i["flagged"][:4])} for fp, i in tf])
 
-    from ..experiments.fingerprint_sweep import report_section as sweep_section
-
-    sweep_section(rep, res, plots)
+    fingerprint_sweep_section(rep, res, plots)
 
     paper = paper_rows(res, m["config"])
     if paper:
