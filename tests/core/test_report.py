@@ -228,3 +228,23 @@ def test_paper_vs_measured_verdicts():
     assert v.startswith("not comparable:") and "model" in v and "judge embedded vs paper beaver-dam" in v
     rows = comparison_rows(HFT_REFERENCES, {("ctrap", "hs_io"): wilson(30, 1000)}, paper_run)
     assert [(r["method"], r["verdict"]) for r in rows] == [("ctrap", "pass")]
+
+
+def test_hft_references_state_their_setting_and_only_found_numbers_render():
+    """Every harmful-fine-tuning reference states the four setting fields and whether it was checked against the
+    paper; one measured on a single attack column writes that column in its setting the way `attack_setting` writes
+    the run's (else a run on exactly the paper's attack would read "not comparable: attack"). The defenses whose
+    numbers were searched for and not found (docs/methods/lisa.md, safelora.md, antidote.md, tar.md) get no row
+    next to their measurement, not a guessed one."""
+    from tamperlab.report.references import HFT_REFERENCES, attack_setting, comparison_rows
+
+    for ref in HFT_REFERENCES:
+        assert set(ref.setting) == {"model", "data", "judge", "attack"}, ref
+        assert "verified" in ref.source, ref.source
+        if ref.column is not None:
+            n = int(ref.setting["attack"].rsplit("n=", 1)[1])
+            assert attack_setting({**ref.column, "n": n}) == ref.setting["attack"], ref
+    run = {"model": "meta-llama/Llama-2-7b-hf", "data": "BeaverTails", "judge": "beaver-dam",
+           "attack": "mixed p=0.1 SST2 n=1000"}
+    measured = {(m, k): 10.0 for m in ("lisa", "safelora", "antidote", "tar") for k in ("hs_io", "hs_o", "fa")}
+    assert comparison_rows(HFT_REFERENCES, measured, run) == []

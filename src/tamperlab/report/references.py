@@ -111,10 +111,12 @@ HFT_NEW_DEFENSE_REFERENCES: list[PaperScore] = [
 ]
 """Published numbers for the defenses added for issue 19, where one was found with its setting. T-Vaccine's HS is
 measured on the mixed (p = 0.1, SST2) attack: a run with such a column is compared on it (the grid recipes have
-one). TAR reports MT-Bench / StrongREJECT on Llama-3-8B (no HS on BeaverTails); the Lisa, SafeLoRA and Antidote
-table values were not found in the project's briefs nor in the public pages searched (2026-11-30: the papers'
-abstracts and third-party summaries give no number with its setting): no rows rather than guessed ones
-(docs/methods/tar.md, lisa.md, safelora.md, antidote.md)."""
+one). TAR reports MT-Bench / StrongREJECT on Llama-3-8B (no HS on BeaverTails): no row. Lisa, SafeLoRA and
+Antidote: no table value with its setting could be read offline (searched 2026-12-01: the official READMEs at
+every version, arXiv abstract / HTML pages and third-party summaries, GitHub issues; the papers' tables are
+images or beyond what the stored pages hold), so no rows rather than guessed ones. Each methods page
+(docs/methods/lisa.md, safelora.md, antidote.md, tar.md) lists what was searched and the setting a number would
+be recorded with; an entry needs its full setting and, for a mixed-attack number, its `column`."""
 
 HFT_REFERENCES.extend(HFT_NEW_DEFENSE_REFERENCES)
 
