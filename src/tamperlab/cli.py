@@ -7,7 +7,6 @@ import errno
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import TamperlabError

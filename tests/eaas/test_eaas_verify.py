@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from eaas_helpers import TRIGGERS
 
 from tamperlab.eaas.verify import score_stats, verification_stats
 from tamperlab.eaas.watermarks import EmbMarker, EmbMarkerConfig

@@ -71,8 +71,6 @@ def test_victim_loss_switch_masks_queries(tokenizer):
 
 
 def test_grpo_passes_words_to_reward_and_learns(tiny_model, tmp_path):
-    import torch
-
     from tamperlab.extraction.backdoor import GRPOStageConfig, train_backdoor_grpo
     from tamperlab.models import LoraSettings
 

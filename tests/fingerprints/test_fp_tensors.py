@@ -3,7 +3,6 @@ mismatched pairs and data parsing — on small hand-checked tensors and fixtures
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from tamperlab.data.core import Example

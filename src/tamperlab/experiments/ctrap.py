@@ -27,7 +27,7 @@ from ..metrics.lmeval import add_utility, evaluate_utility
 from ..models import LoraSettings, ModelConfig, apply_lora, load_adapter, load_model, save_model
 from ..registry import ATTACKS, DEFENSES, EXPERIMENTS
 from ..runs import RunDir, inputs_hash
-from ..training import StepHook, TrainConfig, build_trainer, run_training, steps_for
+from ..training import StepHook, TrainConfig, steps_for
 from .base import Experiment, RunConfig
 from .hft_eval import EvalConfig, Evaluator, TrajectoryRecorder, fa_fields, make_panel, save_samples
 from .hft_sweep import HFTSweepConfig, run_sweep
