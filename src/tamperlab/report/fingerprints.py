@@ -158,23 +158,21 @@ def build_report(run: RunDir, cfg: Any) -> list[Path]:
     plot_bars(plots / "ppl.png", labels, ppl, "Held-out perplexity per model state", "PPL")
     rep.image("plots/ppl.png", "PPL")
     curves: dict[str, tuple[list[float], list[float]]] = {}
-    for fp, r in res["fingerprints"].items():
-        for rk, rem in r["removals"].items():
-            for stage, ev in rem["stages"].items():
-                hist = (ev.get("info", {}).get("train") or {}).get("loss_history") or []
-                if hist and rk.startswith("meraser"):
-                    curves[f"{fp} · {rk} · {stage}"] = (list(range(len(hist))), hist)
-    if curves:
-        plot_lines(plots / "meraser_loss.png", curves, "MEraser training loss (per logging step)", "log step", "loss")
-        rep.image("plots/meraser_loss.png", "MEraser loss")
     traj: dict[str, tuple[list[float], list[float]]] = {}
     for fp, r in res["fingerprints"].items():
         for rk, rem in r["removals"].items():
             for stage, ev in rem["stages"].items():
-                points = (ev.get("info", {}).get("train") or {}).get("trajectory") or []
+                train = ev.get("info", {}).get("train") or {}
+                hist = train.get("loss_history") or []
+                if hist and rk.startswith("meraser"):
+                    curves[f"{fp} · {rk} · {stage}"] = (list(range(len(hist))), hist)
+                points = train.get("trajectory") or []
                 for variant in (points[0].keys() - {"step"}) if points else ():
                     traj[f"{fp} · {rk} · {stage} · {variant}"] = ([p["step"] for p in points],
                                                                   [p[variant] for p in points])
+    if curves:
+        plot_lines(plots / "meraser_loss.png", curves, "MEraser training loss (per logging step)", "log step", "loss")
+        rep.image("plots/meraser_loss.png", "MEraser loss")
     if traj:
         plot_lines(plots / "fsr_trajectory.png", traj, "FSR during MEraser training", "optimizer step", "FSR",
                    (-0.05, 1.05))
