@@ -54,6 +54,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {**_ERR, "description": "Unknown model (code model_not_found) or route"},
     405: {**_ERR, "description": "Method not allowed (the Allow header lists the allowed ones)"},
     413: {**_ERR, "description": "Request body larger than the server's max_body_bytes"},
+    415: {**_ERR, "description": "Body not sent as `Content-Type: application/json`, or with a Content-Encoding "
+                                 "(code unsupported_media_type)"},
     429: {**_ERR, "description": "Rate limit reached; Retry-After / retry-after-ms say when the key's bucket "
                                  "will hold the request"},
     500: {**_ERR, "description": "Internal error (type server_error)"},
@@ -73,6 +75,24 @@ def _where(single: bool, i: int) -> str:
     return "input" if single else f"input[{i}]"
 
 
+def _is_json_type(content_type: str | None) -> bool:
+    """application/json or application/<x>+json, parameters (charset) allowed: what FastAPI parses as JSON."""
+    mime = (content_type or "").split(";")[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+def _parse_failure_message(cause: BaseException | None) -> str:
+    """Why a JSON body could not be parsed (FastAPI's own 400 says only "There was an error parsing the body")."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"the body is not valid JSON text: byte 0x{cause.object[cause.start]:02x} at position {cause.start} "
+                f"is not {cause.encoding.upper()}; send the JSON body encoded as UTF-8")
+    if isinstance(cause, ValueError) and "digits" in str(cause):  # int(): Python's 4300-digit bound
+        return "the body is not acceptable JSON: it holds an integer with too many digits"
+    if isinstance(cause, RecursionError):
+        return "the body is not acceptable JSON: it is nested too deeply"
+    return f"the body could not be parsed as JSON ({type(cause).__name__ if cause else 'unknown error'})"
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str]:
     """(message, param, code) of the first pydantic error, OpenAI style."""
     err = exc.errors()[0]
@@ -80,6 +100,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
     kind = err.get("type", "")
     if kind == "json_invalid":
         return f"the body is not valid JSON: {err.get('msg')}", None, "invalid_json"
+    if not loc and kind == "missing":  # FastAPI's "Field required" for the body itself: nothing was sent
+        return "the request body is empty; send a JSON object", None, "invalid_body"
     if not loc:
         return f"the request body must be a JSON object ({err.get('msg')})", None, "invalid_body"
     param = str(loc[0])
@@ -150,6 +172,10 @@ class _Front:
                     raise APIError(401, "You didn't provide an API key: send 'Authorization: Bearer <key>'."
                                    if missing else "Incorrect API key provided.",
                                    "missing_api_key" if missing else "invalid_api_key")
+            encoding = headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise APIError(415, f"Content-Encoding {encoding!r} is not supported; send the body "
+                               "uncompressed", "unsupported_media_type")
             declared = headers.get("content-length")
             if declared is not None:
                 if not declared.isdigit():
@@ -219,6 +245,12 @@ def create_app(service: EmbeddingService, cfg: ServerConfig, key_secrets: dict[s
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param, code = _validation_message(exc)
+        ctype = request.headers.get("content-type")
+        if isinstance(exc.errors()[0].get("input"), (bytes, bytearray)) and not _is_json_type(ctype):
+            # FastAPI hands a body sent as another type to the model as raw bytes; say what is really wrong.
+            got = f"Content-Type {ctype!r}" if ctype else "no Content-Type header"
+            return refuse(request, APIError(415, f"the body must be sent as 'Content-Type: application/json' "
+                                            f"(got {got})", "unsupported_media_type"))
         return refuse(request, APIError(400, message, code, param))
 
     @app.exception_handler(StarletteHTTPException)
@@ -227,6 +259,8 @@ def create_app(service: EmbeddingService, cfg: ServerConfig, key_secrets: dict[s
             message = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
+        elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            message = _parse_failure_message(exc.__cause__)
         else:
             message = str(exc.detail)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
