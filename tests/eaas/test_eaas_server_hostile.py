@@ -115,3 +115,31 @@ def test_disconnects_and_a_crowd_leave_every_other_request_served(tmp_path):
         _check_good(h.url, service)
         assert all(row["status"] < 500 for row in qlog.rows())
         assert httpx.get(h.url + "/health", timeout=30).status_code == 200
+
+
+def test_expired_and_wrong_keys_are_401s_naming_why(tmp_path):
+    """A key past its `expires_at` is refused on every endpoint with `expired_api_key` and the expiry time (and
+    audited under its holder); a key not yet expired works; a bad date stops the config, not a request."""
+    from tamperlab.eaas.server import KeySpec, ServerConfig
+    from tamperlab.errors import ConfigError
+
+    keys = [KeySpec("alice"), KeySpec("slow", expires_at="2020-01-01T00:00:00Z"),
+            KeySpec("tiny", expires_at="2999-12-31")]
+    with serving(tmp_path, keys=keys) as (h, service, qlog, _):
+        for path, call in (("/v1/embeddings", lambda hd: httpx.post(h.url + "/v1/embeddings", headers=hd,
+                                                                     json={"input": "x", "model": MODEL})),
+                           ("/v1/models", lambda hd: httpx.get(h.url + "/v1/models", headers=hd))):
+            r = call({"Authorization": "Bearer sk-slow"})
+            err = r.json()["error"]
+            assert r.status_code == 401 and err["code"] == "expired_api_key", (path, err)
+            assert "expired at 2020-01-01T00:00:00+00:00" in err["message"] and err["type"] == "authentication_error"
+            assert call({"Authorization": "Bearer sk-tiny"}).status_code == 200
+            for bad in ({}, {"Authorization": "Bearer"}, {"Authorization": "Basic c2stYWxpY2U="},
+                        {"Authorization": "Bearer sk-alice-but-longer"}):
+                r = call(bad)
+                assert r.status_code == 401 and r.json()["error"]["code"] in ("missing_api_key", "invalid_api_key")
+        rows = [r for r in qlog.rows() if r["key_name"] == "slow"]
+        assert len(rows) == 2 and all(r["status"] == 401 and r["error"].startswith("expired_api_key") for r in rows)
+        _check_good(h.url, service)
+    with pytest.raises(ConfigError, match="not an ISO 8601"):
+        ServerConfig(keys=[KeySpec("a", expires_at="next tuesday")])

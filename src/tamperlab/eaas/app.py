@@ -23,6 +23,7 @@ import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import numpy as np
@@ -50,7 +51,7 @@ CREATED = 1_700_000_000
 _ERR = {"model": ErrorResponse}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {**_ERR, "description": "Invalid request (names the parameter and input index)"},
-    401: {**_ERR, "description": "Missing or invalid API key (type authentication_error)"},
+    401: {**_ERR, "description": "Missing, invalid or expired API key (type authentication_error)"},
     404: {**_ERR, "description": "Unknown model (code model_not_found) or route"},
     405: {**_ERR, "description": "Method not allowed (the Allow header lists the allowed ones)"},
     413: {**_ERR, "description": "Request body larger than the server's max_body_bytes"},
@@ -69,6 +70,10 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, detail: str):
         super().__init__(413, detail)
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
 def _where(single: bool, i: int) -> str:
@@ -120,6 +125,7 @@ class _Front:
 
     def __init__(self, app: Any, *, cfg: ServerConfig, ring: KeyRing, limiter: RateLimiter, querylog: QueryLog):
         self.app, self.cfg, self.ring, self.limiter, self.querylog = app, cfg, ring, limiter, querylog
+        self.expired_after = {k.name: t for k in cfg.keys if (t := k.expiry()) is not None}
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -162,6 +168,10 @@ class _Front:
 
         try:
             name = self.ring.from_header(headers.get("authorization"))
+            if name is not None and name in self.expired_after and time.time() >= self.expired_after[name]:
+                info["key"] = name  # audited under its holder, refused like a wrong key
+                raise APIError(401, f"This API key expired at {_utc(self.expired_after[name])}; ask the "
+                               "provider for a new one.", "expired_api_key")
             if name is not None:
                 info["key"] = name
                 info["ratelimit"] = await self.limiter.run(self.limiter.take, name, requests=1)  # every endpoint
