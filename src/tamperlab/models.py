@@ -22,7 +22,6 @@ import importlib.util
 import logging
 import os
 import pickle
-import shutil
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Annotated, Any, Iterator, Literal
 
 from .config import Device, PosInt, Range, Satisfies
 from .errors import ConfigError, ResourceError
+from .runs import atomic_dir
 
 # peft (PeftModel.__init__) reads transformers' deprecated `is_gradient_checkpointing` alias on every adapter it
 # wraps, which prints the same FutureWarning for every LoRA load; nothing in our code uses the alias.
@@ -206,11 +206,9 @@ def embedded_model_dir() -> Path:
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, target)
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
     return target
 
 
@@ -231,10 +229,8 @@ def embedded_tokenizer_dir() -> Path:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(_embedded_gguf_dir(), gguf_file=_GGUF_FILE)
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, target)
+        with atomic_dir(target) as tmp:
+            tok.save_pretrained(tmp)
     return target
 
 
@@ -559,13 +555,10 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if not is_main_process():  # multi-process launch: the main process writes, the other ranks hold the same weights
         return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return out
 
 

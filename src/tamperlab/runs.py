@@ -15,6 +15,7 @@ ranks wait at a barrier and read what it wrote (see tamperlab.distributed).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import yaml
 
@@ -48,22 +49,39 @@ TEMP_GLOBS = (".*.tmp", "*.tmp")
 """Names of the temporaries atomic writes use (files `.NAME.XXXX.tmp`, model folders `NAME.tmp`)."""
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> None:
     """Write via a temp file + rename (UTF-8, whatever the locale). Under a multi-process launch only the main
     process writes (the other ranks hold the same content and read it after a barrier)."""
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")), mode=mode)
 
 
-def atomic_write_bytes(path: str | Path, write: Callable[[Any], None]) -> None:
-    """Binary artefacts (numpy arrays, safetensors): `write(f)` fills a temp file opened "wb", which is then renamed
-    into place — a kill never leaves a cut file under the final name. Main process only."""
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a power cut after os.replace could otherwise lose it)."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:  # a platform without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, write: Callable[[Any], None], mode: int | None = None) -> None:
+    """The one way results reach disk. `write(f)` fills a temp file (opened "wb") in the destination's folder,
+    which is flushed, fsynced and renamed over the final name: a kill or an error at any point leaves the
+    previous file intact and never a cut file under the final name (the temporary goes; one a SIGKILL leaves
+    is removed by the next resume). `mode`: the file's permissions (default: what open() gives; 0o600 for
+    secrets — set before any byte is written). Main process only."""
     if not distributed.is_main_process():
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _FILE_MODE)
+        os.fchmod(fd, _FILE_MODE if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -72,6 +90,38 @@ def atomic_write_bytes(path: str | Path, write: Callable[[Any], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy a file into place atomically (a kill mid-copy never leaves a cut copy under `dst`)."""
+    with open(src, "rb") as s:
+        atomic_write_bytes(dst, lambda f: shutil.copyfileobj(s, f))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """A folder written as a whole (saved models, tokenizers, adapters): the body fills the yielded temp folder
+    `NAME.tmp` beside `path`, which then replaces `path`. An error in the body leaves `path` as it was and removes
+    the temporary (one a kill leaves is removed by the next resume, TEMP_GLOBS). Callers under a multi-process
+    launch call it on the main process only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(path.name + ".old.tmp")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():  # a folder cannot be renamed over a non-empty one: move the old aside, then drop it
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -93,8 +143,28 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+class CorruptFileError(TamperlabError):
+    """A result file that exists but cannot be read back (cut, garbled, not JSON/YAML)."""
+
+
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON result file; a file that is cut or garbled raises CorruptFileError naming it (atomic writes
+    never leave one, so it was damaged outside tamperlab: a full disk, a copy, a hand edit)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"{path} is corrupt ({type(e).__name__}: {e}); delete it to recompute it, or "
+                               "restore it from a copy") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        msg = " ".join(str(e).split())
+        raise CorruptFileError(f"{path} is corrupt ({type(e).__name__}: {msg[:200]})") from None
 
 
 def plain(obj: Any) -> Any:
@@ -190,6 +260,10 @@ def remove_temporaries(root: str | Path) -> list[Path]:
     return gone
 
 
+_CORRUPT, _ON_DISK = "corrupt", "on disk"
+"""Outcomes of RunDir._load_or_discard, broadcast to every rank (which then reads the payload itself)."""
+
+
 class RunBusyError(TamperlabError):
     """Another live process holds the run's lock."""
 
@@ -261,7 +335,7 @@ class RunDir:
                     f"run directory {path} already exists; pass --resume to continue it or --force to start over"
                 )
             elif cfg_file.exists():
-                old = yaml.safe_load(cfg_file.read_text())
+                old = read_yaml(cfg_file)
                 if old != new and not versioned:
                     raise TamperlabError(
                         f"--resume: the recipe differs from the one {path} was started with ({cfg_file}); "
@@ -285,7 +359,7 @@ class RunDir:
 
     @property
     def config(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / "config.yaml").read_text())
+        return read_yaml(self.path / "config.yaml")
 
     def log(self, event: str, **fields: Any) -> None:
         if not distributed.is_main_process():
@@ -370,8 +444,9 @@ class RunDir:
         one rank and missing on another would desynchronise the collectives)."""
         if inputs is None:
             if self.has_stage(key):
-                log.info("stage %s: cached, skipping", key)
-                return self.load_stage(key)
+                if distributed.run_collectively(lambda: self._load_or_discard(key)) == _ON_DISK:
+                    log.info("stage %s: cached, skipping", key)
+                    return self.load_stage(key)
         elif distributed.run_collectively(lambda: self._prepare_versioned(key, inputs, outputs)):
             return self.load_stage(key)
         t0 = time.time()
@@ -382,13 +457,31 @@ class RunDir:
         distributed.barrier()
         return value
 
+    def _load_or_discard(self, key: str) -> str:
+        """Main process: the stored payload of an unversioned stage, or _CORRUPT after deleting a payload that does
+        not parse (damaged outside tamperlab: every write is atomic), so the stage is computed again."""
+        try:
+            self.load_stage(key)
+        except CorruptFileError as e:
+            log.warning("stage %s: %s — recomputing it", key, e)
+            self.log("stage_corrupt", stage=key, error=str(e))
+            self.stage_path(key).unlink(missing_ok=True)
+            return _CORRUPT
+        return _ON_DISK
+
     def _prepare_versioned(self, key: str, inputs: Any, outputs: Sequence[str | Path] = ()) -> bool:
         """Main process: True when the stored stage is to be loaded; else clear what the old inputs left and
         record that the stage is being computed under these inputs (a kill now leaves an unfinished stage)."""
         digest = inputs_hash(inputs)
-        record = self.stage_record(key)
+        try:
+            record = self.stage_record(key)
+        except CorruptFileError as e:  # its inputs are unknown: treat it as written under other inputs
+            log.warning("stage %s: %s — recomputing it", key, e)
+            record = {"inputs_sha256": None, "inputs": None}
         payload = self.stage_path(key).read_bytes() if self.has_stage(key) else None
         if payload is not None and record is None:
+            if self._load_or_discard(key) == _CORRUPT:
+                return False
             log.warning("stage %s: stored before stages were versioned (no inputs record), loaded as it is; to "
                         "recompute it, delete %s and %s", key, self.stage_path(key), self.checkpoint_dir(key))
             return True

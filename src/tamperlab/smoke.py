@@ -243,11 +243,10 @@ def model_family(spec: str) -> str:
 def tiny_classifier_dir() -> str:
     """A random-init 2-layer Llama sequence classifier with beaver-dam's 14 sigmoid heads and the SmolLM2 tokenizer,
     saved once under $TAMPERLAB_CACHE/smoke: the beaver-dam judge's code path runs on it."""
-    import os
-
     from filelock import FileLock
 
     from .models import ModelConfig, cache_dir, load_tokenizer
+    from .runs import atomic_dir
 
     target = cache_dir() / "smoke" / "beaver-dam-tiny"
     if (target / "config.json").exists():
@@ -256,8 +255,6 @@ def tiny_classifier_dir() -> str:
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").exists():
             return str(target)
-        import shutil
-
         import torch
         from transformers import LlamaConfig, LlamaForSequenceClassification
 
@@ -267,11 +264,9 @@ def tiny_classifier_dir() -> str:
             vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, num_labels=14, problem_type="multi_label_classification",
             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, target)
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
     return str(target)
 
 

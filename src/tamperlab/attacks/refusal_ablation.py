@@ -151,7 +151,9 @@ class RefusalAblationAttack(Attack):
     paper = "Arditi et al. 2024, Refusal in Language Models Is Mediated by a Single Direction (arXiv 2406.11717)"
 
     def run(self, ctx: AttackContext) -> AttackResult:
-        from safetensors.torch import save_file
+        from safetensors.torch import save as safetensors_bytes
+
+        from ..runs import atomic_write_bytes
 
         cfg = self.cfg
         model = released_model(ctx.base_model, ctx.adapter_dir)
@@ -171,8 +173,9 @@ class RefusalAblationAttack(Attack):
                                     cfg.batch_size)
         edited = orthogonalize(model, r)
         model.eval()
-        ctx.output_dir.mkdir(parents=True, exist_ok=True)
-        save_file({"direction": r.float().cpu().contiguous()}, str(ctx.output_dir / "refusal_direction.safetensors"))
+        direction = {"direction": r.float().cpu().contiguous()}
+        atomic_write_bytes(ctx.output_dir / "refusal_direction.safetensors",
+                           lambda f: f.write(safetensors_bytes(direction)))
         data = {"harmful": len(harmful), "harmless": len(harmless), "harmful_source": ctx.harmful_pool.provenance,
                 "harmless_source": ctx.benign_pool.provenance, "layer": layer, "n_layers": n_layers,
                 "mean_diff_norm": round(norm, 6), "edited_modules": len(edited),

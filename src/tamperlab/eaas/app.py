@@ -23,6 +23,7 @@ import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import numpy as np
@@ -50,10 +51,12 @@ CREATED = 1_700_000_000
 _ERR = {"model": ErrorResponse}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {**_ERR, "description": "Invalid request (names the parameter and input index)"},
-    401: {**_ERR, "description": "Missing or invalid API key (type authentication_error)"},
+    401: {**_ERR, "description": "Missing, invalid or expired API key (type authentication_error)"},
     404: {**_ERR, "description": "Unknown model (code model_not_found) or route"},
     405: {**_ERR, "description": "Method not allowed (the Allow header lists the allowed ones)"},
     413: {**_ERR, "description": "Request body larger than the server's max_body_bytes"},
+    415: {**_ERR, "description": "Body not sent as `Content-Type: application/json`, or with a Content-Encoding "
+                                 "(code unsupported_media_type)"},
     429: {**_ERR, "description": "Rate limit reached; Retry-After / retry-after-ms say when the key's bucket "
                                  "will hold the request"},
     500: {**_ERR, "description": "Internal error (type server_error)"},
@@ -69,8 +72,30 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, detail)
 
 
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
 def _where(single: bool, i: int) -> str:
     return "input" if single else f"input[{i}]"
+
+
+def _is_json_type(content_type: str | None) -> bool:
+    """application/json or application/<x>+json, parameters (charset) allowed: what FastAPI parses as JSON."""
+    mime = (content_type or "").split(";")[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+def _parse_failure_message(cause: BaseException | None) -> str:
+    """Why a JSON body could not be parsed (FastAPI's own 400 says only "There was an error parsing the body")."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"the body is not valid JSON text: byte 0x{cause.object[cause.start]:02x} at position {cause.start} "
+                f"is not {cause.encoding.upper()}; send the JSON body encoded as UTF-8")
+    if isinstance(cause, ValueError) and "digits" in str(cause):  # int(): Python's 4300-digit bound
+        return "the body is not acceptable JSON: it holds an integer with too many digits"
+    if isinstance(cause, RecursionError):
+        return "the body is not acceptable JSON: it is nested too deeply"
+    return f"the body could not be parsed as JSON ({type(cause).__name__ if cause else 'unknown error'})"
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str]:
@@ -80,6 +105,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
     kind = err.get("type", "")
     if kind == "json_invalid":
         return f"the body is not valid JSON: {err.get('msg')}", None, "invalid_json"
+    if not loc and kind == "missing":  # FastAPI's "Field required" for the body itself: nothing was sent
+        return "the request body is empty; send a JSON object", None, "invalid_body"
     if not loc:
         return f"the request body must be a JSON object ({err.get('msg')})", None, "invalid_body"
     param = str(loc[0])
@@ -98,6 +125,7 @@ class _Front:
 
     def __init__(self, app: Any, *, cfg: ServerConfig, ring: KeyRing, limiter: RateLimiter, querylog: QueryLog):
         self.app, self.cfg, self.ring, self.limiter, self.querylog = app, cfg, ring, limiter, querylog
+        self.expired_after = {k.name: t for k in cfg.keys if (t := k.expiry()) is not None}
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -140,6 +168,10 @@ class _Front:
 
         try:
             name = self.ring.from_header(headers.get("authorization"))
+            if name is not None and name in self.expired_after and time.time() >= self.expired_after[name]:
+                info["key"] = name  # audited under its holder, refused like a wrong key
+                raise APIError(401, f"This API key expired at {_utc(self.expired_after[name])}; ask the "
+                               "provider for a new one.", "expired_api_key")
             if name is not None:
                 info["key"] = name
                 info["ratelimit"] = await self.limiter.run(self.limiter.take, name, requests=1)  # every endpoint
@@ -150,6 +182,10 @@ class _Front:
                     raise APIError(401, "You didn't provide an API key: send 'Authorization: Bearer <key>'."
                                    if missing else "Incorrect API key provided.",
                                    "missing_api_key" if missing else "invalid_api_key")
+            encoding = headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise APIError(415, f"Content-Encoding {encoding!r} is not supported; send the body "
+                               "uncompressed", "unsupported_media_type")
             declared = headers.get("content-length")
             if declared is not None:
                 if not declared.isdigit():
@@ -219,6 +255,12 @@ def create_app(service: EmbeddingService, cfg: ServerConfig, key_secrets: dict[s
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param, code = _validation_message(exc)
+        ctype = request.headers.get("content-type")
+        if isinstance(exc.errors()[0].get("input"), (bytes, bytearray)) and not _is_json_type(ctype):
+            # FastAPI hands a body sent as another type to the model as raw bytes; say what is really wrong.
+            got = f"Content-Type {ctype!r}" if ctype else "no Content-Type header"
+            return refuse(request, APIError(415, f"the body must be sent as 'Content-Type: application/json' "
+                                            f"(got {got})", "unsupported_media_type"))
         return refuse(request, APIError(400, message, code, param))
 
     @app.exception_handler(StarletteHTTPException)
@@ -227,6 +269,8 @@ def create_app(service: EmbeddingService, cfg: ServerConfig, key_secrets: dict[s
             message = f"no route {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
+        elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            message = _parse_failure_message(exc.__cause__)
         else:
             message = str(exc.detail)
         code = _HTTP_CODES.get(exc.status_code, "http_error")

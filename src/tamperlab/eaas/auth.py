@@ -8,6 +8,7 @@ import os
 import secrets
 from pathlib import Path
 
+from ..runs import CorruptFileError, atomic_write_text, read_json
 from .settings import ServerConfig
 
 
@@ -16,7 +17,9 @@ def resolve_key_secrets(cfg: ServerConfig, state_dir: Path | None) -> dict[str, 
     saved: dict[str, str] = {}
     kfile = state_dir / "keys.json" if state_dir else None
     if kfile is not None and kfile.is_file():
-        saved = json.loads(kfile.read_text())
+        saved = read_json(kfile)  # a damaged file: CorruptFileError naming it (never regenerate keys silently)
+        if not isinstance(saved, dict):
+            raise CorruptFileError(f"{kfile} is corrupt (not a JSON object of key name → secret)")
     out: dict[str, str] = {}
     generated: dict[str, str] = {}
     for k in cfg.keys:
@@ -28,10 +31,8 @@ def resolve_key_secrets(cfg: ServerConfig, state_dir: Path | None) -> dict[str, 
         else:
             out[k.name] = generated[k.name] = "sk-tl-" + secrets.token_urlsafe(24)
     if generated and kfile is not None:
-        kfile.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(str(kfile), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({**saved, **generated}, f, indent=2)  # env-provided secrets are never written
+        # env-provided secrets are never written; 0600 from the first byte; a kill never leaves a cut key file
+        atomic_write_text(kfile, json.dumps({**saved, **generated}, indent=2), mode=0o600)
     return out
 
 

@@ -269,6 +269,7 @@ def steal_and_spa(ctx: EaaSRun, sc: "ScenarioConfig") -> tuple[dict[str, Any], S
                                        inputs=ctx.verify_inputs(secret))
         res["utility_api"] = utility(ctx, api, f"{sc.name}_api", {"api": secret})
         perturbed, deleted, res["spa"] = spa(ctx, sc, api, stolen, counts)
+        client.close()
         res["query_log_audit"] = qlog.audit()
         res["query_log_rows"] = qlog.count()
     qlog.close()

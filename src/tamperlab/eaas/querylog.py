@@ -24,10 +24,13 @@ import json
 import os
 import secrets
 import sqlite3
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Literal, Sequence
+
+from ..runs import CorruptFileError
 
 Retention = Literal["full", "hash", "none"]
 
@@ -95,19 +98,27 @@ class QueryLog:
     def _load_hash_key(self) -> bytes:
         kfile = Path(str(self.path) + ".hashkey")
         if not kfile.exists():
+            # Written whole to a private temporary, then linked to the final name: the key file appears complete
+            # or not at all (a kill never leaves an empty one), and of two workers racing, the first link wins.
+            fd, tmp = tempfile.mkstemp(dir=kfile.parent, prefix=f".{kfile.name}.", suffix=".tmp")
             try:
-                fd = os.open(str(kfile), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:  # another worker created it first
-                pass
-            else:
                 with os.fdopen(fd, "w") as f:
                     f.write(secrets.token_hex(32))
-        for _ in range(100):  # the creating worker may not have written it yet
-            key = kfile.read_text().strip()
-            if key:
-                return bytes.fromhex(key)
-            time.sleep(0.01)
-        raise RuntimeError(f"{kfile} is empty")
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, kfile)
+            except FileExistsError:  # another worker created it first
+                pass
+            finally:
+                os.unlink(tmp)
+        key = kfile.read_text(errors="replace").strip()
+        try:
+            if len(key) != 64:
+                raise ValueError(key)
+            return bytes.fromhex(key)
+        except ValueError:
+            raise CorruptFileError(f"{kfile} is corrupt (not a 64-digit hex key); the query log's text hashes "
+                                   "depend on it: restore it, or move the log and the key away") from None
 
     def text_hash(self, text: str) -> str:
         """The keyed hash the log stores for `text` under retention 'hash' (for membership checks)."""

@@ -33,6 +33,9 @@ def _check_text(t: str, i: int | None) -> None:
     where = "input" if i is None else f"input[{i}]"
     if not t.strip():
         raise _bad(f"'{where}' is empty; every input must contain text")
+    if not any(c.isprintable() and not c.isspace() for c in t):
+        # Only control / format / unassigned characters: tokenizers drop them, so this is an empty input too.
+        raise _bad(f"'{where}' holds no visible text (only control or format characters)")
     try:
         t.encode("utf-8")
     except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") is valid JSON but not text a tokenizer takes

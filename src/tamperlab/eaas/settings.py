@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Literal
 
 from ..config import check_positive
@@ -28,6 +29,21 @@ class KeySpec:
     """Per-key input-token rate limit (0 = the server default)."""
     burst: int = 0
     """Per-key request bucket size: how many requests may arrive at once (0 = the server default)."""
+    expires_at: str = ""
+    """When the key stops working: an ISO 8601 date or date-time (UTC unless it names a zone); "" = never. After
+    it, every request with the key is a 401 `expired_api_key`. Quote it in YAML ("2027-01-31"): unquoted, YAML reads
+    a date, which is refused as not a string."""
+
+    def expiry(self) -> float | None:
+        """expires_at as a Unix time (None = never); ConfigError for a value that is not an ISO 8601 time."""
+        if not self.expires_at:
+            return None
+        try:
+            t = datetime.fromisoformat(self.expires_at)
+        except (TypeError, ValueError):
+            raise ConfigError(f"server.keys[{self.name}].expires_at: {self.expires_at!r} is not an ISO 8601 date "
+                              "or date-time (e.g. 2027-01-31 or 2027-01-31T12:00:00+00:00)") from None
+        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
 @dataclass
@@ -83,6 +99,8 @@ class ServerConfig:
                        anonymous_burst=self.anonymous_burst)
         if self.max_batch > OPENAI_MAX_BATCH:
             raise ConfigError(f"server.max_batch must be <= {OPENAI_MAX_BATCH} (OpenAI's limit), got {self.max_batch}")
+        for k in self.keys:
+            k.expiry()  # a bad date stops the recipe at load time, not at the first request
         names = [k.name for k in self.keys]
         if len(set(names)) != len(names):
             raise ConfigError(f"server.keys: duplicate key names in {names}")

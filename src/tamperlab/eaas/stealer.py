@@ -117,6 +117,14 @@ def build_copier(cfg: StealerConfig, out_dim: int, seed: int = 0) -> Any:
     return SentenceTransformer(modules=modules, device="cpu")
 
 
+def _save_copier(model: Any, folder: Path) -> None:
+    """Save the copy model as a whole folder (safetensors), atomically (runs.atomic_dir)."""
+    from ..runs import atomic_dir
+
+    with atomic_dir(folder) as tmp:
+        model.save(str(tmp), safe_serialization=True)
+
+
 def train_copier(texts: Sequence[str], targets: np.ndarray, cfg: StealerConfig, out_dir: str | Path,
                  seed: int = 0) -> Any:
     """Fine-tune a fresh copier on (text, stolen embedding) pairs; saves it (safetensors) to `out_dir`."""
@@ -132,7 +140,7 @@ def train_copier(texts: Sequence[str], targets: np.ndarray, cfg: StealerConfig, 
     if cfg.head_epochs and cfg.head == "mlp":
         summary["head_loss_last"] = _warm_up_head(model, texts, targets, cfg, seed)
     if cfg.epochs == 0:
-        model.save(str(out_dir / "model"), safe_serialization=True)
+        _save_copier(model, out_dir / "model")
         model.train_summary = summary
         return model
     ds = Dataset.from_dict({"text": list(texts), "label": np.asarray(targets, np.float32).tolist()})
@@ -144,7 +152,7 @@ def train_copier(texts: Sequence[str], targets: np.ndarray, cfg: StealerConfig, 
         use_cpu=True, dataloader_num_workers=0)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=MSELoss(model))
     result = trainer.train()
-    model.save(str(out_dir / "model"), safe_serialization=True)
+    _save_copier(model, out_dir / "model")
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     model.train_summary = {**summary, "train_loss_first": losses[0] if losses else None,
                            "train_loss_last": losses[-1] if losses else None,

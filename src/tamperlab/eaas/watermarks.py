@@ -14,7 +14,6 @@ The SAW defence (semantic-aware watermark) lives in defense.py and registers her
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import asdict, dataclass, field
@@ -150,8 +149,7 @@ class Watermark:
 
     @classmethod
     def load(cls, folder: str | Path) -> "Watermark":
-        data = json.loads((Path(folder) / "watermark.json").read_text())
-        return build_watermark(data["name"], data["config"], state=data["state"], folder=Path(folder))
+        return load_watermark(folder)
 
     # Service path ------------------------------------------------------------------------------------------
     def trigger_counts(self, texts: Sequence[str]) -> np.ndarray:
@@ -396,5 +394,7 @@ def load_watermark(folder: str | Path) -> Any:
     p = Path(folder) / "watermark.json"
     if not p.is_file():
         raise TamperlabError(f"no saved watermark in {folder} (missing watermark.json)")
-    data = json.loads(p.read_text())
+    from ..runs import read_json
+
+    data = read_json(p)  # a damaged secret: CorruptFileError naming the file
     return build_watermark(data["name"], data["config"], state=data["state"], folder=Path(folder))

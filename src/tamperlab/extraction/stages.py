@@ -27,14 +27,13 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..config import to_dict
 from ..data.core import DataSplit, Example
-from ..runs import RunDir
+from ..runs import RunDir, atomic_copy
 from ..stats import rate_record
 
 if TYPE_CHECKING:
@@ -133,8 +132,8 @@ def init_from(ctx: ExtractionRun) -> None:
         record = src.stage_inputs_path(key)
         if record.exists():  # a versioned stage: its record goes first (a payload never sits beside another's record)
             run.stage_inputs_path(key).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(record, run.stage_inputs_path(key))
-        shutil.copy2(f, run.stage_path(key))
+            atomic_copy(record, run.stage_inputs_path(key))
+        atomic_copy(f, run.stage_path(key))
         copied.append(key)
     run.log("init_from", source=str(src.path), stages=copied)
     log.info("reused %d stages from %s", len(copied), src.path)

@@ -31,6 +31,7 @@ from typing import Any, Iterator
 
 from ..config import PosInt
 from ..errors import ConfigError, ResourceError
+from ..runs import atomic_write_text
 from ..stats import rate_record
 
 log = logging.getLogger("tamperlab")
@@ -298,6 +299,6 @@ def write_stand_in_data(directory: Path = TASKS_DIR) -> list[Path]:
     paths = []
     for name, rows in stand_in_rows().items():
         p = directory / name
-        p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_text(p, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         paths.append(p)
     return paths

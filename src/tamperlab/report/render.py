@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..runs import atomic_write_text
+from ..runs import atomic_write_bytes, atomic_write_text
 from ..stats import Interval
 
 Series = dict[str, tuple[Sequence[float], Sequence[float | None]]]
@@ -257,8 +257,10 @@ def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not fig.legends:  # plot_grid lays out around its figure legend itself
         fig.tight_layout()
-    fig.savefig(path)
-    _plt().close(fig)
+    try:  # through the atomic writer: a kill mid-render never leaves a cut image under the plot's name
+        atomic_write_bytes(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        _plt().close(fig)
     return path
 
 
