@@ -94,7 +94,26 @@ def _json_default(o: Any) -> Any:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file the run wrote (stages, records, metrics). Writes are atomic, so a file that does not parse was
+    damaged from outside: a one-line error naming it, not a traceback."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _corrupt(path, e) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file the run wrote (config.yaml), with the same rule as read_json."""
+    try:
+        return yaml.safe_load(Path(path).read_bytes())
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        raise _corrupt(path, e) from None
+
+
+def _corrupt(path: str | Path, e: Exception) -> TamperlabError:
+    first = (str(e).splitlines() or [type(e).__name__])[0]
+    return TamperlabError(f"{path} is corrupt ({type(e).__name__}: {first}); restore or delete it (a deleted stage "
+                          "file is recomputed on --resume), or start over with --force")
 
 
 def plain(obj: Any) -> Any:
@@ -261,7 +280,7 @@ class RunDir:
                     f"run directory {path} already exists; pass --resume to continue it or --force to start over"
                 )
             elif cfg_file.exists():
-                old = yaml.safe_load(cfg_file.read_text())
+                old = read_yaml(cfg_file)
                 if old != new and not versioned:
                     raise TamperlabError(
                         f"--resume: the recipe differs from the one {path} was started with ({cfg_file}); "
@@ -285,7 +304,7 @@ class RunDir:
 
     @property
     def config(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / "config.yaml").read_text())
+        return read_yaml(self.path / "config.yaml")
 
     def log(self, event: str, **fields: Any) -> None:
         if not distributed.is_main_process():
