@@ -117,3 +117,81 @@ def test_serve_on_an_unknown_host_fails_before_loading(capsys, monkeypatch):
     monkeypatch.setattr(server, "_build_from_spec", lambda spec: pytest.fail("model loaded before the host check"))
     line = _one_line_exit_2(["serve", "demo_eaas", "--host", "no-such-host.invalid"], capsys)
     assert "--host 'no-such-host.invalid'" in line, line
+
+
+# --- user data files: one reader (data/files.read_rows) for every .json/.jsonl a recipe points at ---------------
+ROW = '{"instruction": "q", "output": "a"}'
+DATA_FILES = [  # (id, suffix, content, fragment)
+    ("empty-jsonl", ".jsonl", b"", "has no rows"),
+    ("blank-lines", ".jsonl", b"\n  \n", "has no rows"),
+    ("bad-json-line-2", ".jsonl", (ROW + "\n{oops\n").encode(), ".jsonl:2: not valid JSON"),
+    ("truncated-json", ".json", b'[{"instruction": "q"', "not valid JSON"),
+    ("json-not-a-list", ".json", b'{"instruction": "q"}', "expected a JSON list of rows, got dict"),
+    ("json-list-of-ints", ".json", b"[1, 2, 3]", "row 0: expected an object"),
+    ("jsonl-string-row", ".jsonl", b'"just text"\n', ".jsonl:1: expected an object"),
+    ("not-utf8", ".jsonl", b"\xff\xfe\xfa\n", "is not UTF-8 text"),
+    ("wrong-columns", ".jsonl", b'{"foo": "bar"}\n', "no row has a query"),
+    ("messages-not-dicts", ".jsonl", b'{"messages": [1, 2]}\n', "no row has a query"),
+]
+
+
+@pytest.mark.parametrize("case_id,suffix,content,fragment", DATA_FILES, ids=[c[0] for c in DATA_FILES])
+def test_extraction_data_file_refused_at_load_time(case_id, suffix, content, fragment, tmp_path, capsys):
+    """Was: a JSONDecodeError/AttributeError traceback, or a run on an empty or column-less file (silently no
+    D1 examples)."""
+    data = tmp_path / f"d1{suffix}"
+    data.write_bytes(content)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"experiment: extraction\nmodel: {{name_or_path: 'tiny:llama'}}\nname: r\n"
+                      f"data: {{d1_source: '{data}'}}\n")
+    line = _one_line_exit_2(["run", str(recipe), "--output-dir", str(tmp_path / "runs")], capsys)
+    assert "data.d1_source" in line and fragment in line, line
+    assert not (tmp_path / "runs").exists()  # refused before the run directory exists
+
+
+def test_extraction_data_file_accepted_forms(tmp_path):
+    from tamperlab.extraction.data import file_examples
+
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text(ROW + "\n\n" + '{"messages": [{"content": "q2"}, {"content": "a2"}]}\n')
+    lst = tmp_path / "b.json"
+    lst.write_bytes(b"\xef\xbb\xbf" + f"[{ROW}]".encode())  # a UTF-8 BOM is fine
+    assert [(e.prompt, e.response) for e in file_examples(jsonl, 10, "x")] == [("q", "a"), ("q2", "a2")]
+    assert [(e.prompt, e.response) for e in file_examples(lst, 10, "x")] == [("q", "a")]
+
+
+@pytest.mark.parametrize("recover,mismatched,fragment", [
+    ("{oops", "[]", "recover_dataset.json: not valid JSON"),
+    ("[]", "[]", "recover_dataset.json has no rows"),
+    ('[{"question": "q"}]', "[]", "recover_dataset.json row 0: no 'answer' column"),
+    ('[{"question": "q", "answer": "a"}]', '[{"question": "q"}]', "no 'mismatched_answer' column"),
+    ('[{"question": "q", "answer": "a"}]', '{"question": "q"}', "expected a JSON list of rows, got dict"),
+], ids=["bad-json", "empty", "no-answer", "no-mismatched-answer", "not-a-list"])
+def test_meraser_files_refused_at_load_time(recover, mismatched, fragment, tmp_path, capsys):
+    """Was: JSONDecodeError/KeyError traceback after the run had started (or a run on empty clean data)."""
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "recover_dataset.json").write_text(recover)
+    (files / "mismatched_dataset.json").write_text(mismatched)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"experiment: fingerprints\nmodel: {{name_or_path: 'tiny:llama'}}\nname: r\n"
+                      f"clean_data: {{source: files, files_dir: '{files}'}}\n")
+    line = _one_line_exit_2(["run", str(recipe), "--output-dir", str(tmp_path / "runs")], capsys)
+    assert "clean_data.files_dir" in line and fragment in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (b"", "has 0 news rows"),
+    (b"N1\tnews\tsub\n", "has 0 news rows"),
+    (b"\xff\xfe\n", "is not UTF-8 text"),
+], ids=["empty", "no-title-column", "not-utf8"])
+def test_mind_file_refused(content, fragment, tmp_path):
+    """Was: `ValueError: zero-size array` from deep inside the stealer's training."""
+    from tamperlab.errors import ResourceError
+    from tamperlab.eaas.data import load_task
+
+    news = tmp_path / "news.tsv"
+    news.write_bytes(content)
+    with pytest.raises(ResourceError, match=fragment):
+        load_task("mind", "train", 10, 0, str(news))
