@@ -195,3 +195,18 @@ def test_mind_file_refused(content, fragment, tmp_path):
     news.write_bytes(content)
     with pytest.raises(ResourceError, match=fragment):
         load_task("mind", "train", 10, 0, str(news))
+
+
+@pytest.mark.parametrize("value,ok", [("grpo", True), ("dapo", True), ("dr_grpo", True), ("grpoo", False),
+                                      ("GRPO", False), ("", False)])
+def test_grpo_loss_type_checked_at_load_time(value, ok):
+    """A free string handed to trl: an unknown one raised ValueError only when GRPO training started (after the
+    backdoor SFT stage); now refused at load time against the installed trl's supported types."""
+    from tamperlab.errors import ConfigError
+    from tamperlab.experiments.base import load_recipe
+
+    if ok:
+        assert load_recipe("demo_extraction_grpo", [f"grpo.loss_type='{value}'"]).cfg.grpo.loss_type == value
+    else:
+        with pytest.raises(ConfigError, match="grpo.loss_type: unknown trl GRPO loss type"):
+            load_recipe("demo_extraction_grpo", [f"grpo.loss_type='{value}'"])
