@@ -210,3 +210,16 @@ def test_grpo_loss_type_checked_at_load_time(value, ok):
     else:
         with pytest.raises(ConfigError, match="grpo.loss_type: unknown trl GRPO loss type"):
             load_recipe("demo_extraction_grpo", [f"grpo.loss_type='{value}'"])
+
+
+@pytest.mark.parametrize("argv_tail", [["--output-dir", ""], ["--output-dir", "  "], ["--set", "output_dir=''"]],
+                         ids=["flag-empty", "flag-blank", "set-empty"])
+def test_empty_output_dir_refused(argv_tail, tmp_path, capsys, monkeypatch):
+    """Was: an empty output directory meant the current one, so the run started in whatever folder the shell was
+    in."""
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(BASE)
+    line = _one_line_exit_2(["run", str(recipe), *argv_tail], capsys)
+    assert "output_dir: empty" in line, line
+    assert not (tmp_path / "r").exists()
