@@ -223,3 +223,28 @@ def test_empty_output_dir_refused(argv_tail, tmp_path, capsys, monkeypatch):
     line = _one_line_exit_2(["run", str(recipe), *argv_tail], capsys)
     assert "output_dir: empty" in line, line
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("variant,ok", [("official", True), ("plain", True), ("meta_prompts", False), ("abc", False),
+                                        ("", False)])
+def test_fingerprint_sweep_variant_checked_at_load_time(variant, ok):
+    """Was: any string, then a KeyError in the sweep summary after every trial had trained. fingerprints_sweep_demo
+    sweeps an Instructional fingerprint: its variants are official and plain (meta_prompts is HashChain's)."""
+    from tamperlab.errors import ConfigError
+    from tamperlab.experiments.base import load_recipe
+
+    if ok:
+        assert load_recipe("fingerprints_sweep_demo", [f"sweep.variant='{variant}'"]).cfg.sweep.variant == variant
+    else:
+        with pytest.raises(ConfigError, match=rf"sweep.variant: '{variant}' is not an FSR variant of"):
+            load_recipe("fingerprints_sweep_demo", [f"sweep.variant='{variant}'"])
+
+
+def test_fsr_variants_match_fsr_specs(tokenizer):
+    """The load-time list (`fsr_variants`) and what verification computes (`fsr_specs`) are the same names, for
+    every registered fingerprint method."""
+    from tamperlab.registry import FINGERPRINTS
+
+    for entry in FINGERPRINTS:
+        fp = entry.obj(entry.config() if entry.config else None)
+        assert set(fp.fsr_specs(tokenizer)) == set(entry.obj.fsr_variants), entry.name
