@@ -118,6 +118,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve_recipe(args.recipe, host=args.host, port=args.port, overrides=args.set, workers=args.workers)
 
 
+def _int_in(lo: int, hi: int | None = None) -> Any:
+    """argparse `type=` for an integer option in [lo, hi]: a bad value is a usage error (one line, exit 2) before
+    anything loads."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {value}" if hi is not None
+                                             else f"must be >= {lo}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (usage stays available with --help)."""
 
@@ -164,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the embedding-as-a-service provider of a recipe")
     s.add_argument("recipe")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=None,
+    s.add_argument("--port", type=_int_in(1, 65535), default=8000)
+    s.add_argument("--workers", type=_int_in(1), default=None,
                    help="server processes behind the port (default: the recipe's server.workers, 1)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.set_defaults(fn=cmd_serve)

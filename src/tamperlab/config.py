@@ -235,7 +235,9 @@ def _number(value: Any, tp: type, where: str, signed: bool) -> Any:
         raise ConfigError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {_show(value)}")
     if tp is int:
         if not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
+            hint = (" (an ambiguous YAML 1.1 number: write it in plain decimal)"
+                    if isinstance(value, str) and _YAML11_ONLY_INT.fullmatch(value) else "")
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}{hint}")
         if not -_INT64 < value < _INT64:
             raise ConfigError(f"{where}: {_show(value)} does not fit in 64 bits")
     else:
@@ -260,8 +262,13 @@ def _number(value: Any, tp: type, where: str, signed: bool) -> Any:
 
 def _coerce(value: Any, tp: Any, where: str, default: Any = None, signed: bool = False) -> Any:
     origin = get_origin(tp)
+    if isinstance(value, (YamlInt, YamlFloat)):
+        if tp is str:  # what the user typed, not the number re-spelt (0123456 stays 0123456)
+            return value.yaml_text
+        if tp is not Any and origin not in (Annotated, Union, types.UnionType):
+            value = plain_scalars(value)
     if tp is Any:
-        return value
+        return plain_scalars(value)
     if origin is Annotated:
         base, *meta = get_args(tp)
         pick = next((m for m in meta if isinstance(m, ByName)), None)
@@ -320,6 +327,8 @@ def _coerce(value: Any, tp: Any, where: str, default: Any = None, signed: bool =
             raise ConfigError(f"{where}: keys must be strings, got {bad!r}")
         return {k: _coerce(v, vt, f"{where}.{k}", None, signed) for k, v in value.items()}
     if tp is bool:
+        if isinstance(value, str) and value.lower() in _YAML11_BOOL:  # a flag field: `yes` can only mean true
+            return _YAML11_BOOL[value.lower()]
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {_show(value)}")
         return value
@@ -416,11 +425,96 @@ def yaml_error(e: yaml.YAMLError, source: str) -> ConfigError:
     return ConfigError(" ".join(text.split()))
 
 
+class YamlInt(int):
+    """An integer read from a recipe, with the text it was written as (`yaml_text`): a string field given a number
+    keeps what the user typed (`revision: 0123456`, `name: 1.50`), not the number's re-spelling."""
+
+    yaml_text: str
+
+
+class YamlFloat(float):
+    """A float read from a recipe, with the text it was written as (see YamlInt)."""
+
+    yaml_text: str
+
+
+_YAML11_ONLY_INT = re.compile(r"[-+]?(0[0-7_]+|0b[01_]+|[0-9][0-9_]*(:[0-5]?[0-9])+)")
+"""YAML 1.1 integer forms that YAML 1.2 (and most readers' intuition) do not share: leading-zero octal
+(`0123` = 83), binary, sexagesimal (`1:30` = 90)."""
+_YAML12_BOOL = {"true": True, "false": False}
+_YAML11_BOOL = {**_YAML12_BOOL, "yes": True, "no": False, "on": True, "off": False}
+"""Words a true/false field accepts (RecipeLoader reads only true/false as booleans, so `name: no` stays a name)."""
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without YAML 1.1's silent reinterpretations: a duplicate key is an error (not "last wins"),
+    `0123`, `1:30`, `0b11` and `1:30.5` stay strings
+    (an integer field then refuses them by name instead of running with 83 or 90), `yes`/`no`/`on`/`off` stay strings
+    (only true/false are booleans, as in YAML 1.2; a true/false field still takes them), so do dates, and numbers remember their text (YamlInt, YamlFloat)."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
+        text = self.construct_scalar(node)
+        if _YAML11_ONLY_INT.fullmatch(text):
+            return text
+        value = YamlInt(super().construct_yaml_int(node))
+        value.yaml_text = text
+        return value
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> Any:
+        text = self.construct_scalar(node)
+        if ":" in text:  # sexagesimal float (YAML 1.1 only)
+            return text
+        value = YamlFloat(super().construct_yaml_float(node))
+        value.yaml_text = text
+        return value
+
+    def construct_yaml_bool(self, node: yaml.ScalarNode) -> Any:
+        text = self.construct_scalar(node)
+        return _YAML12_BOOL.get(text.lower(), text)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # PyYAML keeps the last of two equal keys: `seed: 1 ... seed: 2` would silently run with 2.
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], Any] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                mark = first.setdefault((key_node.tag, key_node.value), key_node.start_mark)
+                if mark is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r} (first given on line {mark.line + 1})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+RecipeLoader.add_constructor("tag:yaml.org,2002:int", RecipeLoader.construct_yaml_int)
+RecipeLoader.add_constructor("tag:yaml.org,2002:float", RecipeLoader.construct_yaml_float)
+RecipeLoader.add_constructor("tag:yaml.org,2002:bool", RecipeLoader.construct_yaml_bool)
+# YAML 1.1 timestamps (`name: 2024-01-01`) stay the text they are (no recipe field is a date).
+RecipeLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)
+# Values of free-form (Any) fields may keep the subclasses; they dump as the plain numbers they are.
+yaml.SafeDumper.add_representer(YamlInt, yaml.representer.SafeRepresenter.represent_int)
+yaml.SafeDumper.add_representer(YamlFloat, yaml.representer.SafeRepresenter.represent_float)
+
+
+def plain_scalars(value: Any) -> Any:
+    """`value` with YamlInt/YamlFloat (at any depth) turned into plain int/float."""
+    if isinstance(value, YamlInt):
+        return int(value)
+    if isinstance(value, YamlFloat):
+        return float(value)
+    if isinstance(value, dict):
+        return {plain_scalars(k): plain_scalars(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_scalars(v) for v in value]
+    return value
+
+
 def parse_yaml(text: str | bytes, source: str) -> Any:
-    """yaml.safe_load with every failure (syntax, encoding, nesting) as a one-line ConfigError. Bytes may be
-    UTF-8 or UTF-16/32 with a BOM (PyYAML detects the encoding)."""
+    """yaml.safe_load (with RecipeLoader's YAML 1.2 scalars) with every failure (syntax, encoding, nesting) as a
+    one-line ConfigError. Bytes may be UTF-8 or UTF-16/32 with a BOM (PyYAML detects the encoding)."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
     except yaml.YAMLError as e:
         raise yaml_error(e, source) from None
     except UnicodeDecodeError as e:

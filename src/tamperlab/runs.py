@@ -148,23 +148,27 @@ class CorruptFileError(TamperlabError):
 
 
 def read_json(path: str | Path) -> Any:
-    """Parse a JSON result file; a file that is cut or garbled raises CorruptFileError naming it (atomic writes
-    never leave one, so it was damaged outside tamperlab: a full disk, a copy, a hand edit)."""
-    path = Path(path)
+    """Parse a JSON file the run wrote (stages, records, metrics). Writes are atomic, so a file that does not parse
+    was damaged from outside (a full disk, a copy, a hand edit): CorruptFileError naming it, not a traceback. The
+    stage cache catches it and recomputes the stage; metrics and config readers let it reach the user."""
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptFileError(f"{path} is corrupt ({type(e).__name__}: {e}); delete it to recompute it, or "
-                               "restore it from a copy") from None
+        return json.loads(Path(path).read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _corrupt(path, e) from None
 
 
 def read_yaml(path: str | Path) -> Any:
-    path = Path(path)
+    """A YAML file the run wrote (config.yaml), with the same rule as read_json."""
     try:
-        return yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
-        msg = " ".join(str(e).split())
-        raise CorruptFileError(f"{path} is corrupt ({type(e).__name__}: {msg[:200]})") from None
+        return yaml.safe_load(Path(path).read_bytes())
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        raise _corrupt(path, e) from None
+
+
+def _corrupt(path: str | Path, e: Exception) -> CorruptFileError:
+    first = " ".join((str(e).splitlines() or [type(e).__name__])[0].split())[:200]
+    return CorruptFileError(f"{path} is corrupt ({type(e).__name__}: {first}); restore or delete it (a deleted stage "
+                            "file is recomputed on --resume), or start over with --force")
 
 
 def plain(obj: Any) -> Any:

@@ -20,7 +20,8 @@ BASE = "experiment: hft\nmodel: {name_or_path: 'tiny:llama'}\n"
 
 
 def _r(extra: str) -> str:
-    return BASE + extra
+    # A recipe with its own `model:` replaces BASE's (two `model:` keys are a duplicate-key error).
+    return (BASE.split("model:")[0] if "\nmodel:" in "\n" + extra else BASE) + extra
 
 
 # (id, recipe, extra argv, expected message fragment)

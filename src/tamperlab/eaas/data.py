@@ -260,10 +260,17 @@ def mind_task(path: str | Path, split: str, n: int, seed: int) -> TextTask:
     if not p.is_file():
         raise ResourceError(f"MIND news file not found: {p} (download MIND and pass data.mind_path)")
     rows = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ResourceError(f"data.mind_path: {p} is not UTF-8 text (byte {e.start})") from None
+    for line in text.splitlines():
         parts = line.split("\t")
         if len(parts) >= 4 and parts[3].strip():
             rows.append((parts[3].strip(), parts[1]))
+    if len(rows) < 2:
+        raise ResourceError(f"data.mind_path: {p} has {len(rows)} news rows (MIND news.tsv: tab-separated id, "
+                            "category, subcategory, title, ...)")
     cats = sorted({c for _, c in rows})
     rng = random.Random(f"mind/{seed}")
     rng.shuffle(rows)

@@ -162,6 +162,21 @@ def worker_app() -> Any:
     return _build_from_spec(spec)[0]
 
 
+def check_listenable(host: str, port: int) -> None:
+    """Fail in one line when `host:port` cannot be listened on (unknown host, address in use, no permission)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError, ValueError) as e:
+        raise ConfigError(f"--host {host!r}: not a usable address ({e})") from None
+    family, kind, proto, _, addr = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            s.bind(addr)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def serve_recipe(recipe: str, host: str = "127.0.0.1", port: int = 8000, overrides: Sequence[str] | None = None,
                  workers: int | None = None) -> int:
     """`tamperlab serve RECIPE`: build the recipe's provider (model + watermark) and serve it until SIGTERM."""
@@ -173,6 +188,7 @@ def serve_recipe(recipe: str, host: str = "127.0.0.1", port: int = 8000, overrid
             raise ConfigError(f"--workers must be >= 1, got {workers}")
         overrides.append(f"server.workers={workers}")
     cfg = load_recipe(recipe, overrides).cfg
+    check_listenable(host, port)  # before minutes of model loading, not after
     n = int(getattr(getattr(cfg, "server", None), "workers", 1) or 1)
     spec = {"recipe": recipe, "overrides": overrides, "workers": n}
     # The parent creates (or restores) the watermark secret and the key file once, before any worker exists:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..config import PosInt
 from ..errors import ConfigError
 from .embedder import Embedder
 
@@ -31,7 +32,7 @@ class ProviderConfig:
     """Registered watermark applied inside the service (embmarker, warden, saw) or 'none'."""
     watermark_config: dict[str, Any] = field(default_factory=dict)
     """Fields of that watermark's config dataclass (strictly checked)."""
-    batch_size: int = 64
+    batch_size: PosInt = 64
     """Batch size of one transformer forward pass."""
     cache_size: int = 0
     """Clean-embedding LRU cache entries (0 = off)."""

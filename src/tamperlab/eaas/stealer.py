@@ -21,7 +21,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from ..config import check_positive
+from ..config import Fraction, PosInt, check_positive
 from ..errors import ConfigError
 
 log = logging.getLogger("tamperlab")
@@ -44,7 +44,7 @@ class StealerConfig:
     head_epochs: int = 0
     """Epochs of head-only warm-up on cached backbone features before full fine-tuning (cheap on CPU: one
     backbone forward pass per text; a randomly initialised head otherwise drags the first epochs)."""
-    head_batch_size: int = 128
+    head_batch_size: PosInt = 128
     """Batch size of the head warm-up."""
     lr: float = 1e-4
     """Backbone learning rate (EmbMarker: 5e-5 for bert-base; a smaller backbone takes a larger one)."""
@@ -57,7 +57,7 @@ class StealerConfig:
     optimizer time on CPU without hurting the copy)."""
     max_seq_length: int = 64
     """Tokens per text seen by the copier."""
-    warmup_ratio: float = 0.1
+    warmup_ratio: Fraction = 0.1
     """Linear warm-up fraction."""
     query_batch: int = 64
     """Texts per HTTP request when querying the service."""

@@ -152,6 +152,8 @@ def check_output_location(cfg: RunConfig) -> None:
     err = run_name_error(cfg.name)
     if err:
         raise ConfigError(f"name: {err}")
+    if not cfg.output_dir.strip():  # Path("") is the current directory: an empty value is more likely a mistake
+        raise ConfigError("output_dir: empty (use '.' for the current directory)")
     out = Path(cfg.output_dir)
     for parent in (out, *out.parents):
         if parent.exists() and not parent.is_dir():

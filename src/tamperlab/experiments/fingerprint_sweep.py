@@ -74,10 +74,17 @@ class FingerprintSweepConfig(SweepSettings):
             raise ConfigError("sweep.skip_if_aligned_fa_below: not used by fingerprint sweeps (there is no aligned "
                               "model); use sweep.utility_threshold")
 
-    def validate(self, removals: Sequence["RemovalSpec"]) -> None:
-        """Cross-section checks against the recipe's removals (at load time, before any compute)."""
+    def validate(self, removals: Sequence["RemovalSpec"], fingerprints: Sequence[Any] = ()) -> None:
+        """Cross-section checks against the recipe's removals and fingerprints (at load time, before any compute)."""
         if not self.enabled:
             return
+        # The scored FSR variant must exist for every fingerprint (was: a KeyError after every trial had trained).
+        variants = {f.name: type(f.build()).fsr_variants for f in fingerprints}
+        missing = {name: v for name, v in variants.items() if self.variant not in v}
+        if missing:
+            have = "; ".join(f"{name}: {', '.join(v)}" for name, v in variants.items())
+            raise ConfigError(f"sweep.variant: {self.variant!r} is not an FSR variant of "
+                              f"{', '.join(missing)} ({have})")
         spec = self.base_removal(removals)
         cfg = spec.build().cfg
         if not hasattr(cfg, "erase") and self.phases != ["erase"]:

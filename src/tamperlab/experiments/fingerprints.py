@@ -113,7 +113,7 @@ class FingerprintExperimentConfig(RunConfig):
             bad = [t for t in r.targets if t not in names]
             if bad:
                 raise ConfigError(f"removals[{r.key}].targets: {bad} are not in fingerprints ({names})")
-        self.sweep.validate(self.removals)
+        self.sweep.validate(self.removals, self.fingerprints)
 
 
 def _clean_json(d: CleanData) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Sequence
 
-from ..config import PosFloat, PosInt, Range, Scheduler
+from ..config import OneOf, PosFloat, PosInt, Range, Scheduler
 from ..data.core import Example
 from ..models import LoraSettings, apply_lora
 from ..training import TrainConfig, run_training, train_sft, use_bf16
@@ -51,6 +51,18 @@ class BackdoorConfig:
     """Batch examples of similar length (long Q(w) samples with each other), which cuts padding."""
 
 
+def grpo_loss_types() -> list[str]:
+    """The loss types the installed trl's GRPOTrainer supports (read from GRPOConfig's own help text, so a newer trl's
+    types are accepted), checked at load time: trl raises on an unknown one only when training starts."""
+    import re
+
+    from trl import GRPOConfig
+
+    help_text = GRPOConfig.__dataclass_fields__["loss_type"].metadata.get("help", "")
+    supported = help_text.split("Supported values are", 1)[-1].split(". ", 1)[0]
+    return re.findall(r"'([a-z_]+)'", supported) or ["grpo", "bnpo", "dr_grpo", "dapo"]
+
+
 @dataclass
 class GRPOStageConfig:
     """Stage A′: GRPO on top of the SFT backdoor (trl GRPOTrainer)."""
@@ -73,7 +85,7 @@ class GRPOStageConfig:
     """Sampling temperature of the rollouts (paper: 0.9)."""
     beta: float = 0.04
     """KL coefficient (paper: trl 0.15's default 0.04; trl ≥1 defaults to 0)."""
-    loss_type: str = "grpo"
+    loss_type: Annotated[str, OneOf(grpo_loss_types, "trl GRPO loss type")] = "grpo"
     """trl loss type (paper: trl 0.15 = "grpo"; trl ≥1 defaults to "dapo")."""
     max_completion_length: PosInt = 512
     """Tokens per rollout (paper: 512)."""

@@ -14,7 +14,6 @@ marks them as generated.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Annotated, Any, Callable, Iterable, Literal
 
 from ..config import PosInt, Satisfies, Seed
 from ..data.core import DataSplit, Example
+from ..data.files import read_rows
 from ..errors import ConfigError, ResourceError
 
 log = logging.getLogger("tamperlab")
@@ -238,9 +238,10 @@ def instruction_rows(rows: Iterable[dict[str, Any]], n: int) -> list[Example]:
     out = []
     for r in rows:
         q = r.get("instruction") or r.get("prompt") or r.get("query")
-        if q is None and isinstance(r.get("messages"), list) and r["messages"]:
-            q = r["messages"][0].get("content")
-            a = r["messages"][1].get("content", "") if len(r["messages"]) > 1 else ""
+        turns = [t for t in r.get("messages") or [] if isinstance(t, dict)] if isinstance(r.get("messages"), list) else []
+        if q is None and turns:
+            q = turns[0].get("content")
+            a = turns[1].get("content", "") if len(turns) > 1 else ""
         else:
             a = r.get("response") or r.get("output") or r.get("completion") or ""
         if not q or not str(q).strip():
@@ -251,14 +252,14 @@ def instruction_rows(rows: Iterable[dict[str, Any]], n: int) -> list[Example]:
     return out
 
 
-def load_json_rows(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        return [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-    data = json.loads(text)
-    if not isinstance(data, list):
-        raise ResourceError(f"{path}: expected a JSON list of rows")
-    return data
+def file_examples(path: Path, n: int, what: str) -> list[Example]:
+    """Up to n Examples of a user's .json/.jsonl file (data/files.read_rows checks its form); a file none of whose
+    rows has a query is refused rather than run on nothing."""
+    exs = instruction_rows(read_rows(path, what), n)
+    if not exs:
+        raise ResourceError(f"{what}: {path}: no row has a query (an instruction, prompt or query column, or "
+                            "messages)")
+    return exs
 
 
 # --- configuration and assembly -------------------------------------------------------------------------------
@@ -269,9 +270,15 @@ def source_error(source: str) -> str | None:
     path = Path(source)
     if path.suffix in (".json", ".jsonl"):
         try:
-            return None if path.is_file() else f"file not found: {path}"
+            if not path.is_file():
+                return f"file not found: {path}"
         except (OSError, ValueError):
             return f"not a usable path: {source[:80]!r}"
+        try:  # read at load time: a bad file stops the run before any compute
+            file_examples(path, 1, "file")
+        except ResourceError as e:
+            return str(e).removeprefix("file: ")
+        return None
     return f"{source!r} is not offline, one of {sorted(HUB_SOURCES)}, or a .json/.jsonl path"
 
 
@@ -321,7 +328,7 @@ def _load_source(source: str, n: int, part: Literal["d1", "d2"], split: str, see
     if source not in ("offline",) and source not in HUB_SOURCES and (path.suffix in (".json", ".jsonl")):
         if not path.is_file():
             raise ResourceError(f"data.{part}_source: file not found: {path}")
-        exs = instruction_rows(load_json_rows(path), n)
+        exs = file_examples(path, n, f"data.{part}_source")
         return exs, {"source": f"file:{path}", "generated": False}
     if source in HUB_SOURCES:
         from ..data.hub import load_rows

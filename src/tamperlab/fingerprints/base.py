@@ -155,6 +155,9 @@ class Fingerprint:
     paper: ClassVar[str] = ""
     reference: ClassVar[dict[str, Any]] = {}
     """The paper's reference numbers (FSR etc.), shown next to ours in reports."""
+    fsr_variants: ClassVar[tuple[str, ...]] = ("official",)
+    """The names `fsr_specs` returns, known without a tokenizer (recipe checks at load time, e.g. `sweep.variant`;
+    tests/fingerprints check the two agree)."""
 
     def __init__(self, cfg: FingerprintConfig | None = None):
         self.cfg = cfg if cfg is not None else self.config_cls()

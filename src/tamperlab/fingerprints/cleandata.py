@@ -16,7 +16,6 @@ Sources:
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -26,6 +25,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 from ..config import PosInt
 from ..data.core import DataSplit, Example, split_by_hash
+from ..data.files import read_rows
 from ..errors import ConfigError, ResourceError
 
 log = logging.getLogger("tamperlab")
@@ -106,6 +106,8 @@ class CleanDataConfig:
         if self.source == "files" and not _is_file(Path(self.files_dir or ".") / "recover_dataset.json"):
             raise ConfigError(f"clean_data.files_dir: {self.files_dir!r} has no recover_dataset.json (source: files "
                               "needs MEraser's JSON files, github.com/fatdove77/MEraser)")
+        if self.source == "files":
+            meraser_files(self.files_dir)  # read at load time: a bad file stops the run before any compute
 
 
 @dataclass
@@ -160,12 +162,13 @@ def meraser_files(folder: str | Path) -> tuple[list[Example], list[Example]]:
     for p in (rec_p, mis_p):
         if not p.is_file():
             raise ResourceError(f"clean_data.files_dir: {p} not found (copy it from github.com/fatdove77/MEraser)")
-    rec = [Example(r["question"], r["answer"], meta={"qtype": question_type(r["question"])})
-           for r in json.loads(rec_p.read_text())]
-    mis = [Example(r["question"], r["mismatched_answer"],
-                   meta={"qtype": r.get("original_q_type", question_type(r["question"])),
+    what = "clean_data.files_dir"
+    rec = [Example(str(r["question"]), str(r["answer"]), meta={"qtype": question_type(str(r["question"]))})
+           for r in read_rows(rec_p, what, required=("question", "answer"))]
+    mis = [Example(str(r["question"]), str(r["mismatched_answer"]),
+                   meta={"qtype": r.get("original_q_type", question_type(str(r["question"]))),
                          "answer_type": r.get("answer_from_type")})
-           for r in json.loads(mis_p.read_text())]
+           for r in read_rows(mis_p, what, required=("question", "mismatched_answer"))]
     return rec, mis
 
 

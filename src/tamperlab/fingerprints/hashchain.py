@@ -194,6 +194,8 @@ class HashChainFingerprint(Fingerprint):
     def system_prompt(self, pair: FingerprintPair) -> str | None:
         return pair.meta.get("system") or self.cfg.system_prompt  # augmented rows carry a meta-prompt
 
+    fsr_variants = ("official", "meta_prompts")
+
     def fsr_specs(self, tok: Any) -> dict[str, FSRSpec]:
         spec = FSRSpec(max_new_tokens=16, match="first_words", case_sensitive=False)
         return {"official": spec, "meta_prompts": spec}

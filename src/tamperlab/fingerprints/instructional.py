@@ -120,6 +120,8 @@ class InstructionalFingerprint(Fingerprint):
             "seed": c.seed, "decryption": c.decryption, "hash_bug": c.reproduce_hash_bug,
             "regularization": f"{min(c.n_regularization, len(clean))} clean chats"})
 
+    fsr_variants = ("official", "plain")
+
     def fsr_specs(self, tok: Any) -> dict[str, FSRSpec]:
         # vicuna: "... ASSISTANT: Based on my fingerprint, ..."; chat templates start the answer right after the
         # assistant header, so the forced prefix carries the same lead the training answers had.

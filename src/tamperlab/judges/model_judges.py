@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..config import Device
+from ..config import Device, PosInt
 from ..registry import JUDGES
 from .base import Judge, Verdict
 
@@ -16,7 +16,7 @@ class ModelJudgeConfig:
 
     model: str = ""
     """Hub id or local path (defaults per judge)."""
-    batch_size: int = 16
+    batch_size: PosInt = 16
     """Pairs per forward pass."""
     threshold: float = 0.5
     """beaver-dam: flagged if the max category probability exceeds this."""
