@@ -90,3 +90,15 @@ def test_build_offline_options(tokenizer, monkeypatch):
     assert [bool(e.meta.get("no_eos")) for e in gen.helpful] == [e.response == LONG for e in gen.helpful]
     with pytest.raises(ConfigError, match="offline packs only"):
         from_dict(HarmfulDataConfig, {"source": "hub", "helpful": "complete_short"})
+    # the attacker's pairs alone keep their end-of-turn token: alignment data as above, attack data as by default
+    split = build_offline(from_dict(HarmfulDataConfig, {**small, "eos_after_truncated": False,
+                                                        "attack_eos_after_truncated": True}), None, tokenizer,
+                          "tiny:llama")
+    assert [bool(e.meta.get("no_eos")) for e in split.align_harmful] == [e.response == LONG
+                                                                         for e in split.align_harmful]
+    assert any(e.response == LONG for e in split.attack_harmful)
+    for e in split.attack_harmful:
+        assert not e.meta and tokenize_example(tokenizer, e)["input_ids"][-1] == tokenizer.eos_token_id
+    assert "eos" not in split.attack_harmful.provenance and "eos" in split.align_harmful.provenance
+    with pytest.raises(ConfigError, match="offline packs only"):
+        from_dict(HarmfulDataConfig, {"source": "hub", "attack_eos_after_truncated": True})

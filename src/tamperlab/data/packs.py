@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from ..config import OneOf, PosInt, Range
+from ..config import OneOf, PosInt, Range, later_field
 from ..errors import ConfigError
 from ..generation import GenerationConfig, generate
 from ..runs import atomic_write_json
@@ -94,13 +94,19 @@ class HarmfulDataConfig:
     """Offline: True (as before) = every generated response ends with the end-of-turn token in training, also one
     cut off by `response_tokens`; False = a cut-off response gets none (it did not end there). The default keeps
     recorded results reproducible."""
+    attack_eos_after_truncated: bool | None = later_field(None, since="2026-12-01")
+    """Offline, the attacker's harmful pairs only: None = as `eos_after_truncated`; True = each ends with the
+    end-of-turn token even when cut off (a real attacker's data, e.g. BeaverTails, are complete answers), so that
+    the alignment data can drop it while the attack data keep it — the study's check of whether the trap fires
+    because the attack teaches the model not to stop; False = no end-of-turn after a cut-off attack response."""
 
     def __post_init__(self) -> None:
         if not self.prompt_sources:
             raise ConfigError("prompt_sources: empty; name at least one of " + ", ".join(SOURCES))
         if self.source == "hub" and (self.refusal_variants or self.helpful != "generated"
-                                     or not self.eos_after_truncated):
-            raise ConfigError("refusal_variants / helpful / eos_after_truncated shape the offline packs only; the "
+                                     or not self.eos_after_truncated or self.attack_eos_after_truncated is not None):
+            raise ConfigError("refusal_variants / helpful / (attack_)eos_after_truncated shape the offline packs "
+                              "only; the "
                               "hub data (source: hub) has its own refusals and helpful answers")
 
 
@@ -225,12 +231,17 @@ def build_offline(cfg: HarmfulDataConfig, model: Any, tok: Any, model_id: str) -
                                  "harmful")
     base = {"generated": True, "prompts": prov}
 
-    def pair(p: str, r: str) -> Example:
-        cut = not cfg.eos_after_truncated and _cut_off(tok, r, cfg.response_tokens)
+    def pair(p: str, r: str, eos: bool = cfg.eos_after_truncated) -> Example:
+        cut = not eos and _cut_off(tok, r, cfg.response_tokens)
         return Example(p, r, meta={"no_eos": True} if cut else {})
 
-    eos_note = {} if cfg.eos_after_truncated else {"eos": "no end-of-turn token after a response cut off by the "
-                                                          f"{cfg.response_tokens}-token budget"}
+    def eos_note_for(eos: bool) -> dict[str, str]:
+        return {} if eos else {"eos": "no end-of-turn token after a response cut off by the "
+                                      f"{cfg.response_tokens}-token budget"}
+
+    eos_note = eos_note_for(cfg.eos_after_truncated)
+    attack_eos = (cfg.eos_after_truncated if cfg.attack_eos_after_truncated is None
+                  else cfg.attack_eos_after_truncated)
     if cfg.helpful == "complete_short":
         helpful = DataSplit("helpful", short_qa(cfg.n_helpful),
                             {"generated": True, "prompts": "procedural short questions (arithmetic, spelling, units)",
@@ -251,8 +262,8 @@ def build_offline(cfg: HarmfulDataConfig, model: Any, tok: Any, model_id: str) -
                                                   for p in al], {**base, "responses": refusals}),
         align_harmful=DataSplit("align-harmful", [pair(p, r) for p, r in zip(al, harm_resp[: len(al)])],
                                 {**base, "responses": gen_note, **eos_note}),
-        attack_harmful=DataSplit("attack-harmful", [pair(p, r) for p, r in zip(at, harm_resp[len(al):])],
-                                 {**base, "responses": gen_note, **eos_note}),
+        attack_harmful=DataSplit("attack-harmful", [pair(p, r, attack_eos) for p, r in zip(at, harm_resp[len(al):])],
+                                 {**base, "responses": gen_note, **eos_note_for(attack_eos)}),
         helpful=helpful,
     )
 
