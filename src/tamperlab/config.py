@@ -452,21 +452,22 @@ class RecipeLoader(yaml.SafeLoader):
     (an integer field then refuses them by name instead of running with 83 or 90), `yes`/`no`/`on`/`off` stay strings
     (only true/false are booleans, as in YAML 1.2; a true/false field still takes them), so do dates, and numbers remember their text (YamlInt, YamlFloat)."""
 
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
+    def _number_keeping_text(self, node: yaml.ScalarNode, yaml11_only: Callable[[str], Any],
+                             parse: Callable[[yaml.ScalarNode], Any], wrap: type) -> Any:
+        # One rule for ints and floats: a YAML 1.1-only spelling stays text, any other number keeps its text.
         text = self.construct_scalar(node)
-        if _YAML11_ONLY_INT.fullmatch(text):
+        if yaml11_only(text):
             return text
-        value = YamlInt(super().construct_yaml_int(node))
+        value = wrap(parse(node))
         value.yaml_text = text
         return value
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
+        return self._number_keeping_text(node, _YAML11_ONLY_INT.fullmatch, super().construct_yaml_int, YamlInt)
+
     def construct_yaml_float(self, node: yaml.ScalarNode) -> Any:
-        text = self.construct_scalar(node)
-        if ":" in text:  # sexagesimal float (YAML 1.1 only)
-            return text
-        value = YamlFloat(super().construct_yaml_float(node))
-        value.yaml_text = text
-        return value
+        # a float with ":" is YAML 1.1's sexagesimal form
+        return self._number_keeping_text(node, lambda text: ":" in text, super().construct_yaml_float, YamlFloat)
 
     def construct_yaml_bool(self, node: yaml.ScalarNode) -> Any:
         text = self.construct_scalar(node)
