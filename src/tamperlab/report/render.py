@@ -249,7 +249,9 @@ def plot_grid(path: Path, panels: Sequence[Panel], xlabel: str, title: str = "",
     handles = [plt.Line2D([], [], color=colors[n], marker="o", ms=4, label=n) for n in names]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncols=min(len(handles), 6), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.07 if handles else 0, 1, 1))
+    # margins in inches, not figure fractions: a fixed fraction overlapped the title on tall grids
+    height = fig.get_figheight()
+    fig.tight_layout(rect=(0, 0.45 / height if handles else 0, 1, 1 - 0.35 / height if title else 1))
     return _save(fig, path)
 
 
