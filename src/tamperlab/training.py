@@ -224,13 +224,19 @@ def checkpoint_complete(ckpt: str | Path) -> bool:
 
 def last_checkpoint(out_dir: str | Path) -> str | None:
     """The newest *complete* checkpoint in out_dir. Incomplete ones (a kill during a save) are deleted by the main
-    process, so the Trainer's checkpoint rotation never counts them."""
+    process, so the Trainer's checkpoint rotation never counts them.
+
+    Multi-process: the main process decides and every rank takes its answer. Each rank looking for itself could
+    disagree (the folder made by one rank a moment before another looks) and desynchronise the collectives."""
+    from . import distributed
+
+    return distributed.run_collectively(lambda: _newest_complete_checkpoint(Path(out_dir)))
+
+
+def _newest_complete_checkpoint(p: Path) -> str | None:
     import re
     import shutil
 
-    from . import distributed
-
-    p = Path(out_dir)
     if not p.is_dir():
         return None
     ckpts = sorted((c for c in p.glob("checkpoint-*") if c.is_dir() and re.fullmatch(r"checkpoint-\d+", c.name)),
@@ -241,9 +247,7 @@ def last_checkpoint(out_dir: str | Path) -> str | None:
             found = str(c)
         elif found is None:
             log.warning("skipping incomplete checkpoint %s (killed while saving?)", c)
-            if distributed.is_main_process():
-                shutil.rmtree(c, ignore_errors=True)
-    distributed.barrier()
+            shutil.rmtree(c, ignore_errors=True)
     return found
 
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
+from .. import distributed
 from ..config import PosInt, Seed
 from ..data.core import Example
 from ..models import LoraSettings, load_adapter, save_model
@@ -127,7 +128,9 @@ def train_phase(model: Any, tok: Any, pairs: Sequence[Any], ph: MEraserPhase, ad
 
     done = adapter_dir / "adapter_config.json"
     stats_file = adapter_dir.parent / f"{adapter_dir.name}.stats.json"
-    if done.exists() and ctx.resume:
+    # Multi-process: the main process decides (each rank looking for itself could see a file another rank has just
+    # written, and the ranks would part ways: one training with DDP, one reloading).
+    if distributed.run_collectively(done.exists) and ctx.resume:
         log.info("MEraser: reusing adapter %s", adapter_dir)
         peft_model = load_adapter(model, adapter_dir, trainable=False)
         stats = json.loads(stats_file.read_text()) if stats_file.exists() else {"reused": True}
@@ -149,7 +152,9 @@ def train_phase(model: Any, tok: Any, pairs: Sequence[Any], ph: MEraserPhase, ad
         stats["rows"] = len(rows)
         stats["tokens"] = sum(len(r["input_ids"]) for r in rows)
         save_model(peft_model, None, adapter_dir)
-        atomic_write_json(stats_file, stats)
+        if distributed.is_main_process():
+            atomic_write_json(stats_file, stats)
+        distributed.barrier()  # the main process has written the adapter before any rank reads it
     return peft_model.merge_and_unload(), stats
 
 
@@ -193,7 +198,7 @@ def transfer_adapter(ctx: RemovalContext, c: MEraserConfig) -> tuple[Path, dict[
                                     default=str).encode()).hexdigest()[:10]
     adapter_dir = ctx.shared_dir / f"meraser-transfer-{key}" / "erase_adapter"
     stats_file = adapter_dir.parent / "erase_adapter.stats.json"
-    if (adapter_dir / "adapter_config.json").exists():
+    if distributed.run_collectively((adapter_dir / "adapter_config.json").exists):
         return adapter_dir, json.loads(stats_file.read_text()) if stats_file.exists() else {}
     base = ctx.load_base()
     mis = mismatched_pairs(ctx, c.erase.n_examples, c.mismatch_seed)
