@@ -38,3 +38,17 @@ def test_single_process_still_finds_and_cleans(tmp_path):
     assert training.last_checkpoint(tmp_path) is None
     assert not (tmp_path / "checkpoint-3").exists()
     assert training.last_checkpoint(tmp_path / "absent") is None
+
+
+def test_eaas_refuses_several_processes_in_one_line(monkeypatch):
+    """The EaaS stealer has no sharded training path: under `accelerate launch` the experiment stops at once with
+    a ConfigError (exit 2, one line) instead of crashing in the copier's trainer minutes later."""
+    import pytest
+
+    from tamperlab.errors import ConfigError
+    from tamperlab.experiments.eaas import EaaSConfig, EaaSExperiment
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    exp = EaaSExperiment(EaaSConfig.__new__(EaaSConfig))  # refused before the config or run dir is touched
+    with pytest.raises(ConfigError, match="runs in one process .2 were launched"):
+        exp.run(None)  # type: ignore[arg-type]

@@ -159,6 +159,13 @@ class EaaSExperiment(Experiment):
         return P.load_task(self.cfg, self.cfg.data.task, "train", self.cfg.data.n_train).texts
 
     def run(self, run: RunDir) -> dict[str, Any]:
+        from .. import distributed
+
+        if distributed.world_size() > 1:
+            # The stealer's sentence-transformers trainer has no sharded path here (under DDP its loader has no
+            # length and it stops); a clear refusal instead of a crash minutes in. Every model here is BERT-sized.
+            raise ConfigError(f"the eaas experiment runs in one process ({distributed.world_size()} were launched): "
+                              "run it with `tamperlab run`, not `accelerate launch`")
         cfg, t_start = self.cfg, time.time()
         ctx = P.open_run(run, cfg)
         results = ctx.results
