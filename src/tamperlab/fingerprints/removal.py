@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
 
+from .. import distributed
 from ..config import Fraction, PosInt
 from ..models import LoraSettings
 from ..registry import REMOVALS
@@ -242,7 +243,8 @@ def donor_state_dict(ctx: RemovalContext, cfg: MergeConfig) -> dict[str, Any]:
     key = hashlib.sha256(json.dumps([cfg.donor_examples, asdict(cfg.donor_train), cfg.max_length, cfg.prompt_format],
                                     sort_keys=True).encode()).hexdigest()[:10]
     path = ctx.shared_dir / f"donor-{key}" / "model.safetensors"
-    if path.exists():
+    # Multi-process: the main process decides, so that no rank loads while another trains (see meraser.train_phase)
+    if distributed.run_collectively(path.exists):
         return load_file(str(path))
     base = ctx.load_base()
     # The donor is trained on the *end* of the clean pool, the incremental-FT attack on its start: two
@@ -252,7 +254,9 @@ def donor_state_dict(ctx: RemovalContext, cfg: MergeConfig) -> dict[str, Any]:
     sd = {k: v.detach().contiguous() for k, v in base.state_dict().items()}
     if "lm_head.weight" in sd and getattr(base.config, "tie_word_embeddings", False):
         sd.pop("lm_head.weight")  # shared storage; safetensors refuses aliases
-    atomic_write_bytes(path, lambda f: f.write(safetensors_bytes(sd)))
+    if distributed.is_main_process():
+        atomic_write_bytes(path, lambda f: f.write(safetensors_bytes(sd)))
+    distributed.barrier()
     return sd
 
 
