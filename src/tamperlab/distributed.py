@@ -133,7 +133,8 @@ def all_reduce_sum(tensor: Any) -> Any:
 
 def run_collectively(fn: Callable[[], T]) -> T:
     """Run fn on the main process; if it raises, every rank raises the same error instead of waiting forever at
-    the next barrier. The other ranks get the main process's return value."""
+    the next barrier. The other ranks get the main process's return value, and none returns before fn has
+    finished on the main process: so it is also the way to "write on the main process, then let every rank read"."""
     error: BaseException | None = None
     value: Any = None
     if is_main_process():

@@ -152,9 +152,8 @@ def train_phase(model: Any, tok: Any, pairs: Sequence[Any], ph: MEraserPhase, ad
         stats["rows"] = len(rows)
         stats["tokens"] = sum(len(r["input_ids"]) for r in rows)
         save_model(peft_model, None, adapter_dir)
-        if distributed.is_main_process():
-            atomic_write_json(stats_file, stats)
-        distributed.barrier()  # the main process has written the adapter before any rank reads it
+        # only the main process writes, and no rank goes on (to read the adapter) before it has
+        distributed.run_collectively(lambda: atomic_write_json(stats_file, stats))
     return peft_model.merge_and_unload(), stats
 
 

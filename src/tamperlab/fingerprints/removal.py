@@ -254,9 +254,7 @@ def donor_state_dict(ctx: RemovalContext, cfg: MergeConfig) -> dict[str, Any]:
     sd = {k: v.detach().contiguous() for k, v in base.state_dict().items()}
     if "lm_head.weight" in sd and getattr(base.config, "tie_word_embeddings", False):
         sd.pop("lm_head.weight")  # shared storage; safetensors refuses aliases
-    if distributed.is_main_process():
-        atomic_write_bytes(path, lambda f: f.write(safetensors_bytes(sd)))
-    distributed.barrier()
+    distributed.run_collectively(lambda: atomic_write_bytes(path, lambda f: f.write(safetensors_bytes(sd))))
     return sd
 
 
