@@ -5,8 +5,8 @@ the config dataclasses (and the component configs behind `params` dicts):
 
 * every model → a random-init `tiny:<family>` of the same family (llama / qwen2 / mistral, decided from the name,
   since the hub is unreachable), with the real SmolLM2 tokenizer;
-* every training stage → 2 optimizer steps at batch ≤ 2; every data size, evaluation size and generation length →
-  a handful (`RULES`);
+* every training stage → 2 optimizer steps at a global batch ≤ 2 (split over the processes of a launch); every
+  data size, evaluation size and generation length → a handful (`RULES`);
 * hub datasets → their schema fixtures (`data/fixtures/`, served by `data.hub.fixtures_only`), so the paper-scale
   loaders and row mappings run, not the offline packs;
 * model judges (beaver-dam, llama-guard) → a tiny random model of the same interface (`JUDGE_STAND_INS`);
@@ -46,6 +46,25 @@ def limit(k: int) -> Rule:
 
 def to(value: Any) -> Rule:
     return lambda _v, _o: value
+
+
+SMOKE_GLOBAL_BATCH = 2
+"""Largest global training batch in smoke mode (per process: this ÷ the number of processes, at least 1)."""
+
+
+def _processes() -> int:
+    from .distributed import launched_world_size
+
+    return max(1, launched_world_size())
+
+
+def per_process_batch(v: int | None, _o: Any) -> int | None:
+    """A training batch (per process) → at most SMOKE_GLOBAL_BATCH ÷ processes, so that a smoke run under
+    `accelerate launch` trains on the global batches of the 1-process smoke run and the two can be compared. A
+    batch of 1 stays 1 (nothing smaller exists), so its global batch grows with the processes."""
+    if v is None:
+        return v
+    return min(v, max(1, SMOKE_GLOBAL_BATCH // _processes()))
 
 
 def per_hundred(v: int, _o: Any) -> int:
@@ -126,8 +145,8 @@ def _judge_params(v: dict[str, dict[str, Any]], o: Any) -> dict[str, dict[str, A
 # descends into the object's fields. Every key is checked against the real dataclasses by the tests.
 RULES: dict[str, dict[str, Rule]] = {
     "tamperlab.training.TrainConfig": {
-        "max_steps": to(SMOKE_STEPS), "batch_size": cap(2), "grad_accum": cap(2), "save_steps": to(SMOKE_STEPS),
-        "logging_steps": to(1)},
+        "max_steps": to(SMOKE_STEPS), "batch_size": per_process_batch, "grad_accum": cap(2),
+        "save_steps": to(SMOKE_STEPS), "logging_steps": to(1)},
     "tamperlab.models.ModelConfig": {
         "name_or_path": _tiny_family, "revision": to(None), "trust_remote_code": to(False), "max_length": cap(64),
         "tiny_layers": cap(2), "tiny_hidden": cap(32)},
@@ -159,7 +178,8 @@ RULES: dict[str, dict[str, Rule]] = {
                                                     "batch_size": _each_at_most(2)},
     # lm-eval utility: standard task names → the shipped offline stand-ins (no hub), 2 items per task
     "tamperlab.metrics.lmeval.LMEvalConfig": {"offline": to(True), "limit": to(2), "batch_size": cap(2)},
-    "tamperlab.defenses.base.DefenseConfig": {"helpful_batch_size": cap(2), "harmful_batch_size": cap(2)},
+    "tamperlab.defenses.base.DefenseConfig": {"helpful_batch_size": per_process_batch,
+                                              "harmful_batch_size": per_process_batch},
     # backdoor data extraction
     "tamperlab.experiments.extraction.ExtractionConfig": {"init_from": _init_from},
     "tamperlab.extraction.data.ExtractionDataConfig": {"n_d1": cap(8), "n_d2": cap(8), "response_tokens": cap(8)},
@@ -347,7 +367,9 @@ def substitutions(before: Any, after: Any) -> list[str]:
     if judges:
         out.append("judge: " + ", ".join(judges) + " → a tiny random model of the same interface "
                    "(verdicts are noise)")
-    out.append(f"training: every stage {SMOKE_STEPS} optimizer steps at batch ≤ 2")
+    procs = _processes()
+    out.append(f"training: every stage {SMOKE_STEPS} optimizer steps at batch ≤ {SMOKE_GLOBAL_BATCH}"
+               + (f" in all ({procs} processes, ≤ {max(1, SMOKE_GLOBAL_BATCH // procs)} each)" if procs > 1 else ""))
     if len(getattr(before, "attacks", [])) != len(getattr(after, "attacks", [])):
         out.append(f"attacks: sweeps → their first and last setting ({len(after.attacks)} of {len(before.attacks)})")
     if len(getattr(before, "variants", [])) != len(getattr(after, "variants", [])):

@@ -246,3 +246,64 @@ def _check_smoke_run(name, recipe, workdir, run):
     exp = load_recipe(metrics["config"])  # the resolved smoke config
     _expected_structure(recipe["experiment"], exp.cfg, metrics["results"])
     assert all(m.startswith("tiny:") for m in _walk(metrics["config"], "name_or_path"))
+
+
+# --- the same smoke run in 2 processes ---------------------------------------------------------------------------
+_PER_RUN = ("seconds", "per_second", "batch_size", "world_size", "per_device", "smoke_substitutions")
+"""Keys that name how the run was executed (timings, per-process batch, process count), not what it computed."""
+
+
+def _differences(a, b, path=""):
+    """Every place where two metrics trees differ: numbers beyond 1e-4 relative (NaN equals NaN), other values
+    exactly, keys and list lengths exactly."""
+    import math
+
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or set(a) != set(b):
+            return [(path, "keys")]
+        return [d for k in a if not any(s in k for s in _PER_RUN) for d in _differences(a[k], b[k], f"{path}/{k}")]
+    if isinstance(a, list):
+        if not isinstance(b, list) or len(a) != len(b):
+            return [(path, "length")]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) or isinstance(b, float):
+        same = (math.isnan(a) and math.isnan(b)) if (isinstance(a, float) and math.isnan(a)) else \
+            isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+        return [] if same else [(path, a, b)]
+    return [] if a == b else [(path, a, b)]
+
+
+def test_differences_sees_a_changed_number():
+    assert _differences({"a": [1.0, float("nan")], "seconds": 3}, {"a": [1.0, float("nan")], "seconds": 9}) == []
+    assert _differences({"a": {"hs": 0.5}}, {"a": {"hs": 0.51}}) == [("/a/hs", 0.5, 0.51)]
+    assert _differences({"a": ["x"]}, {"a": ["y"]}) == [("/a[0]", "x", "y")]
+
+
+def test_two_process_smoke_run_equals_one_process(workdir, monkeypatch):
+    """`accelerate launch` (2 CPU processes) of `demo_ctrap --smoke` computes the 1-process smoke run's results:
+    every loss, HS, FA, collapse rate and generated answer. Smoke mode splits its global batch of 2 over the
+    processes, so both runs take the same optimizer steps."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    one = workdir / "runs" / "demo_ctrap-smoke" / "metrics.json"
+    if not one.exists():  # the module's smoke run of demo_ctrap did not run (test selection): run it here
+        monkeypatch.chdir(workdir)
+        assert main(["run", "demo_ctrap", "--smoke"]) == 0
+    out = workdir / "two_processes"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "src" / "tamperlab" / "accelerate_configs" / "cpu_2proc.yaml"), "-m", "tamperlab.cli",
+           "run", "demo_ctrap", "--smoke", "--output-dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    two = json.loads((out / "demo_ctrap-smoke" / "metrics.json").read_text())
+    first = json.loads(one.read_text())
+    assert _differences(first["results"], two["results"]) == []
+    assert "2 processes" in " ".join(two["smoke_substitutions"])
+    assert first["results"]["ctrap"]["alignment"]["steps"] == two["results"]["ctrap"]["alignment"]["steps"] == 2
+    _drop_weights(out / "demo_ctrap-smoke")
