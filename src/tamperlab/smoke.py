@@ -58,13 +58,17 @@ def _processes() -> int:
     return max(1, launched_world_size())
 
 
+def _batch_per_process() -> int:
+    return max(1, SMOKE_GLOBAL_BATCH // _processes())
+
+
 def per_process_batch(v: int | None, _o: Any) -> int | None:
     """A training batch (per process) → at most SMOKE_GLOBAL_BATCH ÷ processes, so that a smoke run under
     `accelerate launch` trains on the global batches of the 1-process smoke run and the two can be compared. A
     batch of 1 stays 1 (nothing smaller exists), so its global batch grows with the processes."""
     if v is None:
         return v
-    return min(v, max(1, SMOKE_GLOBAL_BATCH // _processes()))
+    return min(v, _batch_per_process())
 
 
 def per_hundred(v: int, _o: Any) -> int:
@@ -369,7 +373,7 @@ def substitutions(before: Any, after: Any) -> list[str]:
                    "(verdicts are noise)")
     procs = _processes()
     out.append(f"training: every stage {SMOKE_STEPS} optimizer steps at batch ≤ {SMOKE_GLOBAL_BATCH}"
-               + (f" in all ({procs} processes, ≤ {max(1, SMOKE_GLOBAL_BATCH // procs)} each)" if procs > 1 else ""))
+               + (f" in all ({procs} processes, ≤ {_batch_per_process()} each)" if procs > 1 else ""))
     if len(getattr(before, "attacks", [])) != len(getattr(after, "attacks", [])):
         out.append(f"attacks: sweeps → their first and last setting ({len(after.attacks)} of {len(before.attacks)})")
     if len(getattr(before, "variants", [])) != len(getattr(after, "variants", [])):

@@ -98,6 +98,17 @@ def test_apply_shrinks_every_stage_and_leaves_the_recipe_alone(name):
     assert smoke.apply(cfg).name == cfg.name  # idempotent name
 
 
+@pytest.mark.parametrize("world,per_process", [("1", 2), ("2", 1), ("3", 1)])
+def test_training_batch_is_split_over_the_launched_processes(world, per_process, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", world)
+    cfg = smoke.apply(load_recipe("demo_ctrap").cfg)
+    sections = list(_train_sections(to_dict(cfg)))
+    assert sections and {s["batch_size"] for s in sections} == {per_process}
+    aux = [v for k in ("helpful_batch_size", "harmful_batch_size") for v in _walk(to_dict(cfg), k)]
+    assert aux and set(aux) == {per_process}
+    assert (f"{world} processes" in " ".join(cfg.smoke_substitutions)) == (world != "1")
+
+
 def test_qwen_recipe_gets_a_tiny_qwen2():
     cfg = smoke.apply(load_recipe("extraction_paper_gpu").cfg)
     assert cfg.model.name_or_path == "tiny:qwen2"
@@ -253,57 +264,32 @@ _PER_RUN = ("seconds", "per_second", "batch_size", "world_size", "per_device", "
 """Keys that name how the run was executed (timings, per-process batch, process count), not what it computed."""
 
 
-def _differences(a, b, path=""):
-    """Every place where two metrics trees differ: numbers beyond 1e-4 relative (NaN equals NaN), other values
-    exactly, keys and list lengths exactly."""
-    import math
-
-    if isinstance(a, dict):
-        if not isinstance(b, dict) or set(a) != set(b):
-            return [(path, "keys")]
-        return [d for k in a if not any(s in k for s in _PER_RUN) for d in _differences(a[k], b[k], f"{path}/{k}")]
-    if isinstance(a, list):
-        if not isinstance(b, list) or len(a) != len(b):
-            return [(path, "length")]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
-    if isinstance(a, float) or isinstance(b, float):
-        same = (math.isnan(a) and math.isnan(b)) if (isinstance(a, float) and math.isnan(a)) else \
-            isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
-        return [] if same else [(path, a, b)]
-    return [] if a == b else [(path, a, b)]
-
-
 def test_differences_sees_a_changed_number():
-    assert _differences({"a": [1.0, float("nan")], "seconds": 3}, {"a": [1.0, float("nan")], "seconds": 9}) == []
-    assert _differences({"a": {"hs": 0.5}}, {"a": {"hs": 0.51}}) == [("/a/hs", 0.5, 0.51)]
-    assert _differences({"a": ["x"]}, {"a": ["y"]}) == [("/a[0]", "x", "y")]
+    from launching import differences
+
+    assert differences({"a": [1.0, float("nan")], "seconds": 3}, {"a": [1.0, float("nan")], "seconds": 9},
+                       _PER_RUN) == []
+    assert differences({"a": {"hs": 0.5}}, {"a": {"hs": 0.51}}) == ["/a/hs: 0.5 vs 0.51"]
+    assert differences({"a": ["x"]}, {"a": ["y"]}) == ["/a[0]: 'x' vs 'y'"]
+    assert differences({"a": 1.0}, {"a": 1.0, "b": 2}) == ["/b: only on one side"]
+    assert differences({"a": float("nan")}, {"a": 0.0}) == ["/a: nan vs 0.0"]
 
 
 def test_two_process_smoke_run_equals_one_process(workdir, monkeypatch):
     """`accelerate launch` (2 CPU processes) of `demo_ctrap --smoke` computes the 1-process smoke run's results:
     every loss, HS, FA, collapse rate and generated answer. Smoke mode splits its global batch of 2 over the
     processes, so both runs take the same optimizer steps."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from launching import differences, launch, run_ok
 
-    root = Path(__file__).resolve().parents[2]
     one = workdir / "runs" / "demo_ctrap-smoke" / "metrics.json"
     if not one.exists():  # the module's smoke run of demo_ctrap did not run (test selection): run it here
         monkeypatch.chdir(workdir)
         assert main(["run", "demo_ctrap", "--smoke"]) == 0
     out = workdir / "two_processes"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(root / "src" / "tamperlab" / "accelerate_configs" / "cpu_2proc.yaml"), "-m", "tamperlab.cli",
-           "run", "demo_ctrap", "--smoke", "--output-dir", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_ok(launch("-m", "tamperlab.cli", "run", "demo_ctrap", "--smoke", "--output-dir", str(out)))
     two = json.loads((out / "demo_ctrap-smoke" / "metrics.json").read_text())
     first = json.loads(one.read_text())
-    assert _differences(first["results"], two["results"]) == []
+    assert differences(first["results"], two["results"], _PER_RUN) == []
     assert "2 processes" in " ".join(two["smoke_substitutions"])
     assert first["results"]["ctrap"]["alignment"]["steps"] == two["results"]["ctrap"]["alignment"]["steps"] == 2
     _drop_weights(out / "demo_ctrap-smoke")

@@ -12,14 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from launching import CPU_2PROC, ENV, ROOT, launch, run_ok  # tests/ is on sys.path
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_ctrap_steps.py"
 # scripts/gpu_check.sh points this at multi_gpu.yaml to run the same comparison on 2 GPUs.
-CONFIG = Path(os.environ.get("TAMPERLAB_DDP_CONFIG",
-                             ROOT / "src" / "tamperlab" / "accelerate_configs" / "cpu_2proc.yaml"))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-       "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+CONFIG = Path(os.environ.get("TAMPERLAB_DDP_CONFIG", CPU_2PROC))
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +40,15 @@ def trained_model(tmp_path_factory):
 
 
 def _run(cmd, out):
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_ok(cmd)
     return json.loads(out.read_text())
 
 
 def test_two_processes_equal_one(tmp_path, trained_model):
     model_dir, pre = trained_model
     one = _run([sys.executable, str(SCRIPT), str(tmp_path / "one.json"), str(model_dir), "4"], tmp_path / "one.json")
-    two = _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
-                "--num_processes", "2", "--mixed_precision", "no", str(SCRIPT),
-                str(tmp_path / "two.json"), str(model_dir), "2"], tmp_path / "two.json")
+    two = _run(launch(str(SCRIPT), str(tmp_path / "two.json"), str(model_dir), "2", config=CONFIG),
+               tmp_path / "two.json")
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert abs(two["checksums"][0] - two["checksums"][1]) < 1e-9, two["checksums"]  # replicas identical
     stages = list(one["stages"])

@@ -9,17 +9,12 @@ official 0.05 the two runs agree only in distribution (found 2026-12-01: the era
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from launching import differences, launch, run_ok  # tests/ is on sys.path
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "src" / "tamperlab" / "accelerate_configs" / "cpu_2proc.yaml"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-       "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 NOT_RESULTS = ("seconds", "batch_size")  # timings, and the per-device batch that differs by design
 
 
@@ -49,28 +44,8 @@ def _recipe(batch: int, out: Path) -> dict:
     }
 
 
-def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-
-def _differences(a, b, path: str = "") -> list[str]:
-    """Every place where two results trees differ: text and counts exactly, floats beyond 1e-4 (relative; 1e-3
-    for perplexities, which exponentiate the loss)."""
-    if isinstance(a, dict):
-        out = [f"{path}/{k}: missing" for k in a if k not in b and not any(s in k for s in NOT_RESULTS)]
-        for k in a:
-            if k in b and not any(s in k for s in NOT_RESULTS):
-                out += _differences(a[k], b[k], f"{path}/{k}")
-        return out
-    if isinstance(a, list):
-        if len(a) != len(b):
-            return [f"{path}: {len(a)} vs {len(b)} items"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
-    if isinstance(a, float) and isinstance(b, (int, float)):
-        tol = 1e-3 if path.endswith("/ppl") else 1e-4
-        return [] if abs(a - b) <= tol * max(1.0, abs(a)) else [f"{path}: {a} vs {b}"]
-    return [] if a == b else [f"{path}: {str(a)[:60]!r} vs {str(b)[:60]!r}"]
+def _differences(a, b) -> list[str]:
+    return differences(a, b, NOT_RESULTS)
 
 
 def _results(run: Path) -> dict:
@@ -81,10 +56,9 @@ def test_two_processes_give_the_one_process_fingerprint_results(tmp_path):
     for batch, name in ((4, "one"), (2, "two")):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(_recipe(batch, tmp_path / name)))
     cli = ["-m", "tamperlab.cli", "run"]
-    _run([sys.executable, *cli, str(tmp_path / "one.yaml")])
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
-              "--num_processes", "2", "--mixed_precision", "no", *cli, str(tmp_path / "two.yaml")]
-    _run(launch)
+    run_ok([sys.executable, *cli, str(tmp_path / "one.yaml")])
+    two_processes = launch(*cli, str(tmp_path / "two.yaml"))
+    run_ok(two_processes)
     one, two = _results(tmp_path / "one" / "fp"), _results(tmp_path / "two" / "fp")
     ins_one, ins_two = one["fingerprints"]["instructional"], two["fingerprints"]["instructional"]
     erase = ins_one["removals"]["meraser"]["stages"]["erase"]
@@ -100,6 +74,6 @@ def test_two_processes_give_the_one_process_fingerprint_results(tmp_path):
     # adapters, the merge donor), nothing trains again, the results are unchanged
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "two" / "fp").rglob("*.safetensors")}
     assert any("adapter" in str(p) for p in stamp) and any("donor" in str(p) for p in stamp)
-    _run([*launch, "--resume"])
+    run_ok([*two_processes, "--resume"])
     assert _differences(two, _results(tmp_path / "two" / "fp")) == []
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
