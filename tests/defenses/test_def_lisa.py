@@ -82,3 +82,27 @@ def test_no_proximal_before_warmup(lora_model, align_data, tmp_path):
     trainer.training_step(model, user)
     for got, want in zip([p.grad for p in _params(model)], _grads(ref, user)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_alignment_loss_on_a_soft_prompted_model_is_peft_loss(tiny_model):
+    """Lisa guarding the soft-prompt attack: the alignment batch runs through a prompt-tuned model whose logits
+    include its k virtual tokens. The defenses' shared loss equals peft's own labelled loss (which pads the labels
+    with -100 for those tokens), also when the first real token is supervised; before the fix it raised a
+    shape error (found by the hft_grid_gpu smoke run)."""
+    from tamperlab.attacks.soft_prompt import SoftPromptConfig, with_soft_prompt
+    from tamperlab.defenses.objectives import global_token_ce
+
+    model, tok = tiny_model
+    prompted = with_soft_prompt(model, tok, SoftPromptConfig(num_virtual_tokens=4))
+    ids = torch.randint(5, 500, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # a left-padded row
+    for first_supervised in (False, True):
+        labels = ids.clone()
+        labels[mask == 0] = -100
+        if not first_supervised:
+            labels[:, :2] = -100
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        want = prompted(**batch).loss
+        got = global_token_ce(prompted, batch)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (first_supervised, got, want)

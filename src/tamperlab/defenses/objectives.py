@@ -14,7 +14,15 @@ Tensor = Any
 
 
 def shifted(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Align predictions with targets: position t predicts token t+1."""
+    """Align predictions with targets: position t predicts token t+1. A prompt-tuned model (the soft-prompt attack,
+    under a fine-tuning-stage defense such as Lisa) returns logits for its k virtual tokens too, prepended inside
+    peft's forward and labelled -100 there by peft; the last of them predicts the first real token. So, as peft
+    computes it: positions extra-1 … end-1 predict labels 0 … end."""
+    extra = logits.shape[1] - labels.shape[1]
+    if extra < 0:
+        raise ValueError(f"logits cover {logits.shape[1]} positions but the labels {labels.shape[1]}")
+    if extra:
+        return logits[:, extra - 1:-1, :].float(), labels
     return logits[:, :-1, :].float(), labels[:, 1:]
 
 
